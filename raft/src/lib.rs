@@ -1,0 +1,11 @@
+//! keel-raft: the replicated log under keel's store.
+//!
+//! Table of contents:
+//! - [`wal`]: the write-ahead log on disk: segmented, preallocated files of
+//!   CRC-framed records, group commit, crash recovery.
+//! - [`sync`]: the shim through which shared-state concurrency is written, so
+//!   that loom can model it.
+#![warn(missing_docs)]
+
+pub mod sync;
+pub mod wal;

@@ -1,0 +1,2 @@
+//! The `keel` binary: CLI dispatch only.
+fn main() {}
