@@ -3,8 +3,19 @@
 //! Table of contents:
 //! - [`proto`]: etcd v3 wire types and gRPC services, compiled from our own `.proto`.
 //! - [`mvcc`]: revisions, the key index and the multi-version key-value store.
+//! - [`lease`]: leases and their expiry.
+//! - [`apply`]: the state machine that applies log entries with etcd's semantics.
+//! - [`error`]: the errors clients see, mapped to etcd's gRPC statuses.
+//! - [`watch`]: the watch hub: watchers, catch-up from history, the synced group.
+//! - [`server`]: the member's gRPC and HTTP servers.
+//! - [`sync`]: the loom-able sync shim.
 #![warn(missing_docs)]
 
+pub mod apply;
+pub mod error;
+pub mod lease;
 pub mod mvcc;
 pub mod proto;
+pub mod server;
 pub mod sync;
+pub mod watch;

@@ -1,1 +1,28 @@
-//! placeholder
+//! Multi-version concurrency control: the store's data model, after etcd's
+//! `server/storage/mvcc`.
+//!
+//! - [`revision`]: `Revision {main, sub}`.
+//! - [`key_index`]: one key's history in generations.
+//! - [`tree_index`]: the B-tree of key indexes, and [`KeyRange`].
+//! - [`store`]: [`KvStore`], values by revision, reads at any retained
+//!   revision, write transactions, compaction, history for watches.
+
+pub mod key_index;
+pub mod revision;
+pub mod store;
+pub mod tree_index;
+
+pub use revision::Revision;
+pub use store::{KvStore, RangeOptions, RangeResult, Record, WriteResult, WriteTxn};
+pub use tree_index::KeyRange;
+
+/// Errors of the MVCC layer, each one of etcd's `mvcc` errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MvccError {
+    /// The revision asked for was compacted away.
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    /// The revision asked for is newer than the store.
+    #[error("mvcc: required revision is a future revision")]
+    FutureRev,
+}

@@ -1,0 +1,151 @@
+//! The in-memory B-tree from key to its revision history (etcd's `treeIndex`).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use super::key_index::{KeyAt, KeyIndex};
+use super::revision::Revision;
+
+/// Which keys an operation covers, decoded once from etcd's
+/// `key`/`range_end` convention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRange {
+    /// Exactly one key (`range_end` empty).
+    Single(Bytes),
+    /// `[start, end)`; `end: None` means every key >= `start`
+    /// (`range_end` = `"\0"`).
+    Span {
+        /// First key, inclusive.
+        start: Bytes,
+        /// Last key, exclusive; `None` is "no upper bound".
+        end: Option<Bytes>,
+    },
+}
+
+impl KeyRange {
+    /// Decodes etcd's `key` + `range_end`.
+    pub fn new(key: &Bytes, range_end: &Bytes) -> Self {
+        if range_end.is_empty() {
+            KeyRange::Single(key.clone())
+        } else if range_end.as_ref() == b"\0" {
+            KeyRange::Span {
+                start: key.clone(),
+                end: None,
+            }
+        } else {
+            KeyRange::Span {
+                start: key.clone(),
+                end: Some(range_end.clone()),
+            }
+        }
+    }
+
+    /// True if `k` falls in the range.
+    pub fn contains(&self, k: &[u8]) -> bool {
+        match self {
+            KeyRange::Single(key) => key.as_ref() == k,
+            KeyRange::Span { start, end } => {
+                k >= start.as_ref() && end.as_ref().is_none_or(|e| k < e.as_ref())
+            }
+        }
+    }
+
+    /// The bounds to walk a `BTreeMap<Bytes, _>` with; `None` for an empty span.
+    fn bounds(&self) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+        match self {
+            KeyRange::Single(k) => Some((Bound::Included(k.as_ref()), Bound::Included(k.as_ref()))),
+            KeyRange::Span { start, end } => match end {
+                Some(e) if e.as_ref() <= start.as_ref() => None,
+                Some(e) => Some((Bound::Included(start.as_ref()), Bound::Excluded(e.as_ref()))),
+                None => Some((Bound::Included(start.as_ref()), Bound::Unbounded)),
+            },
+        }
+    }
+}
+
+/// Key -> [`KeyIndex`], ordered by key.
+#[derive(Debug, Default, Clone)]
+pub struct TreeIndex {
+    tree: BTreeMap<Bytes, KeyIndex>,
+}
+
+impl TreeIndex {
+    /// Records a put of `key` at `rev`.
+    pub fn put(&mut self, key: &Bytes, rev: Revision) {
+        match self.tree.get_mut(key.as_ref()) {
+            Some(ki) => ki.put(rev),
+            None => {
+                let mut ki = KeyIndex::default();
+                ki.put(rev);
+                self.tree.insert(key.clone(), ki);
+            }
+        }
+    }
+
+    /// Rebuilds a key's history from a retained record (snapshot load).
+    pub fn restore(&mut self, key: &Bytes, created: i64, modified: Revision, version: i64) {
+        let ki = self.tree.entry(key.clone()).or_default();
+        ki.restore(Revision::new(created, 0), modified, version);
+    }
+
+    /// Records the deletion of `key` at `rev`; false if it was not alive.
+    pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
+        self.tree
+            .get_mut(key)
+            .is_some_and(|ki| ki.tombstone(rev))
+    }
+
+    /// One key's state at `at`.
+    pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
+        self.tree.get(key).and_then(|ki| ki.get(at))
+    }
+
+    /// Visits, in key order, every key in `range` alive at `at`; stops when
+    /// `f` returns false.
+    pub fn visit(&self, range: &KeyRange, at: i64, mut f: impl FnMut(&Bytes, KeyAt) -> bool) {
+        let Some(bounds) = range.bounds() else {
+            return;
+        };
+        for (k, ki) in self.tree.range::<[u8], _>(bounds) {
+            if let Some(s) = ki.get(at) {
+                if !f(k, s) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Keys in `range` alive now (for deletion), in key order.
+    pub fn alive_keys(&self, range: &KeyRange) -> Vec<Bytes> {
+        let Some(bounds) = range.bounds() else {
+            return Vec::new();
+        };
+        self.tree
+            .range::<[u8], _>(bounds)
+            .filter(|(_, ki)| ki.is_alive())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Compacts every key at `at`; returns the revisions that stay readable.
+    pub fn compact(&mut self, at: i64) -> Vec<Revision> {
+        let mut available = Vec::new();
+        self.tree.retain(|_, ki| {
+            ki.compact(at, &mut available);
+            !ki.is_empty()
+        });
+        available
+    }
+
+    /// Number of keys with any history.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// True if no key has any history.
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+}

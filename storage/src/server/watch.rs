@@ -1,0 +1,1 @@
+//! The Watch gRPC service (placeholder).
