@@ -1,2 +1,368 @@
 //! The `keel` binary: CLI dispatch only.
-fn main() {}
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use keel_storage::member::{restore_snapshot, Member, MemberConfig};
+
+/// keel: the Kubernetes architecture rebuilt in Rust, storage first.
+#[derive(Parser, Debug)]
+#[command(name = "keel", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a local cluster in the foreground (today: one store member).
+    Up {
+        /// Where the cluster keeps its data.
+        #[arg(long, default_value = "./keel-data")]
+        data_dir: PathBuf,
+        /// Client port of the store (etcd's 2379).
+        #[arg(long, default_value_t = 2379)]
+        client_port: u16,
+    },
+    /// Run one store member; flags mirror etcd's.
+    Store(Box<StoreArgs>),
+    /// Snapshot tools.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCmd {
+    /// Rebuild a member's data dir from a snapshot (`etcdctl snapshot save`).
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The new member's data dir (must not hold a WAL).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The restored member's name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// The restored member's peer URLs.
+        #[arg(long, default_value = "quic://127.0.0.1:2380")]
+        initial_advertise_peer_urls: String,
+        /// The restored cluster (`name=url,...`).
+        #[arg(long, default_value = "")]
+        initial_cluster: String,
+        /// The restored cluster's token.
+        #[arg(long, default_value = "etcd-cluster")]
+        initial_cluster_token: String,
+    },
+}
+
+/// `keel store`'s flags alone, to build them from `keel up`'s defaults.
+#[derive(Parser, Debug)]
+struct StoreOnly {
+    #[command(flatten)]
+    args: StoreArgs,
+}
+
+/// `keel store` flags, named as etcd's.
+#[derive(Args, Debug, Clone)]
+struct StoreArgs {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Path to the data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long, default_value = "http://localhost:2379")]
+    listen_client_urls: String,
+    /// Client URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2379")]
+    advertise_client_urls: String,
+    /// URLs to listen on for peer traffic (`quic://host:port`).
+    #[arg(long, default_value = "quic://localhost:2380")]
+    listen_peer_urls: String,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "quic://localhost:2380")]
+    initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping (`name=url,...`).
+    #[arg(long, default_value = "")]
+    initial_cluster: String,
+    /// Initial cluster state (`new` or `existing`).
+    #[arg(long, default_value = "new")]
+    initial_cluster_state: String,
+    /// Initial cluster token.
+    #[arg(long, default_value = "etcd-cluster")]
+    initial_cluster_token: String,
+    /// Client TLS certificate.
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// Client TLS key.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Client TLS trusted CA.
+    #[arg(long)]
+    trusted_ca_file: Option<PathBuf>,
+    /// Peer TLS certificate.
+    #[arg(long)]
+    peer_cert_file: Option<PathBuf>,
+    /// Peer TLS key.
+    #[arg(long)]
+    peer_key_file: Option<PathBuf>,
+    /// Peer TLS trusted CA.
+    #[arg(long)]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Peer TLS with generated self-signed certificates.
+    #[arg(long)]
+    peer_auto_tls: bool,
+    /// Committed entries between snapshots.
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_count: u64,
+    /// Raise the NOSPACE alarm when the store exceeds this many bytes.
+    #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
+    quota_backend_bytes: u64,
+    /// Largest client request accepted, in bytes.
+    #[arg(long, default_value_t = 1536 * 1024)]
+    max_request_bytes: usize,
+    /// Most operations in one txn branch.
+    #[arg(long, default_value_t = 128)]
+    max_txn_ops: usize,
+    /// Heartbeat interval, in ms.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Election timeout, in ms.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout: u64,
+    /// Log level (`error`, `warn`, `info`, `debug`).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn parse_cluster(s: &str) -> Result<Vec<(String, String)>> {
+    split_urls(s)
+        .into_iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(n, u)| (n.to_string(), u.to_string()))
+                .with_context(|| format!("--initial-cluster entry {kv:?} is not name=url"))
+        })
+        .collect()
+}
+
+/// `http://host:port` → a bindable `host:port`.
+fn listen_addr(url: &str) -> Result<String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        if url.starts_with("https://") {
+            bail!("client TLS (--listen-client-urls {url}) is not supported yet; use http://");
+        }
+        bail!("--listen-client-urls {url}: expected http://host:port");
+    };
+    let hostport = rest.trim_end_matches('/');
+    if !hostport.contains(':') {
+        bail!("--listen-client-urls {url}: a port is required");
+    }
+    Ok(hostport.to_string())
+}
+
+impl StoreArgs {
+    fn config(&self) -> Result<MemberConfig> {
+        let cluster = parse_cluster(&self.initial_cluster)?;
+        let peer_urls = split_urls(&self.initial_advertise_peer_urls);
+        if cluster.len() > 1 {
+            bail!(
+                "--initial-cluster names {} members: multi-member clusters need the Raft transport, which this build does not have yet; run one member",
+                cluster.len()
+            );
+        }
+        if let Some((n, _)) = cluster.first() {
+            if *n != self.name {
+                bail!("--initial-cluster has no entry for --name {}", self.name);
+            }
+        }
+        if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
+            bail!("--initial-cluster-state must be new or existing");
+        }
+        if self.cert_file.is_some() || self.key_file.is_some() || self.trusted_ca_file.is_some() {
+            bail!("client TLS (--cert-file/--key-file/--trusted-ca-file) is not supported yet");
+        }
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name)));
+        Ok(MemberConfig {
+            name: self.name.clone(),
+            data_dir,
+            client_urls: split_urls(&self.advertise_client_urls),
+            peer_urls,
+            initial_cluster: cluster,
+            initial_cluster_token: self.initial_cluster_token.clone(),
+            snapshot_count: self.snapshot_count.max(1),
+            quota_backend_bytes: self.quota_backend_bytes,
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
+            election_timeout: Duration::from_millis(self.election_timeout),
+            ..MemberConfig::default()
+        })
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run_store(args: StoreArgs) -> Result<()> {
+    let cfg = args.config()?;
+    let listen: Vec<String> = split_urls(&args.listen_client_urls)
+        .iter()
+        .map(|u| listen_addr(u))
+        .collect::<Result<_>>()?;
+    let member = tokio::task::block_in_place(|| Member::open(cfg.clone()))
+        .with_context(|| format!("opening data dir {}", cfg.data_dir.display()))?;
+    member.spawn_lease_loops();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    for addr in &listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        tracing::info!(%addr, "serving client requests");
+        let mut rx = stop_rx.clone();
+        let m = member.clone();
+        servers.push(tokio::spawn(async move {
+            keel_storage::server::serve(m, listener, async move {
+                let _ = rx.changed().await;
+            })
+            .await
+        }));
+    }
+    println!(
+        "keel store {} ready: client URLs {} (ETCDCTL_API=3 etcdctl --endpoints={} ...)",
+        cfg.name,
+        cfg.client_urls.join(","),
+        cfg.client_urls.first().cloned().unwrap_or_default()
+    );
+    let failed = {
+        let m = member.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if m.has_failed() {
+                    return;
+                }
+            }
+        }
+    };
+    let fatal = tokio::select! {
+        _ = shutdown_signal() => false,
+        _ = failed => true,
+    };
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    member.shutdown();
+    if fatal {
+        bail!("the WAL failed (write or fsync error): stopped; restart recovers from the log");
+    }
+    Ok(())
+}
+
+fn init_logs(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match cli.cmd {
+        Cmd::Store(args) => {
+            init_logs(&args.log_level);
+            rt.block_on(run_store(*args))
+        }
+        Cmd::Up {
+            data_dir,
+            client_port,
+        } => {
+            init_logs("info");
+            let url = format!("http://127.0.0.1:{client_port}");
+            let peer = format!("quic://127.0.0.1:{}", client_port.wrapping_add(1));
+            let args = StoreOnly::parse_from([
+                "store",
+                "--name",
+                "keel",
+                "--data-dir",
+                &data_dir.join("store").to_string_lossy(),
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("keel={peer}"),
+            ])
+            .args;
+            println!("keel up: local cluster in {} (Ctrl-C stops it)", data_dir.display());
+            rt.block_on(run_store(args))
+        }
+        Cmd::Snapshot {
+            cmd:
+                SnapshotCmd::Restore {
+                    file,
+                    data_dir,
+                    name,
+                    initial_advertise_peer_urls,
+                    initial_cluster,
+                    initial_cluster_token,
+                },
+        } => {
+            init_logs("warn");
+            let cfg = MemberConfig {
+                name,
+                data_dir: data_dir.clone(),
+                peer_urls: split_urls(&initial_advertise_peer_urls),
+                initial_cluster: parse_cluster(&initial_cluster)?,
+                initial_cluster_token,
+                ..MemberConfig::default()
+            };
+            let (index, rev) = restore_snapshot(&file, &cfg)
+                .with_context(|| format!("restoring {} into {}", file.display(), data_dir.display()))?;
+            println!(
+                "restored snapshot {} (index {index}, revision {rev}) into {}",
+                file.display(),
+                data_dir.display()
+            );
+            Ok(())
+        }
+    }
+}

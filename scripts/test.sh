@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# keel's test suite: unit, property, end-to-end (real etcdctl and etcd) and
+# loom model tests. Needs etcd-server and etcd-client (apt) for the
+# differential and etcdctl tests; .ci/run installs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The keel binary the end-to-end tests start.
+cargo build --bin keel
+cargo test --workspace
+
+# loom models of the shared-state concurrency (own target dir: --cfg loom
+# rebuilds every dependency).
+export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
+for t in raft/tests/loom_*.rs storage/tests/loom_*.rs; do
+  [ -e "$t" ] || continue
+  crate_dir=${t%%/*}
+  pkg=$([ "$crate_dir" = raft ] && echo keel-raft || echo keel-storage)
+  name=$(basename "$t" .rs)
+  RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test -p "$pkg" --release --test "$name"
+done
