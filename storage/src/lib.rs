@@ -14,6 +14,7 @@
 pub mod apply;
 pub mod error;
 pub mod lease;
+pub mod member;
 pub mod mvcc;
 pub mod proto;
 pub mod server;

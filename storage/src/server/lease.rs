@@ -1,0 +1,168 @@
+//! The Lease service: grant, revoke, keep-alive, time-to-live, list.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::apply::Applied;
+use crate::error::StoreError;
+use crate::member::Member;
+use crate::proto::etcdserverpb::{
+    lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use crate::proto::keelpb::internal_request::Request as Cmd;
+
+/// The etcd Lease service over a member.
+#[derive(Debug, Clone)]
+pub struct LeaseService {
+    member: Arc<Member>,
+}
+
+impl LeaseService {
+    /// A Lease service for `member`.
+    pub fn new(member: Arc<Member>) -> Self {
+        LeaseService { member }
+    }
+}
+
+fn renew(member: &Member, id: i64) -> LeaseKeepAliveResponse {
+    let (ttl, rev) = {
+        let mut sm = member.write();
+        // An unknown lease answers TTL 0 (etcd's keep-alive convention).
+        let ttl = sm.lessor.renew(id, Instant::now()).unwrap_or(0);
+        (ttl, sm.kv.current_rev())
+    };
+    LeaseKeepAliveResponse {
+        header: Some(member.header().at(rev)),
+        id,
+        ttl,
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        req: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut r = req.into_inner();
+        if r.id == 0 {
+            // etcd: a random positive ID not in use.
+            let sm = self.member.read();
+            loop {
+                let id = (rand::random::<u64>() >> 1) as i64;
+                if id != 0 && !sm.lessor.contains(id) {
+                    r.id = id;
+                    break;
+                }
+            }
+        }
+        if r.ttl > crate::lease::MAX_LEASE_TTL {
+            return Err(StoreError::LeaseTtlTooLarge.into());
+        }
+        match self.member.propose(Cmd::LeaseGrant(r)).await? {
+            Applied::LeaseGrant(mut resp) => {
+                self.member.header().fill(&mut resp.header, 0);
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("keel: unexpected apply result")),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let r = req.into_inner();
+        if !self.member.read().lessor.contains(r.id) {
+            return Err(StoreError::LeaseNotFound.into());
+        }
+        match self.member.propose(Cmd::LeaseRevoke(r)).await? {
+            Applied::LeaseRevoke(mut resp) => {
+                self.member.header().fill(&mut resp.header, 0);
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("keel: unexpected apply result")),
+        }
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let member = self.member.clone();
+        let mut inbound = req.into_inner();
+        let out = async_stream(move |tx| async move {
+            while let Some(msg) = inbound.next().await {
+                let Ok(msg) = msg else { break };
+                if tx.send(Ok(renew(&member, msg.id))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(out))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        let sm = self.member.read();
+        let rev = sm.kv.current_rev();
+        let resp = match sm.lessor.get(r.id) {
+            Some(l) => LeaseTimeToLiveResponse {
+                header: Some(self.member.header().at(rev)),
+                id: r.id,
+                ttl: l.remaining(Instant::now()),
+                granted_ttl: l.ttl,
+                keys: if r.keys {
+                    l.keys.iter().cloned().collect()
+                } else {
+                    Vec::new()
+                },
+            },
+            None => LeaseTimeToLiveResponse {
+                header: Some(self.member.header().at(rev)),
+                id: r.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _req: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let sm = self.member.read();
+        Ok(Response::new(LeaseLeasesResponse {
+            header: Some(self.member.header().at(sm.kv.current_rev())),
+            leases: sm.lessor.leases().map(|l| LeaseStatus { id: l.id }).collect(),
+        }))
+    }
+}
+
+/// Runs `f` as a task feeding a bounded channel, returned as a stream.
+pub(crate) fn async_stream<T, F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
