@@ -332,10 +332,22 @@ impl Watcher {
     /// showing what was printed); returns all lines so far.
     #[track_caller]
     pub fn wait_lines(&mut self, n: usize, timeout: Duration) -> Vec<String> {
+        self.wait_until(&format!("{n} lines"), timeout, |lines| lines.len() >= n)
+    }
+
+    /// Waits until `done(lines so far)` holds (panics after `timeout`, showing
+    /// what was printed and `what` was awaited); returns all lines so far.
+    #[track_caller]
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let lines = self.lines();
-            if lines.len() >= n {
+            if done(&lines) {
                 return lines;
             }
             let exited = matches!(self.child.try_wait(), Ok(Some(_)));
@@ -343,7 +355,7 @@ impl Watcher {
                 // Give the reader threads a moment to drain.
                 std::thread::sleep(Duration::from_millis(100));
                 panic!(
-                    "`{}`: wanted {n} lines, got {} ({}):\n{:#?}\nstderr: {}",
+                    "`{}`: wanted {what}, got {} lines ({}):\n{:#?}\nstderr: {}",
                     self.cmdline,
                     self.lines().len(),
                     if exited { "watch exited" } else { "timed out" },

@@ -26,9 +26,11 @@ fn target_dir() -> PathBuf {
     }
 }
 
-/// Path of the `keel` binary: `$KEEL_BIN` if set, else
-/// `<workspace>/target/<profile>/keel`, built once with
-/// `cargo build -p keel --bin keel` when it does not exist yet.
+/// Path of the `keel` binary: `$KEEL_BIN` if set; else
+/// `<workspace>/target/<profile>/keel`, brought up to date once per test
+/// process with `cargo build -p keel --bin keel` (a no-op when nothing
+/// changed, so tests never run a stale binary). With `KEEL_E2E_NO_BUILD=1`
+/// the build only runs when the binary is missing.
 pub fn keel_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -39,7 +41,8 @@ pub fn keel_bin() -> PathBuf {
         let bin = target_dir()
             .join(if release { "release" } else { "debug" })
             .join("keel");
-        if !bin.exists() {
+        let no_build = std::env::var("KEEL_E2E_NO_BUILD").as_deref() == Ok("1");
+        if !bin.exists() || !no_build {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut cmd = Command::new(cargo);
             cmd.current_dir(workspace_root())
@@ -47,7 +50,7 @@ pub fn keel_bin() -> PathBuf {
             if release {
                 cmd.arg("--release");
             }
-            eprintln!("keel-tests: {} missing, running {:?}", bin.display(), cmd);
+            eprintln!("keel-tests: running {cmd:?}");
             let status = cmd.status().expect("run cargo build for keel");
             assert!(
                 status.success(),
