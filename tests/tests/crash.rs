@@ -56,7 +56,16 @@ async fn writer(
     stop: Arc<AtomicBool>,
     acks: Arc<Mutex<Vec<Ack>>>,
 ) -> usize {
-    let mut client = connect(&url).await;
+    // Connect, unless the member is killed before we get there.
+    let mut client = loop {
+        if stop.load(Ordering::Relaxed) {
+            return 0;
+        }
+        match KvClient::connect(url.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
     let mut last_rev = 0;
     let mut n = 0;
     for seq in 0.. {
