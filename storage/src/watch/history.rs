@@ -1,0 +1,103 @@
+//! Where the hub reads past events: the [`History`] trait, implemented for
+//! the member's state machine (and by fakes in tests).
+
+use crate::apply::StateMachine;
+use crate::mvcc::{KeyRange, MvccError};
+use crate::proto::mvccpb::Event;
+use crate::sync::{Arc, RwLock};
+
+/// Read access to the store's history of changes.
+///
+/// The hub calls it without holding its own lock, so an implementation may
+/// block briefly (e.g. on the state machine's read lock).
+pub trait History: Send + Sync {
+    /// Changes on keys in `range` with main revision in `[from, to]`, in
+    /// revision order, at most about `max` of them (never splitting a
+    /// revision; 0 = no limit), with `prev_kv` filled when `prev_kv` is set
+    /// and the previous value is retained. `Err(Compacted)` if `from` is
+    /// below the compaction revision. See [`crate::mvcc::KvStore::events`].
+    fn events(
+        &self,
+        range: &KeyRange,
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+        max: usize,
+    ) -> Result<Vec<Event>, MvccError>;
+
+    /// The store's current revision (where a new hub starts).
+    fn current_rev(&self) -> i64;
+
+    /// The store's compaction revision (what a watcher that fell behind it
+    /// is told).
+    fn compact_rev(&self) -> i64;
+}
+
+impl<T: History> History for Arc<T> {
+    fn events(
+        &self,
+        range: &KeyRange,
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+        max: usize,
+    ) -> Result<Vec<Event>, MvccError> {
+        (**self).events(range, from, to, prev_kv, max)
+    }
+
+    fn current_rev(&self) -> i64 {
+        (**self).current_rev()
+    }
+
+    fn compact_rev(&self) -> i64 {
+        (**self).compact_rev()
+    }
+}
+
+impl History for RwLock<StateMachine> {
+    fn events(
+        &self,
+        range: &KeyRange,
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+        max: usize,
+    ) -> Result<Vec<Event>, MvccError> {
+        let sm = self.read().unwrap_or_else(|e| e.into_inner());
+        sm.kv.events(range, from, to, prev_kv, max)
+    }
+
+    fn current_rev(&self) -> i64 {
+        let sm = self.read().unwrap_or_else(|e| e.into_inner());
+        sm.kv.current_rev()
+    }
+
+    fn compact_rev(&self) -> i64 {
+        let sm = self.read().unwrap_or_else(|e| e.into_inner());
+        sm.kv.compact_rev()
+    }
+}
+
+impl History for RwLock<crate::mvcc::KvStore> {
+    fn events(
+        &self,
+        range: &KeyRange,
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+        max: usize,
+    ) -> Result<Vec<Event>, MvccError> {
+        let kv = self.read().unwrap_or_else(|e| e.into_inner());
+        kv.events(range, from, to, prev_kv, max)
+    }
+
+    fn current_rev(&self) -> i64 {
+        let kv = self.read().unwrap_or_else(|e| e.into_inner());
+        kv.current_rev()
+    }
+
+    fn compact_rev(&self) -> i64 {
+        let kv = self.read().unwrap_or_else(|e| e.into_inner());
+        kv.compact_rev()
+    }
+}
