@@ -123,3 +123,6 @@ impl Delivery {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests;
