@@ -96,7 +96,7 @@ impl MemberConfig {
             urls = self.peer_urls.iter().map(String::as_str).collect();
         }
         urls.sort();
-        fnv64(&[urls.join(",").as_bytes(), self.initial_cluster_token.as_bytes()]).max(1)
+        fnv64(&[b"cluster", urls.join(",").as_bytes(), self.initial_cluster_token.as_bytes()]).max(1)
     }
 
     /// etcd's minimum lease TTL: 3/2 of the election timeout, rounded up to

@@ -37,7 +37,7 @@ use crate::proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseR
 use crate::proto::keelpb::{internal_request::Request, InternalRequest};
 use crate::server::header::Header;
 use crate::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use crate::watch::WatchHub;
+use crate::watch::{SyncHandle, WatchHub, WatchHubConfig};
 
 /// Errors opening a member.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +81,7 @@ pub struct Member {
     sm: Arc<RwLock<StateMachine>>,
     wal: Arc<Wal>,
     hub: Arc<WatchHub>,
+    hub_sync: Mutex<Option<SyncHandle>>,
     header: Header,
     /// Next log index; held while an entry is enqueued so the WAL receives
     /// entries in index order.
@@ -161,15 +162,16 @@ impl Member {
             "store member recovered"
         );
         let header = Header::new(cfg.cluster_id(), cfg.member_id(), term);
-        let current_rev = sm.kv.current_rev();
         let sm = Arc::new(RwLock::new(sm));
-        let hub = WatchHub::start(sm.clone(), current_rev);
+        let hub = Arc::new(WatchHub::new(Box::new(sm.clone()), WatchHubConfig::default()));
+        let hub_sync = hub.start();
         let (apply_tx, apply_rx) = mpsc::channel::<Entry>();
         let member = Arc::new(Member {
             cfg,
             sm,
             wal: Arc::new(wal),
             hub,
+            hub_sync: Mutex::new(Some(hub_sync)),
             header,
             next_index: Mutex::new(last_index + 1),
             waiters: Arc::new(Mutex::new(HashMap::new())),
@@ -449,6 +451,10 @@ impl Member {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        self.hub_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 }
 
@@ -456,11 +462,13 @@ impl Member {
 /// `etcdctl snapshot save` wrote): the snapshot becomes the member's state,
 /// and its WAL starts right after it. Refuses a data dir that has a WAL.
 pub fn restore_snapshot(file: &std::path::Path, cfg: &MemberConfig) -> Result<(u64, i64), OpenError> {
-    let bytes = std::fs::read(file).map_err(|source| OpenError::DataDir {
+    let bytes = std::fs::read(file).map_err(|source| snapshot::SnapshotError::Io {
+        op: "read",
         path: file.to_owned(),
         source,
     })?;
-    let (index, term) = snapshot::verify(file, &bytes)?;
+    let bytes = snapshot::strip_digest(file, &bytes)?;
+    let (index, term) = snapshot::verify(file, bytes)?;
     let wal_dir = cfg.wal_dir();
     let has_wal = std::fs::read_dir(&wal_dir)
         .map(|mut d| d.next().is_some())
@@ -482,7 +490,7 @@ pub fn restore_snapshot(file: &std::path::Path, cfg: &MemberConfig) -> Result<(u
         })?;
     }
     let path = snap_dir.join(snapshot::file_name(index));
-    snapshot::write_file(&path, &bytes)?;
+    snapshot::write_file(&path, bytes)?;
     let (wal, _) = Wal::open(&wal_dir, WalOptions::default())?;
     wal.save_snapshot_mark(SnapshotMark { index, term })?;
     wal.append_sync(

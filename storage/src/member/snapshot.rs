@@ -147,6 +147,24 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     Ok(())
 }
 
+/// Strips and checks the SHA-256 trailer that `Maintenance.Snapshot`
+/// appends (as etcd does, for `etcdctl snapshot save`); bytes without one
+/// (a member's own snapshot file) pass through.
+pub fn strip_digest<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], SnapshotError> {
+    // etcd's rule: a snapshot with a digest is 512-byte blocks + 32 bytes.
+    if bytes.len() % 512 != 32 {
+        return Ok(bytes);
+    }
+    let (data, digest) = bytes.split_at(bytes.len() - 32);
+    if <sha2::Sha256 as sha2::Digest>::digest(data).as_slice() != digest {
+        return Err(SnapshotError::Corrupt {
+            path: path.to_owned(),
+            reason: "sha256 trailer mismatch".into(),
+        });
+    }
+    Ok(data)
+}
+
 /// Checks snapshot bytes and returns (index, term) without loading them.
 pub fn verify(path: &Path, bytes: &[u8]) -> Result<(u64, u64), SnapshotError> {
     let data = access(path, bytes)?;

@@ -134,6 +134,12 @@ impl Maintenance for MaintenanceService {
             .await
             .map_err(|e| Status::internal(format!("keel: snapshot task: {e}")))?
             .map_err(|e| Status::internal(e.to_string()))?;
+        // etcd's snapshot is a whole number of 512-byte blocks followed by
+        // its SHA-256, and etcdctl checks both.
+        let mut bytes = bytes;
+        bytes.resize(bytes.len().div_ceil(512) * 512, 0);
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+        bytes.extend_from_slice(&digest);
         let header = self.member.header().at(self.member.read().kv.current_rev());
         let out = super::lease::async_stream(move |tx| async move {
             let total = bytes.len();

@@ -52,8 +52,7 @@ pub async fn serve(
     )
     .add_service(
         MaintenanceServer::new(maintenance::MaintenanceService::new(member.clone()))
-            .max_decoding_message_size(max_recv)
-            .max_encoding_message_size(usize::MAX),
+            .max_decoding_message_size(max_recv),
     )
     .add_service(ClusterServer::new(cluster::ClusterService::new(member.clone())));
     let app = routes
