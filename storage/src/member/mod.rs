@@ -143,16 +143,25 @@ impl Member {
             sm.apply(e.index, e.term, req, now);
             replayed += 1;
         }
-        // Restarted: a new term, as a new election would give.
+        // Restarted: a new term, as a new election would give, opened (as a
+        // Raft leader does) by an empty entry of that term.
         let term = recovered.hard_state.term.max(sm.applied_term) + 1;
+        last_index += 1;
+        let noop = InternalRequest::default();
         wal.append_sync(
-            Vec::new(),
+            vec![Entry {
+                term,
+                index: last_index,
+                kind: EntryKind::Normal,
+                data: noop.encode_to_vec(),
+            }],
             Some(HardState {
                 term,
                 vote: cfg.member_id(),
                 commit: last_index,
             }),
         )?;
+        sm.apply(last_index, term, noop, now);
         tracing::info!(
             name = %cfg.name,
             applied = sm.applied_index,
