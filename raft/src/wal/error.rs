@@ -81,7 +81,11 @@ impl WalError {
     }
 
     /// Builds a [`WalError::Corrupt`].
-    pub(crate) fn corrupt(file: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(
+        file: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Self {
         WalError::Corrupt {
             file: file.into(),
             offset,

@@ -16,6 +16,7 @@ pub(crate) enum Fault {
 static ARMED: Mutex<Vec<(PathBuf, Fault, usize)>> = Mutex::new(Vec::new());
 
 /// Makes the next `times` occurrences of `fault` in `dir` fail.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn arm(dir: &Path, fault: Fault, times: usize) {
     let mut a = ARMED.lock().unwrap_or_else(|p| p.into_inner());
     a.push((dir.to_path_buf(), fault, times));

@@ -135,9 +135,7 @@ pub fn run<T, S: Sink<T>>(queue: &Queue<T>, sink: &mut S, max_batch_bytes: usize
         let mut results = sink.commit(items).into_iter();
         for done in dones {
             // A sink returning too few results is a bug; fail loudly but keep going.
-            let r = results
-                .next()
-                .unwrap_or(Err(WalError::WriterPanicked));
+            let r = results.next().unwrap_or(Err(WalError::WriterPanicked));
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || done(r))).is_err() {
                 tracing::error!("a WAL append callback panicked");
             }

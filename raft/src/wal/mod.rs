@@ -184,7 +184,6 @@ pub struct Wal {
     writer: Option<JoinHandle<Result<()>>>,
     disk_size: Arc<AtomicU64>,
     dir: PathBuf,
-    _lock: segment::DirLock,
 }
 
 impl std::fmt::Debug for Wal {
@@ -224,6 +223,9 @@ impl Wal {
         let handle = std::thread::Builder::new()
             .name("keel-wal-writer".into())
             .spawn(move || {
+                // The writer owns the directory lock: it is released only
+                // once nothing more can be written.
+                let _lock = lock;
                 group_commit::run(&*q, &mut writer, max_batch);
                 match writer.fatal() {
                     Some(e) => Err(e),
@@ -236,7 +238,6 @@ impl Wal {
             writer: Some(handle),
             disk_size,
             dir: dir.to_path_buf(),
-            _lock: lock,
         };
         Ok((wal, recovered))
     }
@@ -266,7 +267,9 @@ impl Wal {
             return Request::Invalid(WalError::InvalidAppend("entry index 0".into()));
         }
         if entries.windows(2).any(|w| w[1].index != w[0].index + 1) {
-            return Request::Invalid(WalError::InvalidAppend("entries do not ascend by one".into()));
+            return Request::Invalid(WalError::InvalidAppend(
+                "entries do not ascend by one".into(),
+            ));
         }
         let mut encoded = Vec::with_capacity(entries.len());
         for e in entries {
@@ -341,9 +344,10 @@ impl Wal {
     fn shutdown(&mut self) -> Result<()> {
         self.queue.close();
         match self.writer.take() {
-            Some(h) => h
-                .join()
-                .unwrap_or(Err(WalError::WriterPanicked)),
+            // The last owner dropped the Wal inside a callback, on the writer
+            // thread itself: it cannot join itself; it exits once it returns.
+            Some(h) if h.thread().id() == std::thread::current().id() => Ok(()),
+            Some(h) => h.join().unwrap_or(Err(WalError::WriterPanicked)),
             None => Ok(()),
         }
     }

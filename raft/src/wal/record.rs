@@ -150,7 +150,7 @@ fn crc(header: &[u8], payload: &[u8]) -> u32 {
 /// of the first record of this write (8-aligned, representable in u32 units;
 /// the writer guarantees both).
 pub(crate) fn encode_frame(buf: &mut Vec<u8>, rec: &Encoded, batch_start: u64) {
-    debug_assert!(batch_start % 8 == 0 && batch_start / 8 <= u64::from(u32::MAX));
+    debug_assert!(batch_start & 7 == 0 && batch_start / 8 <= u64::from(u32::MAX));
     let mut header = [0u8; FRAME_HEADER];
     header[0..4].copy_from_slice(&(rec.payload.len() as u32).to_le_bytes());
     header[4] = rec.kind as u8;
@@ -190,7 +190,11 @@ fn u64_at(data: &[u8], at: usize) -> Option<u64> {
 /// they are all zero): the end of the log. `Err(reason)`: anything that is not
 /// a complete, CRC-valid, decodable frame. `min_batch_start` is the smallest
 /// legal batch start (the end of the segment header).
-pub(crate) fn parse_frame(data: &[u8], pos: usize, min_batch_start: u64) -> Result<Option<Frame>, String> {
+pub(crate) fn parse_frame(
+    data: &[u8],
+    pos: usize,
+    min_batch_start: u64,
+) -> Result<Option<Frame>, String> {
     let rest = data.get(pos..).unwrap_or(&[]);
     if rest.len() < 8 {
         return if rest.iter().all(|&b| b == 0) {
@@ -212,7 +216,9 @@ pub(crate) fn parse_frame(data: &[u8], pos: usize, min_batch_start: u64) -> Resu
     }
     let framed = framed_len(len);
     if framed > rest.len() as u64 {
-        return Err(format!("record of {len} bytes runs past the end of the file"));
+        return Err(format!(
+            "record of {len} bytes runs past the end of the file"
+        ));
     }
     let framed_usize = framed as usize;
     let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
@@ -223,14 +229,18 @@ pub(crate) fn parse_frame(data: &[u8], pos: usize, min_batch_start: u64) -> Resu
     if header[5..8] != [0, 0, 0] {
         return Err("reserved header bytes are not zero".into());
     }
-    if rest[FRAME_HEADER + len..framed_usize].iter().any(|&b| b != 0) {
+    if rest[FRAME_HEADER + len..framed_usize]
+        .iter()
+        .any(|&b| b != 0)
+    {
         return Err("padding is not zero".into());
     }
     let batch_start = u64::from(u32_at(header, 12).ok_or("short header")?) * 8;
     if batch_start < min_batch_start || batch_start > pos as u64 {
         return Err(format!("batch start {batch_start} is out of range"));
     }
-    let kind = RecordType::from_u8(header[4]).ok_or_else(|| format!("unknown record type {}", header[4]))?;
+    let kind = RecordType::from_u8(header[4])
+        .ok_or_else(|| format!("unknown record type {}", header[4]))?;
     let record = decode_payload(kind, payload)?;
     Ok(Some(Frame {
         record,
@@ -244,7 +254,10 @@ pub(crate) fn decode_payload(kind: RecordType, payload: &[u8]) -> Result<Record,
     match kind {
         RecordType::HardState => {
             if payload.len() != 24 {
-                return Err(format!("hard state of {} bytes, expected 24", payload.len()));
+                return Err(format!(
+                    "hard state of {} bytes, expected 24",
+                    payload.len()
+                ));
             }
             Ok(Record::HardState(HardState {
                 term: u64_at(payload, 0).ok_or("short hard state")?,
@@ -254,7 +267,10 @@ pub(crate) fn decode_payload(kind: RecordType, payload: &[u8]) -> Result<Record,
         }
         RecordType::SnapshotMark => {
             if payload.len() != 16 {
-                return Err(format!("snapshot mark of {} bytes, expected 16", payload.len()));
+                return Err(format!(
+                    "snapshot mark of {} bytes, expected 16",
+                    payload.len()
+                ));
             }
             Ok(Record::SnapshotMark(SnapshotMark {
                 index: u64_at(payload, 0).ok_or("short snapshot mark")?,
@@ -271,7 +287,7 @@ pub(crate) fn decode_payload(kind: RecordType, payload: &[u8]) -> Result<Record,
 pub(crate) fn decode_entry(payload: &[u8]) -> Result<Entry, String> {
     const ALIGN: usize = std::mem::align_of::<ArchivedEntryRecord>();
     let aligned;
-    let bytes = if (payload.as_ptr() as usize) % ALIGN == 0 {
+    let bytes = if payload.as_ptr().align_offset(ALIGN) == 0 {
         payload
     } else {
         let mut v = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
@@ -306,22 +322,32 @@ mod tests {
     const MIN: u64 = 32;
 
     fn arb_entry() -> impl Strategy<Value = Entry> {
-        (any::<u64>(), 1..u64::MAX, any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(
-            |(term, index, conf, data)| Entry {
+        (
+            any::<u64>(),
+            1..u64::MAX,
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(term, index, conf, data)| Entry {
                 term,
                 index,
-                kind: if conf { EntryKind::ConfChange } else { EntryKind::Normal },
+                kind: if conf {
+                    EntryKind::ConfChange
+                } else {
+                    EntryKind::Normal
+                },
                 data,
-            },
-        )
+            })
     }
 
     fn arb_record() -> impl Strategy<Value = Record> {
         prop_oneof![
             arb_entry().prop_map(Record::Entry),
-            (any::<u64>(), any::<u64>(), any::<u64>())
-                .prop_map(|(term, vote, commit)| Record::HardState(HardState { term, vote, commit })),
-            (any::<u64>(), any::<u64>()).prop_map(|(index, term)| Record::SnapshotMark(SnapshotMark { index, term })),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(term, vote, commit)| {
+                Record::HardState(HardState { term, vote, commit })
+            }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(index, term)| Record::SnapshotMark(SnapshotMark { index, term })),
         ]
     }
 
@@ -396,7 +422,12 @@ mod tests {
 
     #[test]
     fn misaligned_payload_decodes() {
-        let e = Entry { term: 3, index: 9, kind: EntryKind::Normal, data: b"hello".to_vec() };
+        let e = Entry {
+            term: 3,
+            index: 9,
+            kind: EntryKind::Normal,
+            data: b"hello".to_vec(),
+        };
         let enc = encode_entry(e.clone()).expect("encodes");
         let mut shifted = vec![0u8; 1];
         shifted.extend_from_slice(&enc.payload);

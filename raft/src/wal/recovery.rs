@@ -76,7 +76,10 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
 /// Maps a file read-only. An empty file maps to an empty slice.
 fn map(path: &Path) -> Result<Option<Mmap>> {
     let f = File::open(path).map_err(|e| WalError::io("open", path, e))?;
-    let len = f.metadata().map_err(|e| WalError::io("stat", path, e))?.len();
+    let len = f
+        .metadata()
+        .map_err(|e| WalError::io("stat", path, e))?
+        .len();
     if len == 0 {
         return Ok(None);
     }
@@ -93,7 +96,11 @@ pub(crate) enum End {
     /// Valid frames up to `at`, zeros after.
     Clean { at: u64 },
     /// Torn tail: cut `[at, cut_end)` (cut_end = end of the last non-zero byte).
-    Torn { at: u64, cut_end: u64, reason: String },
+    Torn {
+        at: u64,
+        cut_end: u64,
+        reason: String,
+    },
 }
 
 fn all_zero(b: &[u8]) -> bool {
@@ -196,13 +203,15 @@ impl LogView {
 
     /// Drops entries covered by the snapshot and checks the rest are
     /// contiguous from the snapshot index + 1 (or from 1).
-    fn finish(mut self, paths: &[PathBuf]) -> Result<(HardState, Option<SnapshotMark>, Vec<Entry>)> {
+    fn finish(
+        mut self,
+        paths: &[PathBuf],
+    ) -> Result<(HardState, Option<SnapshotMark>, Vec<Entry>)> {
         let base = self.snapshot.map_or(0, |s| s.index);
         let keep = self.entries.partition_point(|x| x.index <= base);
         self.entries.drain(..keep);
         self.locs.drain(..keep);
-        let mut expect = base + 1;
-        for (e, &(seg, off)) in self.entries.iter().zip(&self.locs) {
+        for (expect, (e, &(seg, off))) in (base + 1..).zip(self.entries.iter().zip(&self.locs)) {
             if e.index != expect {
                 let file = paths.get(seg).cloned().unwrap_or_default();
                 return Err(WalError::corrupt(
@@ -211,7 +220,6 @@ impl LogView {
                     format!("log gap: expected entry {expect}, found {}", e.index),
                 ));
             }
-            expect += 1;
         }
         Ok((self.hard_state, self.snapshot, self.entries))
     }
@@ -233,14 +241,17 @@ fn broken_path(seg: &Path) -> PathBuf {
 fn repair(dir: &Path, path: &Path, cut: &[u8], at: u64, len: u64) -> Result<TailRepair> {
     let broken = broken_path(path);
     let mut f = File::create(&broken).map_err(|e| WalError::io("create", &broken, e))?;
-    f.write_all(cut).map_err(|e| WalError::io("write", &broken, e))?;
-    f.sync_all().map_err(|e| WalError::io("fsync", &broken, e))?;
+    f.write_all(cut)
+        .map_err(|e| WalError::io("write", &broken, e))?;
+    f.sync_all()
+        .map_err(|e| WalError::io("fsync", &broken, e))?;
     segment::sync_dir(dir)?;
     let seg = OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(|e| WalError::io("open", path, e))?;
-    seg.set_len(at).map_err(|e| WalError::io("truncate", path, e))?;
+    seg.set_len(at)
+        .map_err(|e| WalError::io("truncate", path, e))?;
     if let Err(e) = segment::preallocate(&seg, len) {
         tracing::warn!(path = %path.display(), error = %e, "could not preallocate the repaired WAL segment again");
     }
@@ -269,7 +280,11 @@ pub(crate) fn recover(dir: &Path, opts: &WalOptions) -> Result<Opened> {
     // Leftovers of a segment creation that crashed before its rename.
     let rd = fs::read_dir(dir).map_err(|e| WalError::io("read directory", dir, e))?;
     for ent in rd.flatten() {
-        if ent.file_name().to_str().is_some_and(|n| n.ends_with(".wal.tmp")) {
+        if ent
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(".wal.tmp"))
+        {
             let p = ent.path();
             fs::remove_file(&p).map_err(|e| WalError::io("remove", &p, e))?;
         }
@@ -309,7 +324,11 @@ pub(crate) fn recover(dir: &Path, opts: &WalOptions) -> Result<Opened> {
     for (i, (seq, first, path)) in list.iter().enumerate() {
         let last = i + 1 == list.len();
         if i > 0 && *seq != list[i - 1].0 + 1 {
-            return Err(WalError::corrupt(path, 0, format!("segment {} is missing", list[i - 1].0 + 1)));
+            return Err(WalError::corrupt(
+                path,
+                0,
+                format!("segment {} is missing", list[i - 1].0 + 1),
+            ));
         }
         let mapped = map(path)?;
         let data: &[u8] = mapped.as_deref().unwrap_or(&[]);
@@ -325,8 +344,15 @@ pub(crate) fn recover(dir: &Path, opts: &WalOptions) -> Result<Opened> {
         let size = data.len() as u64;
         match end {
             End::Clean { at } => live_end = at,
-            End::Torn { at, cut_end, reason } => {
-                let cut = data.get(at as usize..cut_end as usize).unwrap_or(&[]).to_vec();
+            End::Torn {
+                at,
+                cut_end,
+                reason,
+            } => {
+                let cut = data
+                    .get(at as usize..cut_end as usize)
+                    .unwrap_or(&[])
+                    .to_vec();
                 drop(mapped);
                 let rep = repair(dir, path, &cut, at, size)?;
                 tracing::warn!(
@@ -416,11 +442,15 @@ pub enum RecordKind {
 pub fn inspect_segment(path: &Path) -> Result<Vec<RecordInfo>> {
     let mut data = Vec::new();
     let f = File::open(path).map_err(|e| WalError::io("open", path, e))?;
-    let len = f.metadata().map_err(|e| WalError::io("stat", path, e))?.len();
+    let len = f
+        .metadata()
+        .map_err(|e| WalError::io("stat", path, e))?
+        .len();
     // Read into an 8-aligned buffer so rkyv can access entries in place.
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(len as usize);
     data.resize(len as usize, 0u8);
-    f.read_exact_at(&mut data, 0).map_err(|e| WalError::io("read", path, e))?;
+    f.read_exact_at(&mut data, 0)
+        .map_err(|e| WalError::io("read", path, e))?;
     aligned.extend_from_slice(&data);
     if aligned.len() < HEADER_LEN as usize {
         return Err(WalError::corrupt(path, 0, "shorter than a segment header"));

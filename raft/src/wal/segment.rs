@@ -39,7 +39,10 @@ pub(crate) fn parse_name(name: &str) -> Option<(u64, u64)> {
     if seq.len() != 16 || first.len() != 16 {
         return None;
     }
-    Some((u64::from_str_radix(seq, 16).ok()?, u64::from_str_radix(first, 16).ok()?))
+    Some((
+        u64::from_str_radix(seq, 16).ok()?,
+        u64::from_str_radix(first, 16).ok()?,
+    ))
 }
 
 /// Encodes a segment header.
@@ -63,10 +66,17 @@ fn header_crc(h: &[u8]) -> u32 {
 
 /// Checks a segment header against the name's `(seq, first_index)`.
 /// Returns the reason it is bad.
-pub(crate) fn check_header(data: &[u8], seq: u64, first_index: u64) -> std::result::Result<(), String> {
-    let h = data
-        .get(..HEADER_LEN as usize)
-        .ok_or_else(|| format!("file of {} bytes is shorter than the segment header", data.len()))?;
+pub(crate) fn check_header(
+    data: &[u8],
+    seq: u64,
+    first_index: u64,
+) -> std::result::Result<(), String> {
+    let h = data.get(..HEADER_LEN as usize).ok_or_else(|| {
+        format!(
+            "file of {} bytes is shorter than the segment header",
+            data.len()
+        )
+    })?;
     if h[0..8] != MAGIC {
         return Err("bad magic: not a keel WAL segment".into());
     }
@@ -103,7 +113,8 @@ pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         use std::os::unix::io::AsRawFd;
-        let len_off = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let len_off =
+            libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
         // SAFETY: fallocate only reads its integer arguments; the fd is open for writing.
         let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len_off) };
         if rc == 0 {
@@ -124,7 +135,8 @@ pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
 /// fsyncs a directory so that creations, renames and deletions in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).map_err(|e| WalError::io("open directory", dir, e))?;
-    d.sync_all().map_err(|e| WalError::io("fsync directory", dir, e))
+    d.sync_all()
+        .map_err(|e| WalError::io("fsync directory", dir, e))
 }
 
 /// Why creating a segment failed, and whether the log is affected.
@@ -167,13 +179,17 @@ pub(crate) fn create(
         .map_err(|e| before("create", e))?;
     #[cfg(test)]
     if super::failpoints::hit(dir, super::failpoints::Fault::Enospc) {
-        return Err(before("preallocate", io::Error::from_raw_os_error(libc::ENOSPC)));
+        return Err(before(
+            "preallocate",
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        ));
     }
     preallocate(&file, capacity).map_err(|e| before("preallocate", e))?;
     let mut head = Vec::with_capacity(HEADER_LEN as usize + prologue.len());
     head.extend_from_slice(&encode_header(seq, first_index));
     head.extend_from_slice(prologue);
-    file.write_all_at(&head, 0).map_err(|e| before("write", e))?;
+    file.write_all_at(&head, 0)
+        .map_err(|e| before("write", e))?;
     file.sync_all().map_err(|e| before("fsync", e))?;
     fs::rename(&tmp, &path).map_err(|e| before("rename", e))?;
     sync_dir(dir).map_err(CreateError::After)?;
@@ -203,7 +219,9 @@ impl DirLock {
         if rc != 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(WalError::Locked { dir: dir.to_path_buf() });
+                return Err(WalError::Locked {
+                    dir: dir.to_path_buf(),
+                });
             }
             return Err(WalError::io("flock", &path, e));
         }
@@ -221,7 +239,10 @@ mod tests {
         let b = file_name(10, 5);
         assert!(a < b);
         assert_eq!(parse_name(&a), Some((2, 100)));
-        assert_eq!(parse_name("0000000000000001-0000000000000001.wal.broken"), None);
+        assert_eq!(
+            parse_name("0000000000000001-0000000000000001.wal.broken"),
+            None
+        );
         assert_eq!(parse_name("zz.wal"), None);
     }
 

@@ -11,7 +11,11 @@ fn entry(index: u64, term: u64) -> Entry {
     Entry {
         term,
         index,
-        kind: if index % 7 == 0 { EntryKind::ConfChange } else { EntryKind::Normal },
+        kind: if index % 7 == 6 {
+            EntryKind::ConfChange
+        } else {
+            EntryKind::Normal
+        },
         data: format!("entry {index} of term {term}").into_bytes(),
     }
 }
@@ -49,12 +53,24 @@ fn fresh_directory_recovers_empty() {
 #[test]
 fn round_trip_across_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let hs = HardState { term: 3, vote: 2, commit: 4 };
+    let hs = HardState {
+        term: 3,
+        vote: 2,
+        commit: 4,
+    };
     {
         let (wal, _) = open(dir.path(), WalOptions::default());
-        wal.append_sync(entries(1..=5, 1), Some(HardState { term: 1, vote: 1, commit: 0 }))
+        wal.append_sync(
+            entries(1..=5, 1),
+            Some(HardState {
+                term: 1,
+                vote: 1,
+                commit: 0,
+            }),
+        )
+        .expect("append");
+        wal.append_sync(entries(6..=8, 3), Some(hs))
             .expect("append");
-        wal.append_sync(entries(6..=8, 3), Some(hs)).expect("append");
         wal.close().expect("close");
     }
     let (wal, rec) = open(dir.path(), WalOptions::default());
@@ -65,9 +81,15 @@ fn round_trip_across_reopen() {
     assert!(rec.repaired_tail.is_none());
 
     // A snapshot mark hides what it covers; hard state alone is an append too.
-    wal.save_snapshot_mark(SnapshotMark { index: 6, term: 3 }).expect("mark");
-    let hs2 = HardState { term: 3, vote: 2, commit: 8 };
-    wal.append_sync(Vec::new(), Some(hs2)).expect("hard state only");
+    wal.save_snapshot_mark(SnapshotMark { index: 6, term: 3 })
+        .expect("mark");
+    let hs2 = HardState {
+        term: 3,
+        vote: 2,
+        commit: 8,
+    };
+    wal.append_sync(Vec::new(), Some(hs2))
+        .expect("hard state only");
     drop(wal);
     let (_wal, rec) = open(dir.path(), WalOptions::default());
     assert_eq!(rec.snapshot, Some(SnapshotMark { index: 6, term: 3 }));
@@ -106,18 +128,25 @@ fn invalid_appends_fail_alone() {
         vec![entry(1, 1), entry(3, 1)], // not ascending by one
     ];
     for b in bad {
-        assert!(matches!(wal.append_sync(b, None), Err(WalError::InvalidAppend(_))));
+        assert!(matches!(
+            wal.append_sync(b, None),
+            Err(WalError::InvalidAppend(_))
+        ));
     }
-    wal.append_sync(entries(1..=3, 1), None).expect("valid append still works");
-    wal.save_snapshot_mark(SnapshotMark { index: 2, term: 1 }).expect("mark");
+    wal.append_sync(entries(1..=3, 1), None)
+        .expect("valid append still works");
+    wal.save_snapshot_mark(SnapshotMark { index: 2, term: 1 })
+        .expect("mark");
     assert!(matches!(
         wal.save_snapshot_mark(SnapshotMark { index: 1, term: 1 }),
         Err(WalError::InvalidAppend(_))
     ));
     // A snapshot beyond the log (InstallSnapshot) moves the next index past it.
-    wal.save_snapshot_mark(SnapshotMark { index: 20, term: 4 }).expect("mark");
+    wal.save_snapshot_mark(SnapshotMark { index: 20, term: 4 })
+        .expect("mark");
     assert!(wal.append_sync(entries(22..=22, 4), None).is_err());
-    wal.append_sync(entries(21..=22, 4), None).expect("after snapshot");
+    wal.append_sync(entries(21..=22, 4), None)
+        .expect("after snapshot");
     drop(wal);
     let (_wal, rec) = open(dir.path(), WalOptions::default());
     assert_eq!(rec.snapshot, Some(SnapshotMark { index: 20, term: 4 }));
@@ -133,7 +162,15 @@ fn fill(wal: &Wal, from: u64, to: u64, size: usize) {
             kind: EntryKind::Normal,
             data: vec![i as u8; size],
         };
-        wal.append_sync(vec![e], Some(HardState { term: 1, vote: 1, commit: i })).expect("append");
+        wal.append_sync(
+            vec![e],
+            Some(HardState {
+                term: 1,
+                vote: 1,
+                commit: i,
+            }),
+        )
+        .expect("append");
     }
 }
 
@@ -179,8 +216,13 @@ fn release_removes_old_segments_and_recovery_still_works() {
         let (wal, _) = open(dir.path(), small());
         fill(&wal, 1, 60, 300);
         let before = list_segments(dir.path()).expect("list").len();
-        assert_eq!(wal.release_to(60).expect("release"), 0, "no snapshot: nothing released");
-        wal.save_snapshot_mark(SnapshotMark { index: 40, term: 1 }).expect("mark");
+        assert_eq!(
+            wal.release_to(60).expect("release"),
+            0,
+            "no snapshot: nothing released"
+        );
+        wal.save_snapshot_mark(SnapshotMark { index: 40, term: 1 })
+            .expect("mark");
         let size_before = wal.disk_size();
         let removed = wal.release_to(1000).expect("release");
         assert!(removed > 0);
@@ -190,7 +232,11 @@ fn release_removes_old_segments_and_recovery_still_works() {
         // Every remaining segment but the first starts after the snapshot...
         // and nothing above the mark was deleted: the first remaining segment
         // begins at or below 41.
-        assert!(after[0].1 <= 41, "first remaining segment starts at {}", after[0].1);
+        assert!(
+            after[0].1 <= 41,
+            "first remaining segment starts at {}",
+            after[0].1
+        );
         fill(&wal, 61, 65, 300);
     }
     let (wal, rec) = open(dir.path(), small());
@@ -198,13 +244,17 @@ fn release_removes_old_segments_and_recovery_still_works() {
     assert_eq!(indexes(&rec), (41..=65).collect::<Vec<_>>());
     assert_eq!(rec.hard_state.commit, 65);
     // Releasing everything keeps the live segment.
-    wal.save_snapshot_mark(SnapshotMark { index: 65, term: 1 }).expect("mark");
+    wal.save_snapshot_mark(SnapshotMark { index: 65, term: 1 })
+        .expect("mark");
     wal.release_to(u64::MAX).expect("release");
     assert_eq!(list_segments(dir.path()).expect("list").len(), 1);
     drop(wal);
     let (_wal, rec) = open(dir.path(), small());
     assert_eq!(rec.snapshot, Some(SnapshotMark { index: 65, term: 1 }));
-    assert_eq!(rec.hard_state.commit, 65, "hard state survives via the segment prologue");
+    assert_eq!(
+        rec.hard_state.commit, 65,
+        "hard state survives via the segment prologue"
+    );
     assert!(rec.entries.is_empty());
 }
 
@@ -287,7 +337,11 @@ fn enospc_on_a_new_segment_fails_only_that_batch() {
         }
         assert!(i < 1000);
     }
-    assert_eq!(list_segments(dir.path()).expect("list").len(), segs, "no segment created");
+    assert_eq!(
+        list_segments(dir.path()).expect("list").len(),
+        segs,
+        "no segment created"
+    );
     // ...and once space is back, the same append succeeds.
     wal.append_sync(vec![entry(i, 1)], None).expect("retry");
     assert_eq!(list_segments(dir.path()).expect("list").len(), segs + 1);
@@ -326,8 +380,48 @@ fn errors_are_clone_and_name_file_and_offset() {
         reason: "CRC mismatch".into(),
     };
     let s = e.clone().to_string();
-    assert!(s.contains("0000000000000001-0000000000000001.wal") && s.contains("96"), "{s}");
+    assert!(
+        s.contains("0000000000000001-0000000000000001.wal") && s.contains("96"),
+        "{s}"
+    );
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Wal>();
     send_sync::<WalError>();
+}
+
+#[test]
+fn dropping_the_last_handle_inside_a_callback_does_not_hang() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = open(dir.path(), WalOptions::default());
+    let wal = Arc::new(wal);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let held = Mutex::new(Some(wal.clone()));
+    wal.append(
+        entries(1..=1, 1),
+        None,
+        Box::new(move |r| {
+            // The callback owns the last handle once the test drops its own.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            drop(held.lock().expect("lock").take());
+            let _ = tx.send(r);
+        }),
+    );
+    drop(wal);
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("callback ran")
+        .expect("durable");
+    // The lock is released once the writer thread finishes.
+    let start = std::time::Instant::now();
+    loop {
+        match Wal::open(dir.path(), WalOptions::default()) {
+            Ok((_w, rec)) => {
+                assert_eq!(indexes(&rec), vec![1]);
+                break;
+            }
+            Err(WalError::Locked { .. }) if start.elapsed().as_secs() < 10 => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }

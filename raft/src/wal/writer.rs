@@ -30,7 +30,10 @@ pub(crate) enum Request {
     Snapshot(SnapshotMark),
     /// Delete segments fully covered by `index` (and the snapshot mark);
     /// the count removed is sent on `reply`.
-    Release { index: u64, reply: mpsc::Sender<usize> },
+    Release {
+        index: u64,
+        reply: mpsc::Sender<usize>,
+    },
     /// Rejected when enqueued; carried through the queue so its callback
     /// still comes in order, from the writer.
     Invalid(WalError),
@@ -40,9 +43,17 @@ impl Request {
     /// Bytes this request adds to a batch (for the group-commit cap).
     pub(crate) fn size(&self) -> usize {
         match self {
-            Request::Append { entries, hard_state, .. } => {
+            Request::Append {
+                entries,
+                hard_state,
+                ..
+            } => {
                 let e: u64 = entries.iter().map(Encoded::framed_len).sum();
-                (e + if hard_state.is_some() { record::framed_len(24) } else { 0 }) as usize
+                (e + if hard_state.is_some() {
+                    record::framed_len(24)
+                } else {
+                    0
+                }) as usize
             }
             Request::Snapshot(_) => record::framed_len(16) as usize,
             Request::Release { .. } | Request::Invalid(_) => 0,
@@ -70,7 +81,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(dir: PathBuf, opts: WalOptions, opened: Opened, disk_size: Arc<AtomicU64>) -> Writer {
+    pub(crate) fn new(
+        dir: PathBuf,
+        opts: WalOptions,
+        opened: Opened,
+        disk_size: Arc<AtomicU64>,
+    ) -> Writer {
         let total: u64 = opened.segments.iter().map(|s| s.size).sum();
         disk_size.store(total, Ordering::Relaxed);
         Writer {
@@ -95,7 +111,10 @@ impl Writer {
     }
 
     fn live_path(&self) -> PathBuf {
-        self.segments.last().map(|s| s.path.clone()).unwrap_or_default()
+        self.segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_default()
     }
 
     /// Starts a new segment big enough for `need` more bytes.
@@ -105,7 +124,9 @@ impl Writer {
         let start = HEADER_LEN + pro.len() as u64;
         let capacity = self.opts.segment_size.max(start + need);
         if start > MAX_SEGMENT {
-            return Err(WalError::InvalidAppend("batch too large for one segment".into()));
+            return Err(WalError::InvalidAppend(
+                "batch too large for one segment".into(),
+            ));
         }
         match segment::create(&self.dir, seq, self.last_index + 1, &pro, capacity) {
             Ok((file, path)) => {
@@ -238,14 +259,22 @@ impl Sink<Request> for Writer {
             let path = self.live_path();
             #[cfg(test)]
             if super::failpoints::hit(&self.dir, super::failpoints::Fault::Write) {
-                let e = self.stop(WalError::io("write", &path, std::io::Error::from_raw_os_error(libc::EIO)));
+                let e = self.stop(WalError::io(
+                    "write",
+                    &path,
+                    std::io::Error::from_raw_os_error(libc::EIO),
+                ));
                 return results.into_iter().map(|_| Err(e.clone())).collect();
             }
             let io = self
                 .file
                 .write_all_at(&self.buf, batch_start)
                 .map_err(|e| WalError::io("write", &path, e))
-                .and_then(|()| self.file.sync_data().map_err(|e| WalError::io("fdatasync", &path, e)));
+                .and_then(|()| {
+                    self.file
+                        .sync_data()
+                        .map_err(|e| WalError::io("fdatasync", &path, e))
+                });
             if let Err(e) = io {
                 let e = self.stop(e);
                 return results.into_iter().map(|_| Err(e.clone())).collect();
