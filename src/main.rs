@@ -332,7 +332,10 @@ fn main() -> Result<()> {
                 &format!("keel={peer}"),
             ])
             .args;
-            println!("keel up: local cluster in {} (Ctrl-C stops it)", data_dir.display());
+            println!(
+                "keel up: local cluster in {} (Ctrl-C stops it)",
+                data_dir.display()
+            );
             rt.block_on(run_store(args))
         }
         Cmd::Snapshot {
@@ -355,8 +358,9 @@ fn main() -> Result<()> {
                 initial_cluster_token,
                 ..MemberConfig::default()
             };
-            let (index, rev) = restore_snapshot(&file, &cfg)
-                .with_context(|| format!("restoring {} into {}", file.display(), data_dir.display()))?;
+            let (index, rev) = restore_snapshot(&file, &cfg).with_context(|| {
+                format!("restoring {} into {}", file.display(), data_dir.display())
+            })?;
             println!(
                 "restored snapshot {} (index {index}, revision {rev}) into {}",
                 file.display(),

@@ -81,7 +81,11 @@ async fn main() -> Result<()> {
     if let Cmd::Fsync { dir } = &cli.cmd {
         return fsync_floor(&cli, dir);
     }
-    let endpoints: Vec<String> = cli.endpoints.split(',').map(|s| s.trim().to_string()).collect();
+    let endpoints: Vec<String> = cli
+        .endpoints
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
     let mut conns = Vec::new();
     for i in 0..cli.conns.max(1) {
         let ep = endpoints[i % endpoints.len()].clone();
@@ -121,7 +125,12 @@ async fn main() -> Result<()> {
                 }
                 let t0 = Instant::now();
                 let res = match &cmd {
-                    Cmd::Put { key_size, val_size, key_space_size, sequential_keys } => {
+                    Cmd::Put {
+                        key_size,
+                        val_size,
+                        key_space_size,
+                        sequential_keys,
+                    } => {
                         let k = if *sequential_keys {
                             i % key_space_size.max(&1)
                         } else {
@@ -130,7 +139,13 @@ async fn main() -> Result<()> {
                         client
                             .put(PutRequest {
                                 key: key_bytes(k, *key_size).into(),
-                                value: value.iter().cycle().take(*val_size).copied().collect::<Vec<u8>>().into(),
+                                value: value
+                                    .iter()
+                                    .cycle()
+                                    .take(*val_size)
+                                    .copied()
+                                    .collect::<Vec<u8>>()
+                                    .into(),
                                 ..Default::default()
                             })
                             .await
@@ -167,7 +182,8 @@ async fn main() -> Result<()> {
 fn fsync_floor(cli: &Cli, dir: &std::path::Path) -> Result<()> {
     use std::io::Write;
     let path = dir.join(".keel-bench-fsync");
-    let mut f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut f =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let block = vec![0u8; 4096];
     let mut h = Histogram::<u64>::new(3)?;
     let start = Instant::now();
@@ -191,7 +207,10 @@ fn report(cli: &Cli, h: &Histogram<u64>, elapsed: Duration) {
     println!("  Total:        {:.3} s", elapsed.as_secs_f64());
     println!("  Requests/sec: {rate:.1}");
     for q in [50.0, 90.0, 99.0, 99.9] {
-        println!("  p{q:<5}        {:.3} ms", h.value_at_percentile(q) as f64 / 1000.0);
+        println!(
+            "  p{q:<5}        {:.3} ms",
+            h.value_at_percentile(q) as f64 / 1000.0
+        );
     }
     println!("  max           {:.3} ms", h.max() as f64 / 1000.0);
     if let Some(name) = &cli.summary_name {

@@ -52,7 +52,10 @@ struct Model {
 impl Model {
     fn new() -> Self {
         // Revision 1 is the empty store (etcd starts at 1).
-        Model { at: vec![BTreeMap::new(), BTreeMap::new()], compacted: -1 }
+        Model {
+            at: vec![BTreeMap::new(), BTreeMap::new()],
+            compacted: -1,
+        }
     }
     fn cur(&self) -> i64 {
         self.at.len() as i64 - 1
@@ -67,14 +70,17 @@ impl Model {
         let mut changed = false;
         for (k, v) in puts {
             let prev = m.get(k).cloned();
-            m.insert(k.clone(), KeyValue {
-                key: k.clone(),
-                value: v.clone(),
-                create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
-                mod_revision: rev,
-                version: prev.as_ref().map_or(1, |p| p.version + 1),
-                lease: 0,
-            });
+            m.insert(
+                k.clone(),
+                KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                    create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+                    mod_revision: rev,
+                    version: prev.as_ref().map_or(1, |p| p.version + 1),
+                    lease: 0,
+                },
+            );
             changed = true;
         }
         for r in dels {
@@ -133,7 +139,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Range(k, e, rev, limit) => {
                 let r = range_of(k, e);
-                let got = s.range(&r, RangeOptions { limit, rev, count_only: false });
+                let got = s.range(
+                    &r,
+                    RangeOptions {
+                        limit,
+                        rev,
+                        count_only: false,
+                    },
+                );
                 if rev > m.cur() {
                     prop_assert_eq!(got, Err(MvccError::FutureRev));
                     continue;
@@ -143,11 +156,19 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(got, Err(MvccError::Compacted));
                     continue;
                 }
-                let want: Vec<KeyValue> = m.at[at as usize].values().filter(|kv| r.contains(&kv.key)).cloned().collect();
+                let want: Vec<KeyValue> = m.at[at as usize]
+                    .values()
+                    .filter(|kv| r.contains(&kv.key))
+                    .cloned()
+                    .collect();
                 let got = got.map_err(|e| TestCaseError::fail(format!("range at {at}: {e}")))?;
                 prop_assert_eq!(got.count, want.len() as i64);
                 prop_assert_eq!(got.rev, m.cur());
-                let want: Vec<KeyValue> = if limit > 0 { want.into_iter().take(limit).collect() } else { want };
+                let want: Vec<KeyValue> = if limit > 0 {
+                    want.into_iter().take(limit).collect()
+                } else {
+                    want
+                };
                 prop_assert_eq!(got.kvs, want);
             }
             Op::Compact(rev) => {
@@ -172,19 +193,25 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let mut want = Vec::new();
                 for rev in from.max(2)..=m.cur() {
                     let (before, after) = (&m.at[rev as usize - 1], &m.at[rev as usize]);
-                    let keys: std::collections::BTreeSet<&Bytes> = before.keys().chain(after.keys()).collect();
+                    let keys: std::collections::BTreeSet<&Bytes> =
+                        before.keys().chain(after.keys()).collect();
                     for k in keys {
                         if !r.contains(k) {
                             continue;
                         }
                         match (before.get(k), after.get(k)) {
-                            (_, Some(a)) if a.mod_revision == rev => want.push((EventType::Put as i32, k.clone(), a.mod_revision)),
-                            (Some(_), None) => want.push((EventType::Delete as i32, k.clone(), rev)),
+                            (_, Some(a)) if a.mod_revision == rev => {
+                                want.push((EventType::Put as i32, k.clone(), a.mod_revision))
+                            }
+                            (Some(_), None) => {
+                                want.push((EventType::Delete as i32, k.clone(), rev))
+                            }
                             _ => {}
                         }
                     }
                 }
-                let got = got.map_err(|e| TestCaseError::fail(format!("events from {from}: {e}")))?;
+                let got =
+                    got.map_err(|e| TestCaseError::fail(format!("events from {from}: {e}")))?;
                 // Within a revision the store orders by change order; the
                 // model by key: compare per revision as sets.
                 let mut got: Vec<(i32, Bytes, i64)> = got
@@ -234,7 +261,10 @@ fn restore_from_records_matches_original() {
     let restored = KvStore::restore(records, s.current_rev(), s.compact_rev());
     let all = KeyRange::new(&Bytes::from_static(b"\0"), &Bytes::from_static(b"\0"));
     for rev in s.compact_rev()..=s.current_rev() {
-        let opts = RangeOptions { rev, ..Default::default() };
+        let opts = RangeOptions {
+            rev,
+            ..Default::default()
+        };
         assert_eq!(s.range(&all, opts), restored.range(&all, opts), "rev {rev}");
     }
     // Writes after a restore continue versions and create revisions.
@@ -245,5 +275,8 @@ fn restore_from_records_matches_original() {
         w.put(Bytes::from_static(b"k1"), Bytes::from_static(b"x"), 0);
         w.end();
     }
-    assert_eq!(a.range(&all, RangeOptions::default()), b.range(&all, RangeOptions::default()));
+    assert_eq!(
+        a.range(&all, RangeOptions::default()),
+        b.range(&all, RangeOptions::default())
+    );
 }

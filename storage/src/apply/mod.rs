@@ -163,10 +163,12 @@ pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse> {
         rr.kvs.retain(|kv| kv.mod_revision >= r.min_mod_revision);
     }
     if r.max_create_revision != 0 {
-        rr.kvs.retain(|kv| kv.create_revision <= r.max_create_revision);
+        rr.kvs
+            .retain(|kv| kv.create_revision <= r.max_create_revision);
     }
     if r.min_create_revision != 0 {
-        rr.kvs.retain(|kv| kv.create_revision >= r.min_create_revision);
+        rr.kvs
+            .retain(|kv| kv.create_revision >= r.min_create_revision);
     }
     let order = if sort_target != SortTarget::Key && sort_order == SortOrder::None {
         // The store returns keys ascending; another target sorts ascending
@@ -249,7 +251,13 @@ impl StateMachine {
     }
 
     /// Applies one committed entry at `index`/`term`.
-    pub fn apply(&mut self, index: u64, term: u64, req: InternalRequest, now: Instant) -> ApplyOutput {
+    pub fn apply(
+        &mut self,
+        index: u64,
+        term: u64,
+        req: InternalRequest,
+        now: Instant,
+    ) -> ApplyOutput {
         self.applied_index = index;
         self.applied_term = term;
         let before = self.kv.current_rev();
@@ -299,7 +307,11 @@ impl StateMachine {
         Ok(resp)
     }
 
-    fn delete(&mut self, d: DeleteRangeRequest, events: &mut Vec<Event>) -> Result<DeleteRangeResponse> {
+    fn delete(
+        &mut self,
+        d: DeleteRangeRequest,
+        events: &mut Vec<Event>,
+    ) -> Result<DeleteRangeResponse> {
         let mut w = self.kv.write();
         let resp = txn::delete_range(&mut w, &mut self.lessor, d)?;
         events.extend(w.end().events);
@@ -347,7 +359,11 @@ impl StateMachine {
         })
     }
 
-    fn lease_revoke(&mut self, r: LeaseRevokeRequest, events: &mut Vec<Event>) -> Result<LeaseRevokeResponse> {
+    fn lease_revoke(
+        &mut self,
+        r: LeaseRevokeRequest,
+        events: &mut Vec<Event>,
+    ) -> Result<LeaseRevokeResponse> {
         let lease = self.lessor.revoke(r.id).ok_or(StoreError::LeaseNotFound)?;
         // Every attached key goes in one revision, in key order.
         let mut w = self.kv.write();

@@ -4,7 +4,6 @@
 //! then every op's preconditions are checked, so a txn either applies
 //! entirely or not at all.
 
-
 use super::{header, range, ReadView};
 use crate::error::{Result, StoreError};
 use crate::lease::Lessor;
@@ -20,11 +19,14 @@ use crate::proto::mvccpb::KeyValue;
 
 /// True if no op in any branch, at any depth, writes.
 pub fn is_read_only(t: &TxnRequest) -> bool {
-    t.success.iter().chain(t.failure.iter()).all(|op| match &op.request {
-        Some(Request::RequestRange(_)) | None => true,
-        Some(Request::RequestTxn(n)) => is_read_only(n),
-        _ => false,
-    })
+    t.success
+        .iter()
+        .chain(t.failure.iter())
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(_)) | None => true,
+            Some(Request::RequestTxn(n)) => is_read_only(n),
+            _ => false,
+        })
 }
 
 /// Upper bound of the bytes the txn's puts add (for the quota).
@@ -78,7 +80,10 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
 }
 
 fn apply_compare(view: &impl ReadView, c: &Compare) -> bool {
-    let Ok(rr) = view.range(&KeyRange::new(&c.key, &c.range_end), RangeOptions::default()) else {
+    let Ok(rr) = view.range(
+        &KeyRange::new(&c.key, &c.range_end),
+        RangeOptions::default(),
+    ) else {
         return false;
     };
     if rr.kvs.is_empty() {

@@ -80,7 +80,11 @@ impl Lessor {
     /// Restores a lease from a snapshot: it lives its checkpointed remaining
     /// TTL if it has one, else its whole TTL, from `now`.
     pub fn restore(&mut self, id: i64, ttl: i64, remaining_ttl: i64, now: Instant) {
-        let live = if remaining_ttl > 0 { remaining_ttl } else { ttl };
+        let live = if remaining_ttl > 0 {
+            remaining_ttl
+        } else {
+            ttl
+        };
         self.leases.insert(
             id,
             Lease {

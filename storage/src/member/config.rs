@@ -91,12 +91,21 @@ impl MemberConfig {
 
     /// The cluster's ID: a hash of every initial member's peer URL.
     pub fn cluster_id(&self) -> u64 {
-        let mut urls: Vec<&str> = self.initial_cluster.iter().map(|(_, u)| u.as_str()).collect();
+        let mut urls: Vec<&str> = self
+            .initial_cluster
+            .iter()
+            .map(|(_, u)| u.as_str())
+            .collect();
         if urls.is_empty() {
             urls = self.peer_urls.iter().map(String::as_str).collect();
         }
         urls.sort();
-        fnv64(&[b"cluster", urls.join(",").as_bytes(), self.initial_cluster_token.as_bytes()]).max(1)
+        fnv64(&[
+            b"cluster",
+            urls.join(",").as_bytes(),
+            self.initial_cluster_token.as_bytes(),
+        ])
+        .max(1)
     }
 
     /// etcd's minimum lease TTL: 3/2 of the election timeout, rounded up to

@@ -98,7 +98,9 @@ pub struct Member {
 
 impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Member").field("name", &self.cfg.name).finish()
+        f.debug_struct("Member")
+            .field("name", &self.cfg.name)
+            .finish()
     }
 }
 
@@ -172,7 +174,10 @@ impl Member {
         );
         let header = Header::new(cfg.cluster_id(), cfg.member_id(), term);
         let sm = Arc::new(RwLock::new(sm));
-        let hub = Arc::new(WatchHub::new(Box::new(sm.clone()), WatchHubConfig::default()));
+        let hub = Arc::new(WatchHub::new(
+            Box::new(sm.clone()),
+            WatchHubConfig::default(),
+        ));
         let hub_sync = hub.start();
         let (apply_tx, apply_rx) = mpsc::channel::<Entry>();
         let member = Arc::new(Member {
@@ -408,17 +413,15 @@ impl Member {
                 let now = Instant::now();
                 let expired = m.read().lessor.expired(now, 1000);
                 for id in expired {
-                    let fresh = m
-                        .revoking
-                        .lock()
-                        .map(|mut s| s.insert(id))
-                        .unwrap_or(false);
+                    let fresh = m.revoking.lock().map(|mut s| s.insert(id)).unwrap_or(false);
                     if !fresh {
                         continue;
                     }
                     let m2 = m.clone();
                     tokio::spawn(async move {
-                        let r = m2.propose(Request::LeaseRevoke(LeaseRevokeRequest { id })).await;
+                        let r = m2
+                            .propose(Request::LeaseRevoke(LeaseRevokeRequest { id }))
+                            .await;
                         if let Err(e) = &r {
                             if *e != StoreError::LeaseNotFound {
                                 tracing::warn!(lease = id, error = %e, "expired lease revoke failed");
@@ -470,7 +473,10 @@ impl Member {
 /// Rebuilds a member's data dir from a snapshot file (what
 /// `etcdctl snapshot save` wrote): the snapshot becomes the member's state,
 /// and its WAL starts right after it. Refuses a data dir that has a WAL.
-pub fn restore_snapshot(file: &std::path::Path, cfg: &MemberConfig) -> Result<(u64, i64), OpenError> {
+pub fn restore_snapshot(
+    file: &std::path::Path,
+    cfg: &MemberConfig,
+) -> Result<(u64, i64), OpenError> {
     let bytes = std::fs::read(file).map_err(|source| snapshot::SnapshotError::Io {
         op: "read",
         path: file.to_owned(),

@@ -198,7 +198,11 @@ fn access<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a ArchivedSnapshotData, 
 
 /// Loads a state machine from a mapped snapshot file. Keys and values stay
 /// in the mapping (the returned state keeps it alive).
-pub fn load(path: &Path, limits: Limits, min_lease_ttl: i64) -> Result<StateMachine, SnapshotError> {
+pub fn load(
+    path: &Path,
+    limits: Limits,
+    min_lease_ttl: i64,
+) -> Result<StateMachine, SnapshotError> {
     let file = File::open(path).map_err(io("open", path))?;
     // SAFETY: snapshot files are written once (temp + rename) and never
     // modified in place, so the mapping does not change under us.
@@ -274,7 +278,7 @@ pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
             Some((u64::from_str_radix(idx, 16).ok()?, p))
         })
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
     out
 }
 

@@ -237,8 +237,16 @@ mod tests {
     fn compact_table() {
         // (compact at, generations' revs after, available)
         let cases: &[(i64, Vec<Vec<i64>>, Vec<i64>)] = &[
-            (1, vec![vec![2, 4, 6], vec![8, 10, 12], vec![14, 16]], vec![]),
-            (2, vec![vec![2, 4, 6], vec![8, 10, 12], vec![14, 16]], vec![2]),
+            (
+                1,
+                vec![vec![2, 4, 6], vec![8, 10, 12], vec![14, 16]],
+                vec![],
+            ),
+            (
+                2,
+                vec![vec![2, 4, 6], vec![8, 10, 12], vec![14, 16]],
+                vec![2],
+            ),
             (5, vec![vec![4, 6], vec![8, 10, 12], vec![14, 16]], vec![4]),
             (6, vec![vec![8, 10, 12], vec![14, 16]], vec![]),
             (7, vec![vec![8, 10, 12], vec![14, 16]], vec![]),

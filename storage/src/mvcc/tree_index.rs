@@ -8,6 +8,9 @@ use bytes::Bytes;
 use super::key_index::{KeyAt, KeyIndex};
 use super::revision::Revision;
 
+/// Lower and upper bounds over keys.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// Which keys an operation covers, decoded once from etcd's
 /// `key`/`range_end` convention.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +56,7 @@ impl KeyRange {
     }
 
     /// The bounds to walk a `BTreeMap<Bytes, _>` with; `None` for an empty span.
-    fn bounds(&self) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+    fn bounds(&self) -> Option<KeyBounds<'_>> {
         match self {
             KeyRange::Single(k) => Some((Bound::Included(k.as_ref()), Bound::Included(k.as_ref()))),
             KeyRange::Span { start, end } => match end {
@@ -92,9 +95,7 @@ impl TreeIndex {
 
     /// Records the deletion of `key` at `rev`; false if it was not alive.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
-        self.tree
-            .get_mut(key)
-            .is_some_and(|ki| ki.tombstone(rev))
+        self.tree.get_mut(key).is_some_and(|ki| ki.tombstone(rev))
     }
 
     /// One key's state at `at`.

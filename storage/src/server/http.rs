@@ -21,7 +21,10 @@ pub fn router(member: Arc<Member>) -> Router {
 
 async fn health(State(m): State<Arc<Member>>) -> (StatusCode, &'static str) {
     if m.has_failed() {
-        (StatusCode::SERVICE_UNAVAILABLE, "{\"health\":\"false\",\"reason\":\"wal failed\"}")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"health\":\"false\",\"reason\":\"wal failed\"}",
+        )
     } else {
         (StatusCode::OK, "{\"health\":\"true\"}")
     }
@@ -46,24 +49,71 @@ pub fn render_metrics(m: &Member) -> String {
     let mut gauge = |name: &str, help: &str, v: f64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     };
-    gauge("etcd_debugging_mvcc_current_revision", "The current revision of the store.", rev as f64);
-    gauge("etcd_debugging_mvcc_compact_revision", "The last compaction revision.", compact as f64);
-    gauge("etcd_debugging_mvcc_keys_total", "Keys with history in the index.", keys as f64);
-    gauge("keel_mvcc_records_total", "Retained revisions of all keys.", records as f64);
-    gauge("etcd_mvcc_db_total_size_in_bytes", "Bytes held by the store.", size as f64);
-    gauge("keel_wal_disk_bytes", "Bytes of WAL on disk.", m.wal_size() as f64);
+    gauge(
+        "etcd_debugging_mvcc_current_revision",
+        "The current revision of the store.",
+        rev as f64,
+    );
+    gauge(
+        "etcd_debugging_mvcc_compact_revision",
+        "The last compaction revision.",
+        compact as f64,
+    );
+    gauge(
+        "etcd_debugging_mvcc_keys_total",
+        "Keys with history in the index.",
+        keys as f64,
+    );
+    gauge(
+        "keel_mvcc_records_total",
+        "Retained revisions of all keys.",
+        records as f64,
+    );
+    gauge(
+        "etcd_mvcc_db_total_size_in_bytes",
+        "Bytes held by the store.",
+        size as f64,
+    );
+    gauge(
+        "keel_wal_disk_bytes",
+        "Bytes of WAL on disk.",
+        m.wal_size() as f64,
+    );
     gauge("etcd_debugging_lease_total", "Leases.", leases as f64);
     gauge("etcd_server_has_leader", "Whether a leader exists.", 1.0);
     gauge("etcd_server_is_leader", "Whether this member leads.", 1.0);
-    gauge("etcd_server_applied_index", "The applied log index.", applied as f64);
-    gauge("etcd_server_term", "The Raft term.", m.header().term() as f64);
+    gauge(
+        "etcd_server_applied_index",
+        "The applied log index.",
+        applied as f64,
+    );
+    gauge(
+        "etcd_server_term",
+        "The Raft term.",
+        m.header().term() as f64,
+    );
     let met = &m.metrics;
     let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
     };
-    counter("etcd_server_proposals_applied_total", "Applied entries.", met.applied.load(Ordering::Relaxed));
-    counter("etcd_server_proposals_failed_total", "Failed proposals.", met.proposals_failed.load(Ordering::Relaxed));
-    counter("keel_snapshots_total", "Snapshots saved.", met.snapshots.load(Ordering::Relaxed));
+    counter(
+        "etcd_server_proposals_applied_total",
+        "Applied entries.",
+        met.applied.load(Ordering::Relaxed),
+    );
+    counter(
+        "etcd_server_proposals_failed_total",
+        "Failed proposals.",
+        met.proposals_failed.load(Ordering::Relaxed),
+    );
+    counter(
+        "keel_snapshots_total",
+        "Snapshots saved.",
+        met.snapshots.load(Ordering::Relaxed),
+    );
     out
 }
 

@@ -150,7 +150,11 @@ impl Lease for LeaseService {
         let sm = self.member.read();
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.member.header().at(sm.kv.current_rev())),
-            leases: sm.lessor.leases().map(|l| LeaseStatus { id: l.id }).collect(),
+            leases: sm
+                .lessor
+                .leases()
+                .map(|l| LeaseStatus { id: l.id })
+                .collect(),
         }))
     }
 }

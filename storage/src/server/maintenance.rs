@@ -68,7 +68,10 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(resp))
     }
 
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let m = &self.member;
         let sm = m.read();
         let db = (sm.kv.size_bytes() + m.wal_size()) as i64;
@@ -112,7 +115,10 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
         let r = req.into_inner();
         let sm = self.member.read();
         let hash = sm.kv.hash_kv(r.revision).map_err(StoreError::from)?;
@@ -147,7 +153,7 @@ impl Maintenance for MaintenanceService {
             for chunk in bytes.chunks(SNAPSHOT_CHUNK) {
                 sent += chunk.len();
                 let resp = SnapshotResponse {
-                    header: Some(header.clone()),
+                    header: Some(header),
                     remaining_bytes: (total - sent) as u64,
                     blob: bytes::Bytes::copy_from_slice(chunk),
                 };
@@ -165,7 +171,9 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let r = req.into_inner();
         if r.target_id != self.member.header().member_id {
-            return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
         }
         let rev = self.member.read().kv.current_rev();
         Ok(Response::new(MoveLeaderResponse {

@@ -54,7 +54,9 @@ pub async fn serve(
         MaintenanceServer::new(maintenance::MaintenanceService::new(member.clone()))
             .max_decoding_message_size(max_recv),
     )
-    .add_service(ClusterServer::new(cluster::ClusterService::new(member.clone())));
+    .add_service(ClusterServer::new(cluster::ClusterService::new(
+        member.clone(),
+    )));
     let app = routes
         .prepare()
         .into_axum_router()
