@@ -140,3 +140,5 @@ macro_rules! e2e_test {
         fn keel() { $crate::run_on($crate::Backend::Keel, super::$name) }
     };
 }
+
+pub mod diff;
