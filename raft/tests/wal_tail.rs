@@ -20,7 +20,7 @@ fn entry(i: u64) -> Entry {
         term: 1 + i / 10,
         index: i,
         kind: EntryKind::Normal,
-        data: vec![(i % 251) as u8 + 1; 100 + (i as usize * 7) % 41],
+        data: vec![(i % 251) as u8 + 1; 20 + (i as usize * 7) % 41],
     }
 }
 
@@ -30,7 +30,7 @@ struct Fixture {
     records: Vec<Vec<RecordInfo>>,
 }
 
-const N: u64 = 40;
+const N: u64 = 80;
 
 /// The fixtures are built once per test binary: each costs ~N fsyncs.
 fn plain() -> &'static Fixture {
@@ -81,7 +81,7 @@ impl Fixture {
 
     /// Writes the image into a fresh directory, with segment `seg` replaced by `bytes`.
     fn restore(&self, seg: usize, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = scratch();
         let mut damaged = PathBuf::new();
         for (i, (name, data)) in self.files.iter().enumerate() {
             let p = dir.path().join(name);
@@ -113,6 +113,23 @@ impl Fixture {
         let recs = &self.records[self.last()];
         recs[recs.len() - k..].to_vec()
     }
+}
+
+/// A scratch directory for one damaged copy: on tmpfs when there is one, so
+/// the hundreds of repairs (each a few fsyncs) do not wait on a busy disk.
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Every bit of a record's frame.
+fn bits(r: &RecordInfo) -> std::ops::Range<u64> {
+    r.offset * 8..(r.offset + r.len) * 8
 }
 
 fn open(dir: &Path) -> Result<(Wal, Recovered), WalError> {
@@ -194,7 +211,7 @@ fn a_bit_flip_in_the_last_record_drops_it() {
     let last = fx.last_entries(1)[0].clone();
     assert!(matches!(last.kind, RecordKind::Entry { index: N, .. }));
     let want = fx.expected(seg, |r| r.offset < last.offset);
-    for bit in last.offset * 8..(last.offset + last.len) * 8 {
+    for bit in bits(&last) {
         let (dir, _) = fx.restore(seg, &flip(data, bit));
         let (_wal, rec) = open(dir.path()).unwrap_or_else(|e| panic!("bit {bit}: {e}"));
         assert_eq!(indexes(&rec), want, "bit {bit}");
@@ -231,7 +248,7 @@ fn a_bit_flip_in_a_non_last_segment_is_corruption() {
     let data = &fx.files[0].1;
     let recs = &fx.records[0];
     let mid = recs[recs.len() / 2].clone();
-    for bit in mid.offset * 8..(mid.offset + mid.len) * 8 {
+    for bit in bits(&mid) {
         let (dir, path) = fx.restore(0, &flip(data, bit));
         assert_corrupt(open(dir.path()), &path, mid.offset, &format!("bit {bit}"));
     }
@@ -258,7 +275,7 @@ fn a_bit_flip_in_a_record_followed_by_later_writes_is_corruption() {
     let seg = fx.last();
     let data = &fx.files[seg].1;
     let victim = fx.last_entries(3)[0].clone();
-    for bit in victim.offset * 8..(victim.offset + victim.len) * 8 {
+    for bit in bits(&victim) {
         let (dir, path) = fx.restore(seg, &flip(data, bit));
         assert_corrupt(
             open(dir.path()),

@@ -213,8 +213,13 @@ impl Wal {
         opts.max_batch_bytes = opts.max_batch_bytes.max(1);
         std::fs::create_dir_all(dir).map_err(|e| WalError::io("create directory", dir, e))?;
         let lock = segment::DirLock::acquire(dir)?;
-        let opened = recovery::recover(dir, &opts)?;
-        let recovered = opened.recovered.clone();
+        let mut opened = recovery::recover(dir, &opts)?;
+        // Hand the entries to the caller without copying; the writer needs
+        // only the hard state and snapshot mark.
+        let recovered = Recovered {
+            entries: std::mem::take(&mut opened.recovered.entries),
+            ..opened.recovered.clone()
+        };
         let disk_size = Arc::new(AtomicU64::new(0));
         let queue = Arc::new(Queue::new());
         let max_batch = opts.max_batch_bytes;
