@@ -230,7 +230,7 @@ async fn watch_service_create_events_cancel() {
     let created = c.next().await;
     assert!(created.created && !created.canceled);
     assert_eq!(created.watch_id, 0);
-    let h = created.header.clone().unwrap();
+    let h = created.header.unwrap();
     assert_eq!(
         (h.cluster_id, h.member_id, h.raft_term, h.revision),
         (11, 22, 3, 1)

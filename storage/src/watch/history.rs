@@ -4,7 +4,9 @@
 use crate::apply::StateMachine;
 use crate::mvcc::{KeyRange, MvccError};
 use crate::proto::mvccpb::Event;
-use crate::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use crate::sync::RwLock;
 
 /// Read access to the store's history of changes.
 ///

@@ -17,7 +17,12 @@ use super::watcher::{WatchSpec, Watcher};
 use super::{Delivery, Outbox, ERR_DUPLICATE_WATCH_ID, ERR_EMPTY_WATCHER_RANGE, INVALID_WATCH_ID};
 use crate::mvcc::MvccError;
 use crate::proto::mvccpb::Event;
-use crate::sync::{thread, Arc, Condvar, Mutex, MutexGuard};
+// `Arc` is std's even under loom: it only shares ownership (and is the
+// receiver of `start`, which loom's `Arc` cannot be); everything the model
+// checks sits behind the shim's `Mutex`/`Condvar`.
+use std::sync::Arc;
+
+use crate::sync::{thread, Condvar, Mutex, MutexGuard};
 
 /// Tunables of the hub.
 #[derive(Debug, Clone)]

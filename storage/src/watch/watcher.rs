@@ -1,13 +1,14 @@
 //! One watcher: what the client asked for ([`WatchSpec`]) and where it is
 //! in the history (`Watcher`, internal to the hub).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::Outbox;
 use crate::mvcc::KeyRange;
 use crate::proto::etcdserverpb::{watch_create_request::FilterType, WatchCreateRequest};
 use crate::proto::mvccpb::{event::EventType, Event};
-use crate::sync::Arc;
 
 /// A watch as a client asked for it, decoded from a `WatchCreateRequest`
 /// with etcd's conventions (an empty key is `"\0"`, a `range_end` of `"\0"`
