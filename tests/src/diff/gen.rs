@@ -45,6 +45,8 @@ pub enum Op {
     LeaseTtl(LeaseTimeToLiveRequest),
     LeaseLeases,
     HashKv(HashKvRequest),
+    /// One LeaseKeepAlive request on a fresh stream; compares ID and TTL.
+    LeaseKeepAlive(i64),
     /// Not generated: a full read of the key space (`"\0".."\0"`) and the lease
     /// list, used to detect that the two stores' states diverged.
     StateCheck,
@@ -64,6 +66,7 @@ impl Op {
             Op::LeaseTtl(_) => "lease_ttl",
             Op::LeaseLeases => "lease_leases",
             Op::HashKv(_) => "hash_kv",
+            Op::LeaseKeepAlive(_) => "lease_keep_alive",
             Op::StateCheck => "state_check",
         }
     }
@@ -192,6 +195,7 @@ impl Gen {
             910..945 => Kind::LeaseTtl,
             945..955 => Kind::LeaseLeases,
             955..962 => Kind::HashKv,
+            962..977 => Kind::LeaseKeepAlive,
             _ => Kind::Put,
         }
     }
@@ -215,7 +219,14 @@ impl Gen {
                 keys: self.rng.random_bool(0.7),
             }),
             Kind::LeaseLeases => Op::LeaseLeases,
-            Kind::HashKv => Op::HashKv(HashKvRequest { revision: 0 }),
+            Kind::HashKv => Op::HashKv(HashKvRequest {
+                revision: if self.rng.random_bool(0.5) {
+                    0
+                } else {
+                    self.revision(true)
+                },
+            }),
+            Kind::LeaseKeepAlive => Op::LeaseKeepAlive(self.lease_id()),
         }
     }
 
@@ -224,6 +235,13 @@ impl Gen {
     }
 
     fn key(&mut self) -> Vec<u8> {
+        // A few binary keys (not UTF-8, a NUL inside, 0xff whose prefix end is "\0").
+        if self.rng.random_bool(0.03) {
+            return [&b"\xff"[..], b"\xff\xfe", b"a\x00", b"b/\xff"]
+                .choose(&mut self.rng)
+                .unwrap()
+                .to_vec();
+        }
         b(KEYS.choose(&mut self.rng).unwrap())
     }
 
@@ -243,7 +261,11 @@ impl Gen {
         match x {
             0..350 => (self.key(), Vec::new()),
             350..650 => {
-                let p = b(PREFIXES.choose(&mut self.rng).unwrap());
+                let p = if self.rng.random_bool(0.03) {
+                    vec![0xff]
+                } else {
+                    b(PREFIXES.choose(&mut self.rng).unwrap())
+                };
                 let e = prefix_end(&p);
                 (p, e)
             }
@@ -418,7 +440,11 @@ impl Gen {
     }
 
     fn compare(&mut self) -> Compare {
-        let (key, range_end) = if self.rng.random_bool(0.8) {
+        let (key, range_end) = if self.rng.random_bool(0.005) {
+            (Vec::new(), Vec::new())
+        } else if self.rng.random_bool(0.02) {
+            (vec![0], vec![0])
+        } else if self.rng.random_bool(0.8) {
             (self.key(), Vec::new())
         } else if self.rng.random_bool(0.8) {
             let p = b(PREFIXES.choose(&mut self.rng).unwrap());
@@ -494,6 +520,30 @@ impl Gen {
     }
 
     fn txn(&mut self) -> TxnRequest {
+        if self.rng.random_bool(0.002) {
+            // 129 compares, or a nested txn with 129 ops (limit 128).
+            let mut t = TxnRequest::default();
+            if self.rng.random_bool(0.5) {
+                t.compare = (0..129).map(|_| self.compare()).collect();
+            } else {
+                let inner = (0..129)
+                    .map(|_| RequestOp {
+                        request: Some(Request::RequestRange(RangeRequest {
+                            key: self.key().into(),
+                            ..Default::default()
+                        })),
+                    })
+                    .collect();
+                t.success.push(RequestOp {
+                    request: Some(Request::RequestTxn(TxnRequest {
+                        compare: Vec::new(),
+                        success: inner,
+                        failure: Vec::new(),
+                    })),
+                });
+            }
+            return t;
+        }
         if self.rng.random_bool(0.002) {
             // More ops than etcd's default --max-txn-ops (128).
             let ops = (0..129)
@@ -670,4 +720,5 @@ pub enum Kind {
     LeaseTtl,
     LeaseLeases,
     HashKv,
+    LeaseKeepAlive,
 }

@@ -228,16 +228,16 @@ async fn exec_inner(c: &mut Clients, op: &Op) -> Value {
         Op::Put(q) => call!(c.kv.put(q.clone()), |r| put_json(&r)),
         Op::Delete(q) => call!(c.kv.delete_range(q.clone()), |r| delete_json(&r)),
         Op::Txn(q) => call!(c.kv.txn(q.clone()), |r| txn_json(Some(q), &r)),
-        Op::Compact(q) => call!(c.kv.compact(q.clone()), |r| json!({
+        Op::Compact(q) => call!(c.kv.compact(*q), |r| json!({
             "header": header_json(&r.header)
         })),
-        Op::LeaseGrant(q) => call!(c.lease.lease_grant(q.clone()), |r| json!({
+        Op::LeaseGrant(q) => call!(c.lease.lease_grant(*q), |r| json!({
             "header": header_json(&r.header), "ID": r.id, "TTL": r.ttl, "error_field": r.error,
         })),
-        Op::LeaseRevoke(q) => call!(c.lease.lease_revoke(q.clone()), |r| json!({
+        Op::LeaseRevoke(q) => call!(c.lease.lease_revoke(*q), |r| json!({
             "header": header_json(&r.header)
         })),
-        Op::LeaseTtl(q) => call!(c.lease.lease_time_to_live(q.clone()), |r| {
+        Op::LeaseTtl(q) => call!(c.lease.lease_time_to_live(*q), |r| {
             let mut keys: Vec<Value> = r.keys.iter().map(|k| bytes_json(k)).collect();
             keys.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
             json!({
@@ -254,9 +254,24 @@ async fn exec_inner(c: &mut Clients, op: &Op) -> Value {
             ids.sort();
             json!({ "header": header_json(&r.header), "leases (sorted)": ids })
         }),
-        Op::HashKv(q) => call!(c.maint.hash_kv(q.clone()), |r| json!({
+        Op::HashKv(q) => call!(c.maint.hash_kv(*q), |r| json!({
             "header": header_json(&r.header), "compact_revision": r.compact_revision,
         })),
+        Op::LeaseKeepAlive(id) => {
+            use futures::StreamExt;
+            let req = keel_storage::proto::etcdserverpb::LeaseKeepAliveRequest { id: *id };
+            let reqs = futures::stream::iter(vec![req]).chain(futures::stream::pending());
+            match c.lease.lease_keep_alive(reqs).await {
+                Ok(resp) => match resp.into_inner().message().await {
+                    Ok(Some(r)) => json!({
+                        "header": header_json(&r.header), "ID": r.id, "TTL": r.ttl,
+                    }),
+                    Ok(None) => json!({ "error": { "code": "stream ended", "message": "" } }),
+                    Err(s) => status_json(&s),
+                },
+                Err(s) => status_json(&s),
+            }
+        }
         Op::StateCheck => {
             let q = RangeRequest {
                 key: vec![0u8].into(),

@@ -25,6 +25,9 @@ pub const MAX_SEGMENTS: usize = 4;
 const STATE_CHECK_EVERY: usize = 250;
 /// Ops into a segment at which the two late watches (from old revisions) open.
 const LATE_WATCH_AT: usize = 150;
+/// Ops into a segment at which the watches from a compacted and from a future
+/// revision open (the first compaction happens 250–450 ops in).
+const COMPACTED_WATCH_AT: usize = 600;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -269,6 +272,23 @@ fn late_watches(cur_rev: i64) -> Vec<(String, WatchCreateRequest)> {
     ]
 }
 
+/// Watches from a compacted revision (created, then canceled with the
+/// compact revision) and from a future revision.
+fn compacted_watches(cur_rev: i64, compact_rev: i64) -> Vec<(String, WatchCreateRequest)> {
+    let (k, e) = all_keys();
+    let mut v = vec![(
+        format!("all keys from future rev {}, prev_kv", cur_rev + 5),
+        watch_req(&k, e.clone(), cur_rev + 5, true, vec![]),
+    )];
+    if compact_rev > 1 {
+        v.push((
+            format!("all keys from compacted rev {}", compact_rev - 1),
+            watch_req(&k, e, compact_rev - 1, false, vec![]),
+        ));
+    }
+    v
+}
+
 async fn open_watches(
     url: &str,
     list: &[(String, WatchCreateRequest)],
@@ -323,6 +343,7 @@ async fn segment(
     // Last revision at which both stores agreed (for comparing watch events after divergence).
     let mut agreed_rev = 1;
     let mut late_opened = false;
+    let mut since_check = 0;
     let mut i = start;
     // The first op compares the initial state.
     if !state_check(i, &mut a, &mut b, sut_name, report, &mut agreed_rev).await {
@@ -338,6 +359,19 @@ async fn segment(
             if let Err(e) = open_watches(&sut.client_url(), &late, &mut b.watches).await {
                 report.record(format!("late watch open: {e}"), || {
                     format!("opening the from-old-revision watches on {sut_name}: {e:#}")
+                });
+            }
+        }
+        if i - start == COMPACTED_WATCH_AT {
+            let list = compacted_watches(gen.cur_rev, gen.compact_rev);
+            open_watches(&reference.client_url(), &list, &mut a.watches)
+                .await
+                .expect("open etcd watches");
+            if let Err(e) = open_watches(&sut.client_url(), &list, &mut b.watches).await {
+                report.record(format!("compacted/future watch open: {e}"), || {
+                    format!(
+                        "opening the from-compacted/future-revision watches on {sut_name}: {e:#}"
+                    )
                 });
             }
         }
@@ -387,10 +421,10 @@ async fn segment(
             diverged = true;
             break;
         }
-        if (!same && op.is_write()) || (i - start) % STATE_CHECK_EVERY == 0 {
-            if !state_check(i, &mut a, &mut b, sut_name, report, &mut agreed_rev).await {
-                diverged = true;
-            }
+        since_check += 1;
+        if (!same && op.is_write()) || since_check == STATE_CHECK_EVERY {
+            since_check = 0;
+            diverged = !state_check(i, &mut a, &mut b, sut_name, report, &mut agreed_rev).await;
         }
     }
 
