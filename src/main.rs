@@ -135,6 +135,9 @@ struct StoreArgs {
     /// Election timeout, in ms.
     #[arg(long, default_value_t = 1000)]
     election_timeout: u64,
+    /// Bytes preallocated per WAL segment (keel-specific).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    experimental_wal_segment_size: u64,
     /// Log level (`error`, `warn`, `info`, `debug`).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -212,6 +215,7 @@ impl StoreArgs {
             max_txn_ops: self.max_txn_ops,
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),
+            wal_segment_size: self.experimental_wal_segment_size.max(64 * 1024),
             ..MemberConfig::default()
         })
     }

@@ -6,10 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
+    let services = std::env::var_os("CARGO_FEATURE_SERVER").is_some();
     tonic_prost_build::configure()
         .bytes(".")
-        .build_client(true)
-        .build_server(true)
+        .build_client(services)
+        .build_server(services)
         .compile_fds(fds)?;
     Ok(())
 }

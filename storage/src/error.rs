@@ -73,6 +73,7 @@ impl From<MvccError> for StoreError {
     }
 }
 
+#[cfg(feature = "server")]
 impl From<StoreError> for tonic::Status {
     fn from(e: StoreError) -> Self {
         use tonic::Code;

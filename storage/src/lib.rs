@@ -14,9 +14,11 @@
 pub mod apply;
 pub mod error;
 pub mod lease;
+#[cfg(feature = "server")]
 pub mod member;
 pub mod mvcc;
 pub mod proto;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod sync;
 pub mod watch;

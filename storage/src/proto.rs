@@ -3,15 +3,15 @@
 
 /// etcd's `mvccpb` package: keys, values and watch events.
 pub mod mvccpb {
-    tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
 }
 
 /// etcd's `etcdserverpb` package: requests, responses and the gRPC services.
 pub mod etcdserverpb {
-    tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
 }
 
 /// keel's internal log commands.
 pub mod keelpb {
-    tonic::include_proto!("keelpb");
+    include!(concat!(env!("OUT_DIR"), "/keelpb.rs"));
 }

@@ -3,7 +3,7 @@
 //! (with a preemption bound).
 //!
 //! Run with:
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p keel-storage --release --test loom_watch_hub`
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p keel-storage --no-default-features --release --test loom_watch_hub`
 #![cfg(loom)]
 
 use std::collections::BTreeMap;

@@ -34,6 +34,8 @@ pub struct MemberConfig {
     pub lease_checkpoint_interval: Duration,
     /// How long a proposal may wait to be applied.
     pub request_timeout: Duration,
+    /// Bytes preallocated per WAL segment.
+    pub wal_segment_size: u64,
 }
 
 impl Default for MemberConfig {
@@ -53,6 +55,7 @@ impl Default for MemberConfig {
             election_timeout: Duration::from_millis(1000),
             lease_checkpoint_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(7),
+            wal_segment_size: 64 * 1024 * 1024,
         }
     }
 }

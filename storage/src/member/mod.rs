@@ -90,6 +90,9 @@ pub struct Member {
     next_id: AtomicU64,
     /// Set once the log failed (fatal): the member refuses everything.
     failed: Arc<AtomicBool>,
+    /// The lowest index the WAL refused without failing (no space), or
+    /// `u64::MAX`.
+    rewind_to: Arc<AtomicU64>,
     apply_tx: Mutex<Option<mpsc::Sender<Entry>>>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
@@ -125,7 +128,13 @@ impl Member {
             Some((_, path)) => snapshot::load(path, limits, min_ttl)?,
             None => StateMachine::new(limits, min_ttl),
         };
-        let (wal, recovered) = Wal::open(&wal_dir, WalOptions::default())?;
+        let (wal, recovered) = Wal::open(
+            &wal_dir,
+            WalOptions {
+                segment_size: cfg.wal_segment_size,
+                ..WalOptions::default()
+            },
+        )?;
         if let Some(tail) = &recovered.repaired_tail {
             tracing::warn!(?tail, "WAL: truncated a torn tail");
         }
@@ -191,6 +200,7 @@ impl Member {
             waiters: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
             failed: Arc::new(AtomicBool::new(false)),
+            rewind_to: Arc::new(AtomicU64::new(u64::MAX)),
             apply_tx: Mutex::new(Some(apply_tx)),
             metrics: Arc::new(Metrics::default()),
             revoking: Mutex::new(Default::default()),
@@ -269,6 +279,13 @@ impl Member {
         self.lock_waiters().insert(id, tx);
         {
             let mut next = self.next_index.lock().unwrap_or_else(|p| p.into_inner());
+            if self.rewind_to.load(Ordering::SeqCst) != u64::MAX {
+                // An append was refused: let every queued append finish
+                // (callbacks run in order), then continue from the first
+                // refused index, so the log never has a hole.
+                let _ = self.wal.append_sync(Vec::new(), None);
+                *next = self.rewind_to.swap(u64::MAX, Ordering::SeqCst).min(*next);
+            }
             let index = *next;
             let entry = Entry {
                 term: self.header.term(),
@@ -287,6 +304,7 @@ impl Member {
             };
             let waiters = self.waiters.clone();
             let failed = self.failed.clone();
+            let rewind_to = self.rewind_to.clone();
             let metrics = self.metrics.clone();
             let for_apply = entry.clone();
             self.wal.append(
@@ -299,7 +317,11 @@ impl Member {
                     Err(e) => {
                         metrics.proposals_failed.fetch_add(1, Ordering::Relaxed);
                         let err = match e {
-                            WalError::NoSpace { .. } => {
+                            // Nothing of it was written (a full disk, or an
+                            // index after one the disk refused): the next
+                            // proposal rewinds to the first refused index.
+                            WalError::NoSpace { .. } | WalError::InvalidAppend(_) => {
+                                rewind_to.fetch_min(for_apply.index, Ordering::SeqCst);
                                 StoreError::Storage(format!("no space left for the log: {e}"))
                             }
                             e => {

@@ -175,6 +175,18 @@ impl KeyIndex {
     }
 }
 
+impl KeyIndex {
+    /// Starts the history from a retained record: the key was created at
+    /// `created`, last changed at `modified`, with `version` puts so far.
+    pub fn restore(&mut self, created: Revision, modified: Revision, version: i64) {
+        let g = self.current_mut();
+        g.created = created;
+        g.ver = version;
+        g.revs = vec![modified];
+        self.modified = modified;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,7 +212,9 @@ mod tests {
     #[test]
     fn get_at_each_revision() {
         let ki = sample();
-        let cases: &[(i64, Option<(i64, i64, i64)>)] = &[
+        // (at, Some((modified, created, version)))
+        type Case = (i64, Option<(i64, i64, i64)>);
+        let cases: &[Case] = &[
             (1, None),
             (2, Some((2, 2, 1))),
             (3, Some((2, 2, 1))),
@@ -236,7 +250,9 @@ mod tests {
     #[test]
     fn compact_table() {
         // (compact at, generations' revs after, available)
-        let cases: &[(i64, Vec<Vec<i64>>, Vec<i64>)] = &[
+        // (compact at, generations' revs after, available)
+        type Case = (i64, Vec<Vec<i64>>, Vec<i64>);
+        let cases: &[Case] = &[
             (
                 1,
                 vec![vec![2, 4, 6], vec![8, 10, 12], vec![14, 16]],
@@ -281,17 +297,5 @@ mod tests {
         ki.compact(2, &mut avail);
         assert!(ki.is_empty());
         assert!(avail.is_empty());
-    }
-}
-
-impl KeyIndex {
-    /// Starts the history from a retained record: the key was created at
-    /// `created`, last changed at `modified`, with `version` puts so far.
-    pub fn restore(&mut self, created: Revision, modified: Revision, version: i64) {
-        let g = self.current_mut();
-        g.created = created;
-        g.ver = version;
-        g.revs = vec![modified];
-        self.modified = modified;
     }
 }

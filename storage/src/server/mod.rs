@@ -61,6 +61,11 @@ pub async fn serve(
         .prepare()
         .into_axum_router()
         .merge(http::router(member.clone()));
+    use axum::serve::ListenerExt;
+    // Small gRPC frames must not wait for delayed ACKs (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
