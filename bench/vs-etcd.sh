@@ -5,16 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null; }
-cargo build --release --bin keel -p keel-bench -p keel >&2
+cargo build --release -p keel -p keel-bench >&2
 KEEL=target/release/keel
 BENCH=target/release/keel-bench
 WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" vs-etcd.XXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 KEYS=${BENCH_RESTART_KEYS:-1000000}
 
-wait_up() { for _ in $(seq 1 200); do curl -sf "$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no /health at $1" >&2; return 1; }
+wait_up() { for _ in $(seq 1 1200); do curl -sf "$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no /health at $1" >&2; return 1; }
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
-summary() { grep '^SUMMARY' | sed 's/^SUMMARY //'; }
+# field NAME: the value of NAME=... on the SUMMARY line.
+field() { grep '^SUMMARY' | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 
 start_etcd() {
   etcd --name e1 --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:23790 \
@@ -36,7 +37,8 @@ echo
 echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(etcd --version | head -1); disk under $WORK"
 echo "Command: \`bench/vs-etcd.sh\` ($(date -u +%F))"
 echo
-$BENCH --total 2000 --summary-name fsync fsync --dir "$WORK" | summary | sed 's/^/    /'
+out=$($BENCH --total 2000 --summary-name fsync fsync --dir "$WORK")
+echo "fdatasync of 4 KiB on this disk: p50 $(echo "$out" | field p50_us) µs, p99 $(echo "$out" | field p99_us) µs"
 echo
 echo "| workload | target | p50 ms | p99 ms | ops/s |"
 echo "|---|---|---|---|---|"
@@ -47,9 +49,12 @@ for t in etcd keel; do
   ep=$([ $t = etcd ] && echo http://127.0.0.1:23790 || echo http://127.0.0.1:23791)
   run() { # name, bench args...
     local name=$1; shift
-    $BENCH --endpoints "$ep" --summary-name "$name" "$@" | summary | while read -r n p50 p99 ops; do
-      printf '| %s | %s | %.3f | %.3f | %s |\n' "$n" "$t" "$(echo "${p50#p50_us=} / 1000" | bc -l)" "$(echo "${p99#p99_us=} / 1000" | bc -l)" "${ops#ops_per_s=}"
-    done
+    local out
+    out=$($BENCH --endpoints "$ep" --summary-name x "$@")
+    printf '| %s | %s | %.3f | %.3f | %s |\n' "$name" "$t" \
+      "$(echo "$(echo "$out" | field p50_us) / 1000" | bc -l)" \
+      "$(echo "$(echo "$out" | field p99_us) / 1000" | bc -l)" \
+      "$(echo "$out" | field ops_per_s)"
   }
   run "put, 1 client" --conns 1 --clients 1 --total 3000 put --key-space-size 100000
   run "put, 100 clients / 10 conns" --conns 10 --clients 100 --total 50000 put --key-space-size 100000
@@ -60,12 +65,12 @@ echo "| restart with $KEYS keys | target | load ops/s | restart to serving s | R
 echo "|---|---|---|---|---|"
 for t in etcd keel; do
   ep=$([ $t = etcd ] && echo http://127.0.0.1:23790 || echo http://127.0.0.1:23791)
-  load=$($BENCH --endpoints "$ep" --conns 10 --clients 200 --total "$KEYS" --summary-name load put --key-space-size "$KEYS" --sequential-keys | summary | awk '{print $4}')
+  load=$($BENCH --endpoints "$ep" --conns 10 --clients 200 --total "$KEYS" --summary-name load put --key-space-size "$KEYS" --sequential-keys | field ops_per_s)
   rss=$(rss_mb "${PIDS[$t]}")
   kill -9 "${PIDS[$t]}"; wait "${PIDS[$t]}" 2>/dev/null || true
   t0=$(date +%s.%N)
   PIDS[$t]=$([ $t = etcd ] && start_etcd || start_keel)
   wait_up "$ep"
   t1=$(date +%s.%N)
-  printf '| %s | %s | %s | %.2f | %s |\n' "$KEYS keys" "$t" "${load#ops_per_s=}" "$(echo "$t1 - $t0" | bc -l)" "$rss"
+  printf '| %s | %s | %s | %.2f | %s |\n' "$KEYS keys" "$t" "$load" "$(echo "$t1 - $t0" | bc -l)" "$rss"
 done
