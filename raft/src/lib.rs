@@ -8,4 +8,6 @@
 #![warn(missing_docs)]
 
 pub mod sync;
+#[cfg(feature = "transport")]
+pub mod transport;
 pub mod wal;

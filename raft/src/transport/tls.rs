@@ -1,0 +1,294 @@
+//! TLS 1.3 setup for the peer transport: mutual TLS against a cluster CA
+//! ([`PeerTls::Files`]) or self-signed auto TLS ([`PeerTls::Auto`]).
+//!
+//! Both sides of every connection present a certificate (the dialer as a
+//! client certificate). In auto mode any certificate is accepted, as etcd's
+//! `--peer-auto-tls` does, but the handshake signatures are still verified, so
+//! the connection is encrypted to whoever holds the presented key.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+
+use super::{PeerTls, TransportError, ALPN};
+
+/// File names of the auto-TLS certificate and key inside [`PeerTls::Auto`]'s dir.
+pub(crate) const AUTO_CERT: &str = "cert.pem";
+/// See [`AUTO_CERT`].
+pub(crate) const AUTO_KEY: &str = "key.pem";
+
+/// Server name the dialer asks for in auto mode (the verifier ignores it).
+pub(crate) const AUTO_SERVER_NAME: &str = "keel-peer";
+
+/// The rustls configurations for both directions, plus what the endpoint
+/// derives from the key.
+pub(crate) struct TlsSetup {
+    pub server: rustls::ServerConfig,
+    pub client: rustls::ClientConfig,
+    /// True in CA mode: the dialer checks the peer's certificate names its IP.
+    pub verify_names: bool,
+    /// The private key (DER), from which the stateless-reset key is derived so
+    /// that it stays the same across restarts.
+    pub key_der: Vec<u8>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_err(what: impl std::fmt::Display) -> TransportError {
+    TransportError::Tls(what.to_string())
+}
+
+fn pem_err(path: &Path, e: rustls::pki_types::pem::Error) -> TransportError {
+    TransportError::Tls(format!("{}: {e}", path.display()))
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_err(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(path, e))?;
+    if certs.is_empty() {
+        return Err(tls_err(format!("{}: no certificate", path.display())));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_err(path, e))
+}
+
+/// Writes `data` to `path` atomically (temp file + rename), owner-only when `secret`.
+fn write_atomically(path: &Path, data: &[u8], secret: bool) -> Result<(), TransportError> {
+    let tmp = path.with_extension("tmp");
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| TransportError::Io { path: p, source }
+    };
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut f = opts.open(&tmp).map_err(io(&tmp))?;
+    f.write_all(data).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(())
+}
+
+/// Loads the auto-TLS certificate and key from `dir`, generating them on
+/// first use (so restarts present the same certificate).
+fn auto_cert(
+    dir: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TransportError> {
+    let cert_path: PathBuf = dir.join(AUTO_CERT);
+    let key_path: PathBuf = dir.join(AUTO_KEY);
+    if !(cert_path.exists() && key_path.exists()) {
+        fs::create_dir_all(dir).map_err(|source| TransportError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let generated = rcgen::generate_simple_self_signed(vec![
+            AUTO_SERVER_NAME.to_string(),
+            "localhost".to_string(),
+        ])
+        .map_err(tls_err)?;
+        write_atomically(
+            &key_path,
+            generated.signing_key.serialize_pem().as_bytes(),
+            true,
+        )?;
+        write_atomically(&cert_path, generated.cert.pem().as_bytes(), false)?;
+        tracing::info!(dir = %dir.display(), "generated self-signed peer certificate (auto TLS)");
+    }
+    Ok((load_certs(&cert_path)?, load_key(&key_path)?))
+}
+
+/// Builds the TLS configuration for `tls`.
+pub(crate) fn setup(tls: &PeerTls) -> Result<TlsSetup, TransportError> {
+    let provider = provider();
+    let (chain, key, roots) = match tls {
+        PeerTls::Auto { dir } => {
+            let (chain, key) = auto_cert(dir)?;
+            (chain, key, None)
+        }
+        PeerTls::Files { cert, key, ca } => {
+            let chain = load_certs(cert)?;
+            let key = load_key(key)?;
+            let mut roots = RootCertStore::empty();
+            for c in load_certs(ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| tls_err(format!("{}: {e}", ca.display())))?;
+            }
+            (chain, key, Some(Arc::new(roots)))
+        }
+    };
+    let key_der = key.secret_der().to_vec();
+
+    let client_verifier: Arc<dyn ClientCertVerifier> = match &roots {
+        None => Arc::new(AcceptAnyPeer(provider.clone())),
+        Some(roots) => WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(tls_err)?,
+    };
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(tls_err)?;
+    server.alpn_protocols = vec![ALPN.to_vec()];
+
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?;
+    let builder = match &roots {
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyPeer(provider.clone()))),
+        Some(roots) => builder.with_webpki_verifier(
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots.clone(),
+                provider.clone(),
+            )
+            .build()
+            .map_err(tls_err)?,
+        ),
+    };
+    let mut client = builder.with_client_auth_cert(chain, key).map_err(tls_err)?;
+    client.alpn_protocols = vec![ALPN.to_vec()];
+
+    Ok(TlsSetup {
+        server,
+        client,
+        verify_names: roots.is_some(),
+        key_der,
+    })
+}
+
+/// Auto-TLS verifier: accepts any certificate chain, but checks that the
+/// handshake was signed by the presented certificate's key.
+#[derive(Debug)]
+struct AcceptAnyPeer(Arc<CryptoProvider>);
+
+impl AcceptAnyPeer {
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for AcceptAnyPeer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+impl ClientCertVerifier for AcceptAnyPeer {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
