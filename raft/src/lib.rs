@@ -7,6 +7,7 @@
 //!   that loom can model it.
 #![warn(missing_docs)]
 
+pub mod core;
 pub mod sync;
 #[cfg(feature = "transport")]
 pub mod transport;
