@@ -255,6 +255,17 @@ impl RawNode {
         &self.log.entries
     }
 
+    /// The term of the entry at `index`, if known (the snapshot's index
+    /// counts; compacted or missing entries do not).
+    pub fn log_term(&self, index: u64) -> Option<u64> {
+        self.log.term(index)
+    }
+
+    /// Index of the last entry in the log (durable or not).
+    pub fn last_index(&self) -> u64 {
+        self.log.last_index()
+    }
+
     /// Index of the latest snapshot (the log starts after it).
     pub fn snapshot_index(&self) -> u64 {
         self.log.offset
