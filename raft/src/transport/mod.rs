@@ -375,9 +375,18 @@ impl Transport {
             &[b"keel-raft stateless reset".as_slice(), &tls.key_der].concat(),
         );
         let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_ref());
+        let mut endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+        // The connection IDs carry a keyed hash that the endpoint checks
+        // before answering with a reset; the key must survive restarts too.
+        let mut cid_key = [0u8; 8];
+        cid_key.copy_from_slice(&seed.as_ref()[..8]);
+        let cid_key = u64::from_le_bytes(cid_key);
+        endpoint_cfg.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let socket = bind(cfg.listen).await?;
         let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::new(Arc::new(reset_key)),
+            endpoint_cfg,
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),
