@@ -35,6 +35,7 @@ struct Summary {
     leader_terms: usize,
     reads: u64,
     liveness_ticks: u64,
+    stats: cluster::Stats,
 }
 
 fn run(seed: u64, trace: bool) -> Result<Summary, String> {
@@ -51,31 +52,35 @@ fn run(seed: u64, trace: bool) -> Result<Summary, String> {
         }
     }
     sim.heal()?;
-    let mut probe: Option<Vec<u8>> = None;
+    let mut probe: Option<(u64, u64)> = None;
     let mut probe_at = 0;
     for t in 0..p.liveness_ticks {
         sim.tick();
         for _ in 0..STEPS_PER_TICK {
             sim.step()?;
         }
-        if let Some(d) = &probe {
-            if let Some(i) = sim.committed_index(d) {
+        if let Some((i, term)) = probe {
+            if sim.checker.committed_term(i) == Some(term) {
                 if sim.applied_everywhere(i) {
                     return Ok(Summary {
                         committed: sim.checker.max_committed(),
                         leader_terms: sim.checker.leader_terms(),
                         reads: sim.checker.reads_ok,
                         liveness_ticks: t,
+                        stats: sim.stats,
                     });
                 }
             }
         }
         if probe.is_none() || t - probe_at > 50 {
-            if let Some(d) = sim.propose_somewhere() {
-                probe = Some(d);
+            if let Some(at) = sim.propose_somewhere() {
+                probe = Some(at);
                 probe_at = t;
             }
         }
+    }
+    if trace {
+        sim.dump();
     }
     Err(format!(
         "liveness: after healing, no proposal committed on every live member within {} ticks (leader: {:?})",
@@ -110,14 +115,23 @@ fn run_seeds(parity: u64) {
     let start = std::time::Instant::now();
     let mut total = Summary::default();
     let mut runs = 0u64;
-    let mut max_live = 0;
+    let mut max_live = (0, 0);
     for seed in (base..base + count).filter(|s| s % 2 == parity) {
         match run_caught(seed) {
             Ok(s) => {
                 total.committed += s.committed;
                 total.leader_terms += s.leader_terms;
                 total.reads += s.reads;
-                max_live = max_live.max(s.liveness_ticks);
+                if s.liveness_ticks > max_live.0 {
+                    max_live = (s.liveness_ticks, seed);
+                }
+                let (a, b) = (&mut total.stats, s.stats);
+                a.crashes += b.crashes;
+                a.snapshots_installed += b.snapshots_installed;
+                a.conf_changes_applied += b.conf_changes_applied;
+                a.transfers += b.transfers;
+                a.partitions += b.partitions;
+                a.messages += b.messages;
                 runs += 1;
             }
             Err(e) => panic!(
@@ -126,13 +140,14 @@ fn run_seeds(parity: u64) {
         }
     }
     println!(
-        "{runs} seeds ({} nodes) in {:?}: {} entries committed, {} leader terms, {} reads checked, liveness within {} ticks",
+        "{runs} seeds ({} nodes) in {:?}: {} entries committed, {} leader terms, {} reads checked, liveness within {:?} (ticks, seed); {:?}",
         if parity == 0 { 3 } else { 5 },
         start.elapsed(),
         total.committed,
         total.leader_terms,
         total.reads,
-        max_live
+        max_live,
+        total.stats
     );
 }
 

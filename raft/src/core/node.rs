@@ -100,6 +100,10 @@ pub struct RawNode {
     pending_conf_index: u64,
     /// Leader: target of a leadership transfer in progress.
     transferee: Option<u64>,
+    /// Leader: ticks since the transfer started (abandoned after an
+    /// election timeout). Kept apart from `election_elapsed` so repeated
+    /// transfer requests cannot postpone the quorum check.
+    transfer_elapsed: usize,
     read_seq: u64,
     pending_reads: VecDeque<PendingRead>,
     /// Leader: reads waiting for the first commit of the term.
@@ -191,6 +195,7 @@ impl RawNode {
             randomized_timeout: cfg.election_tick,
             pending_conf_index: 0,
             transferee: None,
+            transfer_elapsed: 0,
             read_seq: 0,
             pending_reads: VecDeque::new(),
             reads_before_commit: Vec::new(),
@@ -470,7 +475,7 @@ impl RawNode {
             return;
         }
         self.transferee = Some(to);
-        self.election_elapsed = 0;
+        self.transfer_elapsed = 0;
         let caught_up = self
             .prs
             .get(&to)
@@ -895,8 +900,13 @@ impl RawNode {
                     return;
                 }
             }
-            // A transfer that did not finish within an election timeout.
-            self.transferee = None;
+        }
+        if self.transferee.is_some() {
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.cfg.election_tick {
+                // A transfer that did not finish within an election timeout.
+                self.transferee = None;
+            }
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick {
             self.heartbeat_elapsed = 0;

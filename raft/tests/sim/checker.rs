@@ -273,6 +273,11 @@ impl Checker {
         self.max_committed
     }
 
+    /// The term of the committed entry at `index`, if known committed.
+    pub fn committed_term(&self, index: u64) -> Option<u64> {
+        self.committed.get(&index).map(|c| c.term)
+    }
+
     /// Number of terms that had a leader.
     pub fn leader_terms(&self) -> usize {
         self.leaders.len()

@@ -85,8 +85,8 @@ impl Params {
     pub fn draw(seed: u64, rng: &mut Rng) -> Params {
         Params {
             nodes: if seed % 2 == 0 { 3 } else { 5 },
-            chaos_ticks: 60 + rng.below(40),
-            liveness_ticks: 300,
+            chaos_ticks: 150 + rng.below(100),
+            liveness_ticks: 600,
             drop_per_mille: rng.below(150),
             dup_per_mille: rng.below(50),
             max_delay: 1 + rng.below(10),
@@ -114,6 +114,18 @@ pub struct Sim {
     pub checker: Checker,
     pub trace: bool,
     pub proposals: u64,
+    pub stats: Stats,
+}
+
+/// Counts of what a run exercised.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub crashes: u64,
+    pub snapshots_installed: u64,
+    pub conf_changes_applied: u64,
+    pub transfers: u64,
+    pub partitions: u64,
+    pub messages: u64,
 }
 
 impl Sim {
@@ -138,6 +150,7 @@ impl Sim {
             checker: Checker::default(),
             trace,
             proposals: 0,
+            stats: Stats::default(),
         };
         for id in ids {
             sim.add_node(id);
@@ -229,6 +242,7 @@ impl Sim {
             return;
         }
         let bytes = m.encode();
+        self.stats.messages += 1;
         let copies = if self.rng.chance(self.dup_per_mille) {
             2
         } else {
@@ -340,6 +354,7 @@ impl Sim {
             node.sm.applied = e.index;
             if e.kind == EntryKind::ConfChange {
                 let cc = ConfChange::decode(&e.data).map_err(|e| format!("conf change: {e}"))?;
+                self.stats.conf_changes_applied += 1;
                 raw.apply_conf_change(&cc);
                 match cc {
                     ConfChange::RemoveNode(x) => removed.push(x),
@@ -401,6 +416,7 @@ impl Sim {
             let w = node.writes.pop_front().expect("front");
             if let Some((meta, sm)) = &w.snap {
                 self.checker.install(id, meta, sm.hash)?;
+                self.stats.snapshots_installed += 1;
                 node.disk.snap = Some((meta.clone(), *sm));
                 node.disk.entries.clear();
                 node.sm = *sm;
@@ -457,6 +473,7 @@ impl Sim {
     fn crash(&mut self, id: u64, down_for: u64) {
         let now = self.now;
         self.log(|| format!("crash {id} for {down_for}"));
+        self.stats.crashes += 1;
         let node = self.nodes.get_mut(&id).expect("node");
         node.raw = None;
         node.writes.clear();
@@ -545,7 +562,8 @@ impl Sim {
     pub fn chaos(&mut self) -> Check {
         let ids = self.ids();
         // Partitions.
-        if self.rng.chance(25) {
+        if self.rng.chance(40) {
+            self.stats.partitions += 1;
             self.blocked.clear();
             if self.rng.chance(500) {
                 // Symmetric: split the nodes in two.
@@ -579,7 +597,7 @@ impl Sim {
             self.blocked.clear();
         }
         // Crashes and restarts.
-        if self.rng.chance(15) {
+        if self.rng.chance(30) {
             let live = self.live_ids();
             if let Some(id) = self.rng.pick(&live) {
                 let down = STEPS_PER_TICK * (2 + self.rng.below(30));
@@ -612,7 +630,7 @@ impl Sim {
             if self.rng.chance(25) {
                 self.conf_change(l);
             }
-            if self.rng.chance(20) {
+            if self.rng.chance(40) {
                 let voters: Vec<u64> = self.nodes[&l]
                     .raw
                     .as_ref()
@@ -624,6 +642,7 @@ impl Sim {
                     .collect();
                 if let Some(to) = self.rng.pick(&voters) {
                     self.log(|| format!("transfer leadership {l} -> {to}"));
+                    self.stats.transfers += 1;
                     // Sometimes through a follower, which forwards it.
                     let via = if self.rng.chance(300) { to } else { l };
                     if let Some(r) = self.raw_mut(via) {
@@ -635,17 +654,19 @@ impl Sim {
         Ok(())
     }
 
-    /// Proposes a fresh payload at the current leader (if any); returns it
-    /// if the leader accepted it.
-    pub fn propose_somewhere(&mut self) -> Option<Vec<u8>> {
+    /// Proposes a fresh payload at the current leader (if any); returns
+    /// its (index, term) if the leader accepted it.
+    pub fn propose_somewhere(&mut self) -> Option<(u64, u64)> {
         let l = self.leader()?;
         let data = self.next_data.to_le_bytes().to_vec();
         self.next_data += 1;
-        let ok = self.raw_mut(l)?.propose(data.clone()).is_ok();
+        let raw = self.raw_mut(l)?;
+        let ok = raw.propose(data.clone()).is_ok();
+        let at = (raw.last_index(), raw.term());
         self.log(|| format!("propose {:?} at {l}: {ok}", data[0]));
         if ok {
             self.proposals += 1;
-            Some(data)
+            Some(at)
         } else {
             None
         }
@@ -681,6 +702,16 @@ impl Sim {
         }
     }
 
+    /// Prints every node's status (tracing).
+    pub fn dump(&self) {
+        for (id, n) in &self.nodes {
+            match &n.raw {
+                Some(r) => println!("node {id}: sm {:?} {:?}", n.sm, r.status()),
+                None => println!("node {id}: down (removed: {})", n.removed),
+            }
+        }
+    }
+
     /// Ends all faults: links healed, no loss, crashed members restarted.
     pub fn heal(&mut self) -> Check {
         self.log(|| "heal everything".into());
@@ -708,28 +739,26 @@ impl Sim {
             .expect("live")
             .conf_state()
             .clone();
+        if self.trace {
+            let st: Vec<_> = conf
+                .members()
+                .map(|id| {
+                    (
+                        id,
+                        self.nodes
+                            .get(&id)
+                            .map(|n| (n.raw.is_some(), n.removed, n.sm.applied)),
+                    )
+                })
+                .collect();
+            self.log(|| format!("liveness: want {index} applied on {st:?}"));
+        }
         let ok = conf.members().all(|id| match self.nodes.get(&id) {
             Some(n) if n.raw.is_some() => n.sm.applied >= index,
             Some(n) => n.removed,
             None => true,
         });
         ok
-    }
-
-    /// Index of `data` in the leader's log, if there.
-    pub fn index_of(&self, data: &[u8]) -> Option<u64> {
-        let l = self.leader()?;
-        let raw = self.nodes[&l].raw.as_ref()?;
-        raw.log_entries()
-            .iter()
-            .find(|e| e.data == data)
-            .map(|e| e.index)
-    }
-
-    /// The committed index of `data`, if known committed.
-    pub fn committed_index(&self, data: &[u8]) -> Option<u64> {
-        let i = self.index_of(data)?;
-        (i <= self.checker.max_committed()).then_some(i)
     }
 }
 
