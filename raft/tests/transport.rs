@@ -43,6 +43,7 @@ fn auto_config(id: u64, root: &Path) -> TransportConfig {
 /// Starts one transport per config and makes every member a peer of every
 /// other (through `add_peer`, since the ports are only known after binding).
 async fn cluster(configs: Vec<TransportConfig>) -> (Vec<Transport>, Vec<Incoming>) {
+    init_tracing();
     let mut ts = Vec::new();
     let mut incs = Vec::new();
     for cfg in configs {
@@ -452,14 +453,13 @@ impl TestCa {
         }
     }
 
-    /// Issues a certificate for 127.0.0.1 and writes cert, key and (trusted) CA
+    /// Issues a certificate for `ip` and writes cert, key and (trusted) CA
     /// files into `dir`.
-    fn member_tls(&self, dir: &Path, trusted: &TestCa) -> PeerTls {
+    fn member_tls(&self, dir: &Path, trusted: &TestCa, ip: &str) -> PeerTls {
         std::fs::create_dir_all(dir).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .unwrap();
+            rcgen::CertificateParams::new(vec![ip.to_string(), "localhost".to_string()]).unwrap();
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
@@ -484,10 +484,24 @@ async fn mutual_tls_with_ca_files_refuses_foreign_certificates() {
     };
     let d = dir.path();
     let (ts, mut incs) = cluster(vec![
-        config(1, cluster_ca.member_tls(&d.join("m1"), &cluster_ca)),
-        config(2, cluster_ca.member_tls(&d.join("m2"), &cluster_ca)),
+        config(
+            1,
+            cluster_ca.member_tls(&d.join("m1"), &cluster_ca, "127.0.0.1"),
+        ),
+        config(
+            2,
+            cluster_ca.member_tls(&d.join("m2"), &cluster_ca, "127.0.0.1"),
+        ),
         // Member 3 trusts the cluster CA but its own certificate is foreign.
-        config(3, other_ca.member_tls(&d.join("m3"), &cluster_ca)),
+        config(
+            3,
+            other_ca.member_tls(&d.join("m3"), &cluster_ca, "127.0.0.1"),
+        ),
+        // Member 4's certificate is the cluster's, but for another address.
+        config(
+            4,
+            cluster_ca.member_tls(&d.join("m4"), &cluster_ca, "10.9.8.7"),
+        ),
     ])
     .await;
     let mut inc_2 = incs.remove(1);
@@ -504,13 +518,21 @@ async fn mutual_tls_with_ca_files_refuses_foreign_certificates() {
     })
     .await;
 
-    // Member 3 keeps trying; nothing of it reaches member 1.
+    // Members 3 and 4 keep trying; nothing of theirs reaches member 1.
     for seq in 0..40 {
         ts[2].send(1, numbered(3, seq));
+        ts[3].send(1, numbered(4, seq));
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_silent(&mut inc_1, Duration::from_millis(300)).await;
     assert!(ts[2].dropped_messages(1).unwrap() > 0);
+    assert!(ts[3].dropped_messages(1).unwrap() > 0);
+    // Nor can member 1 talk to member 4: its certificate does not name the
+    // address member 1 dials.
+    ts[0].send(4, numbered(1, 2));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!ts[0].peer_reachable(4));
+    assert_eq!(ts[0].dropped_messages(4), Some(1));
     // A snapshot from member 3 is refused as well.
     let file = d.join("foreign.snap");
     std::fs::write(&file, b"foreign").unwrap();
@@ -720,4 +742,40 @@ async fn unknown_and_removed_peers() {
     sender.abort();
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queues_and_unreachable_peers_drop_and_count() {
+    let dir = tempfile::tempdir().unwrap();
+    // A UDP socket that never answers: dials to it time out.
+    let black_hole = std::net::UdpSocket::bind(localhost()).unwrap();
+    let nowhere = black_hole.local_addr().unwrap();
+    let mut cfg = auto_config(1, dir.path());
+    cfg.send_queue = 10;
+    cfg.send_queue_bytes = 3000;
+    cfg.max_message_bytes = 1024;
+    cfg.connect_timeout = Duration::from_millis(300);
+    cfg.peers.insert(8, nowhere);
+    cfg.peers.insert(9, nowhere);
+    let (a, _inc) = Transport::start(cfg).await.unwrap();
+
+    a.send(9, vec![0; 2000]); // oversized: never queued
+    assert_eq!(a.dropped_messages(9), Some(1));
+    for _ in 0..100 {
+        a.send(9, vec![0; 10]); // the queue holds 10 messages
+        a.send(8, vec![0; 1000]); // the queue holds 3000 bytes
+    }
+    // At most the queue's worth plus the one message that triggered the dial.
+    assert!(a.dropped_messages(9).unwrap() >= 1 + 100 - 11);
+    assert!(a.dropped_messages(8).unwrap() >= 100 - 4);
+    // Once the dial times out, the queued messages are dropped too.
+    timeout(Duration::from_secs(3), async {
+        while a.dropped_messages(9) != Some(101) || a.dropped_messages(8) != Some(100) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("everything sent to an unreachable peer is dropped and counted");
+    assert!(!a.peer_reachable(8) && !a.peer_reachable(9));
+    a.shutdown().await;
 }

@@ -23,8 +23,8 @@
 //!   first, and per-stream flow control keeps the snapshot from filling the
 //!   connection's send window.
 //!
-//! Each peer has a bounded send queue drained by its own task. A full queue
-//! drops the newest message; when the peer cannot be dialed, everything
+//! Each peer has a bounded send queue (in messages and in bytes) drained by
+//! its own task. A full queue drops the newest message; when the peer cannot be dialed, everything
 //! queued is dropped (as etcd does: Raft resends, stale messages only delay
 //! fresh ones) and the dial is retried on the next message after an
 //! exponential backoff (`backoff_min` doubling up to `backoff_max`). Drops are
@@ -62,12 +62,15 @@
 //! # Trust
 //!
 //! Both sides present certificates (mutual TLS). With [`PeerTls::Files`] the
-//! peer's chain must lead to the cluster CA, and the dialer also checks that
-//! the server's certificate names the IP address it dialed. Within the
-//! cluster, the member ID in the hello is taken at its word, as etcd trusts
-//! any CA-signed peer. With [`PeerTls::Auto`] any certificate is accepted
-//! (etcd's `--peer-auto-tls`): the traffic is encrypted, but anyone who can
-//! reach the port can claim to be a member.
+//! peer's chain must lead to the cluster CA, and the certificate must name
+//! the member's IP address both ways: the dialer checks that the server's
+//! certificate names the IP it dialed, and the receiver checks that the
+//! client certificate names the configured IP of the member the hello
+//! claims to be (so a member's certificate cannot speak for a member on
+//! another host; members sharing a host share that check). With
+//! [`PeerTls::Auto`] any certificate is accepted (etcd's `--peer-auto-tls`):
+//! the traffic is encrypted, but anyone who can reach the port can claim to
+//! be a member.
 //!
 //! # Delivery guarantees at shutdown
 //!
@@ -101,6 +104,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// How long `shutdown` waits for a task before aborting it.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+/// How long `shutdown` lets closed connections drain (so that the peers get
+/// the close); handshakes that never got an answer would take seconds.
+const DRAIN_WAIT: Duration = Duration::from_millis(500);
 
 /// Configuration of a [`Transport`]. Build it with [`TransportConfig::new`],
 /// then adjust the public fields.
@@ -125,6 +131,9 @@ pub struct TransportConfig {
     pub max_message_bytes: usize,
     /// Messages queued per peer before new ones are dropped. Default 4096.
     pub send_queue: usize,
+    /// Payload bytes queued per peer before new messages are dropped (a
+    /// single message always fits into an empty queue). Default 64 MiB.
+    pub send_queue_bytes: usize,
     /// Capacity of [`Incoming::messages`]; when it is full, reading from the
     /// network pauses (QUIC flow control pushes back). Default 4096.
     pub receive_queue: usize,
@@ -152,6 +161,7 @@ impl TransportConfig {
             snapshot_dir,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             send_queue: 4096,
+            send_queue_bytes: 64 << 20,
             receive_queue: 4096,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
@@ -166,9 +176,10 @@ impl TransportConfig {
 #[derive(Debug, Clone)]
 pub enum PeerTls {
     /// Mutual TLS with a cluster CA (`--peer-cert-file`, `--peer-key-file`,
-    /// `--peer-trusted-ca-file`): PEM files. Peers must present a certificate
-    /// issued by the CA, and a member's certificate must name the IP address
-    /// of its peer URL (the dialer checks it).
+    /// `--peer-trusted-ca-file`): PEM files. Each member's certificate must
+    /// be issued by the CA, carry an IP subject alternative name for the
+    /// address of its peer URL, and (if it has extended key usages) allow
+    /// both server and client authentication, as etcd peer certificates do.
     Files {
         /// This member's certificate chain (PEM).
         cert: PathBuf,
@@ -245,6 +256,7 @@ impl Drop for DropGuard {
 pub(crate) struct Limits {
     pub max_message_bytes: usize,
     pub send_queue: usize,
+    pub send_queue_bytes: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub connect_timeout: Duration,
@@ -305,6 +317,11 @@ impl Inner {
     /// Whether `id` is currently a configured peer.
     pub(crate) fn is_peer(&self, id: u64) -> bool {
         self.lock_peers().contains_key(&id)
+    }
+
+    /// The configured address of peer `id`.
+    pub(crate) fn peer_addr(&self, id: u64) -> Option<SocketAddr> {
+        self.lock_peers().get(&id).map(|p| p.shared.addr)
     }
 }
 
@@ -405,6 +422,7 @@ impl Transport {
             limits: Limits {
                 max_message_bytes: cfg.max_message_bytes.min(u32::MAX as usize),
                 send_queue: cfg.send_queue.max(1),
+                send_queue_bytes: cfg.send_queue_bytes,
                 backoff_min: cfg.backoff_min,
                 backoff_max: cfg.backoff_max.max(cfg.backoff_min),
                 connect_timeout: cfg.connect_timeout,
@@ -451,7 +469,8 @@ impl Transport {
 
     /// Queues `msg` for member `to`; never blocks. Dropped (and counted) when
     /// `to` is not a peer, the message exceeds `max_message_bytes`, the
-    /// peer's queue is full, or the transport is shut down. Messages to one
+    /// peer's queue is full (`send_queue` messages or `send_queue_bytes`),
+    /// or the transport is shut down. Messages to one
     /// peer are delivered in the order they were queued.
     pub fn send(&self, to: u64, msg: Vec<u8>) {
         let peers = self.inner.lock_peers();
@@ -464,7 +483,14 @@ impl Transport {
             tracing::warn!(to, len = msg.len(), "oversized message dropped");
             return;
         }
+        let len = msg.len();
+        if !p.shared.admit(len, self.inner.limits.send_queue_bytes) {
+            p.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(to, "send queue full (bytes); message dropped");
+            return;
+        }
         if p.tx.try_send(msg).is_err() {
+            p.shared.release(len);
             p.shared.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(to, "send queue full; message dropped");
         }
@@ -576,7 +602,7 @@ impl Transport {
         }
         if let Some(ep) = self.inner.take_endpoint() {
             ep.close(wire::close::SHUTDOWN.into(), b"shutdown");
-            let _ = tokio::time::timeout(SHUTDOWN_WAIT, ep.wait_idle()).await;
+            let _ = tokio::time::timeout(DRAIN_WAIT, ep.wait_idle()).await;
         }
         tracing::info!(id = self.inner.id, "peer transport stopped");
     }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ pub(crate) struct PeerShared {
     pub reachable: AtomicBool,
     /// Messages dropped: queue full, oversized, or lost with a broken connection.
     pub dropped: AtomicU64,
+    /// Payload bytes in the send queue.
+    pub queued_bytes: AtomicUsize,
     /// The outgoing connection, shared by the message stream and snapshots.
     /// Held across a dial, which serializes dials to this peer.
     conn: tokio::sync::Mutex<Option<Connection>>,
@@ -45,6 +47,7 @@ impl PeerShared {
             addr,
             reachable: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            queued_bytes: AtomicUsize::new(0),
             conn: tokio::sync::Mutex::new(None),
         }
     }
@@ -132,13 +135,51 @@ async fn open_message_stream(
     }
 }
 
-/// Empties the queue, returning how many messages were dropped.
-fn drain(rx: &mut mpsc::Receiver<Vec<u8>>) -> u64 {
-    let mut n = 0;
-    while rx.try_recv().is_ok() {
-        n += 1;
+impl PeerShared {
+    /// Admits a message of `len` bytes to the send queue's byte budget
+    /// (a single message is always admitted into an empty queue).
+    pub(crate) fn admit(&self, len: usize, budget: usize) -> bool {
+        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before + len > budget {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
-    n
+
+    /// Returns a message's bytes to the budget (it left the queue).
+    pub(crate) fn release(&self, len: usize) {
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
+/// The receiving end of a peer's send queue; keeps the byte count.
+struct Queue {
+    rx: mpsc::Receiver<Vec<u8>>,
+    peer: Arc<PeerShared>,
+}
+
+impl Queue {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        let m = self.rx.recv().await?;
+        self.peer.release(m.len());
+        Some(m)
+    }
+
+    fn try_recv(&mut self) -> Option<Vec<u8>> {
+        let m = self.rx.try_recv().ok()?;
+        self.peer.release(m.len());
+        Some(m)
+    }
+
+    /// Empties the queue, returning how many messages were dropped.
+    fn drain(&mut self) -> u64 {
+        let mut n = 0;
+        while self.try_recv().is_some() {
+            n += 1;
+        }
+        n
+    }
 }
 
 /// Finishes the message stream, waits (bounded) until the peer has
@@ -151,16 +192,36 @@ async fn linger_and_close(peer: &PeerShared, mut send: SendStream) {
     peer.close().await;
 }
 
+/// Whether the peer closed the connection because it refuses us (bad
+/// certificate, unknown member, protocol violation) rather than because it
+/// went away: such a peer is redialed only after a backoff.
+fn refused(reason: Option<&quinn::ConnectionError>) -> bool {
+    match reason {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+            c.error_code != wire::close::SHUTDOWN.into()
+        }
+        // A transport-level error sent by the peer, e.g. a TLS alert about
+        // our certificate.
+        Some(quinn::ConnectionError::ConnectionClosed(_)) => true,
+        _ => false,
+    }
+}
+
 /// The per-peer sender task: dials lazily on the first message, writes queued
-/// messages as frames on one long-lived uni stream, redials with exponential
-/// backoff when the connection breaks. Messages that cannot be delivered
-/// because the peer is unreachable are dropped and counted.
+/// messages as frames on one long-lived uni stream, and redials when the
+/// connection breaks. A failed dial or a refusal by the peer drops what is
+/// queued and delays the next dial by an exponential backoff; a connection
+/// that merely went away is redialed on the next message.
 pub(crate) async fn run(
     inner: Arc<Inner>,
     peer: Arc<PeerShared>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Vec<u8>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut rx = Queue {
+        rx,
+        peer: peer.clone(),
+    };
     let limits = &inner.limits;
     let mut backoff = limits.backoff_min;
     let mut buf: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
@@ -178,14 +239,11 @@ pub(crate) async fn run(
             _ = stop_requested(&mut stop) => break,
         };
         let (conn, mut send) = match opened {
-            Ok(x) => {
-                backoff = limits.backoff_min;
-                x
-            }
+            Ok(x) => x,
             Err(e) => {
                 // Like etcd, drop what is queued for an unreachable peer: Raft
                 // resends, and stale messages only delay the fresh ones.
-                let n = 1 + drain(&mut rx);
+                let n = 1 + rx.drain();
                 peer.dropped.fetch_add(n, Ordering::Relaxed);
                 tracing::debug!(peer = peer.id, error = %e, dropped = n, retry_in = ?backoff, "peer unreachable");
                 tokio::select! {
@@ -196,6 +254,9 @@ pub(crate) async fn run(
                 continue;
             }
         };
+        let connected_at = tokio::time::Instant::now();
+        // Frames written on this connection, for the drop count if refused.
+        let mut written_frames = 0u64;
         let mut next = Some(first);
         loop {
             buf.clear();
@@ -206,11 +267,11 @@ pub(crate) async fn run(
             }
             while buf.len() < BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(m) => {
+                    Some(m) => {
                         wire::push_frame(&mut buf, &m);
                         n += 1;
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
             let written = tokio::select! {
@@ -223,9 +284,9 @@ pub(crate) async fn run(
             if let Err(e) = written {
                 peer.dropped.fetch_add(n, Ordering::Relaxed);
                 tracing::debug!(peer = peer.id, error = %e, lost = n, "message stream broke");
-                peer.forget(&conn).await;
                 break;
             }
+            written_frames += n;
             tokio::select! {
                 biased;
                 _ = stop_requested(&mut stop) => {
@@ -241,10 +302,26 @@ pub(crate) async fn run(
                 },
                 e = conn.closed() => {
                     tracing::debug!(peer = peer.id, error = %e, "connection closed");
-                    peer.forget(&conn).await;
                     break;
                 }
             }
+        }
+        peer.forget(&conn).await;
+        let reason = conn.close_reason();
+        if refused(reason.as_ref()) {
+            let n = written_frames + rx.drain();
+            peer.dropped.fetch_add(n, Ordering::Relaxed);
+            if let Some(reason) = reason {
+                tracing::warn!(peer = peer.id, %reason, dropped = n, retry_in = ?backoff, "peer refused the connection");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop_requested(&mut stop) => break,
+            }
+            backoff = (backoff * 2).min(limits.backoff_max);
+        } else if connected_at.elapsed() >= limits.backoff_max {
+            // It was a healthy connection: start over with short delays.
+            backoff = limits.backoff_min;
         }
     }
     peer.close().await;

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::wire::{self, close, Hello, HelloError};
-use super::{stop_requested, Inner, ReceivedSnapshot, ALPN};
+use super::{stop_requested, tls, Inner, ReceivedSnapshot, ALPN};
 
 /// Read buffer of a message stream.
 const MESSAGE_READ_BUF: usize = 64 << 10;
@@ -35,9 +35,17 @@ impl Reject {
     }
 }
 
-/// The member a connection speaks for: set by its first hello; every later
-/// hello on the connection must name the same member.
-type Identity = Arc<Mutex<Option<u64>>>;
+/// Who is at the other end of a connection.
+struct PeerIdentity {
+    /// The member the connection speaks for: set by its first hello; every
+    /// later hello on the connection must name the same member.
+    member: Mutex<Option<u64>>,
+    /// The peer's end-entity certificate (checked against the member's
+    /// address in CA mode).
+    cert: Option<rustls::pki_types::CertificateDer<'static>>,
+}
+
+type Identity = Arc<PeerIdentity>;
 
 /// Accepts connections until stop is requested; each is served by its own task.
 pub(crate) async fn accept_loop(
@@ -88,7 +96,17 @@ async fn serve_connection(
         conn.close(close::PROTOCOL.into(), b"alpn");
         return;
     }
-    let identity: Identity = Arc::new(Mutex::new(None));
+    let cert = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| chain.first().cloned());
+    let identity: Identity = Arc::new(PeerIdentity {
+        member: Mutex::new(None),
+        cert,
+    });
     let mut streams: JoinSet<Result<(), Reject>> = JoinSet::new();
     loop {
         tokio::select! {
@@ -123,7 +141,7 @@ async fn serve_connection(
 }
 
 fn disconnect(conn: &Connection, remote: std::net::SocketAddr, identity: &Identity, r: &Reject) {
-    let member = identity.lock().map(|g| *g).unwrap_or(None);
+    let member = identity.member.lock().map(|g| *g).unwrap_or(None);
     tracing::warn!(%remote, ?member, reason = %r.reason, "disconnecting peer");
     conn.close(r.code.into(), r.reason.as_bytes());
 }
@@ -152,13 +170,34 @@ async fn check_hello<R: tokio::io::AsyncRead + Unpin>(
             hello.to, inner.id
         )));
     }
-    if hello.from == inner.id || !inner.is_peer(hello.from) {
+    let addr = match inner.peer_addr(hello.from) {
+        Some(addr) if hello.from != inner.id => addr,
+        _ => {
+            return Err(Reject {
+                code: close::UNKNOWN_PEER,
+                reason: format!("member {} is not a peer", hello.from),
+            })
+        }
+    };
+    // CA mode: the certificate must name the member's address, as the
+    // dialer requires of the server's.
+    if inner.verify_names
+        && !identity
+            .cert
+            .as_ref()
+            .is_some_and(|c| tls::names_ip(c, addr.ip()))
+    {
         return Err(Reject {
             code: close::UNKNOWN_PEER,
-            reason: format!("member {} is not a peer", hello.from),
+            reason: format!(
+                "certificate does not name {}, the address of member {}",
+                addr.ip(),
+                hello.from
+            ),
         });
     }
     let mut id = identity
+        .member
         .lock()
         .map_err(|_| Reject::protocol("identity lock poisoned"))?;
     match *id {

@@ -182,6 +182,14 @@ pub(crate) fn setup(tls: &PeerTls) -> Result<TlsSetup, TransportError> {
     })
 }
 
+/// Whether `cert` (an end-entity certificate) has a subject alternative
+/// name for `ip`.
+pub(crate) fn names_ip(cert: &CertificateDer<'_>, ip: std::net::IpAddr) -> bool {
+    rustls::server::ParsedCertificate::try_from(cert).is_ok_and(|parsed| {
+        rustls::client::verify_server_name(&parsed, &ServerName::IpAddress(ip.into())).is_ok()
+    })
+}
+
 /// Auto-TLS verifier: accepts any certificate chain, but checks that the
 /// handshake was signed by the presented certificate's key.
 #[derive(Debug)]
