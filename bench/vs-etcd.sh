@@ -9,10 +9,14 @@ cargo build --release -p keel -p keel-bench >&2
 KEEL=target/release/keel
 BENCH=target/release/keel-bench
 WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" vs-etcd.XXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# Servers start in command substitutions (not jobs of this shell): their
+# PIDs are kept in a file so the exit trap stops every one of them.
+PIDFILE="$WORK/pids"; : > "$PIDFILE"
+cleanup() { xargs -r kill -9 < "$PIDFILE" 2>/dev/null || true; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"; }
+trap cleanup EXIT
 KEYS=${BENCH_RESTART_KEYS:-1000000}
 
-wait_up() { for _ in $(seq 1 1200); do curl -sf "$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no /health at $1" >&2; return 1; }
+wait_up() { for _ in $(seq 1 1200); do curl -sf "$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no /health at $1" >&2; tail -n 20 "$WORK"/*.log >&2; return 1; }
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 # field NAME: the value of NAME=... on the SUMMARY line.
 field() { grep '^SUMMARY' | tr ' ' '\n' | sed -n "s/^$1=//p"; }
@@ -21,15 +25,15 @@ start_etcd() {
   etcd --name e1 --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:23790 \
     --advertise-client-urls http://127.0.0.1:23790 --listen-peer-urls http://127.0.0.1:23800 \
     --initial-advertise-peer-urls http://127.0.0.1:23800 --initial-cluster e1=http://127.0.0.1:23800 \
-    --quota-backend-bytes 8589934592 >"$WORK/etcd.log" 2>&1 &
-  echo $!
+    --quota-backend-bytes 8589934592 >>"$WORK/etcd.log" 2>&1 &
+  echo $! | tee -a "$PIDFILE"
 }
 start_keel() {
   $KEEL store --name k1 --data-dir "$WORK/keel" --listen-client-urls http://127.0.0.1:23791 \
     --advertise-client-urls http://127.0.0.1:23791 --listen-peer-urls quic://127.0.0.1:23801 \
     --initial-advertise-peer-urls quic://127.0.0.1:23801 --initial-cluster k1=quic://127.0.0.1:23801 \
-    --quota-backend-bytes 8589934592 --log-level warn >"$WORK/keel.log" 2>&1 &
-  echo $!
+    --quota-backend-bytes 8589934592 --log-level warn >>"$WORK/keel.log" 2>&1 &
+  echo $! | tee -a "$PIDFILE"
 }
 
 echo "# keel vs etcd, single member"
@@ -67,7 +71,7 @@ for t in etcd keel; do
   ep=$([ $t = etcd ] && echo http://127.0.0.1:23790 || echo http://127.0.0.1:23791)
   load=$($BENCH --endpoints "$ep" --conns 10 --clients 200 --total "$KEYS" --summary-name load put --key-space-size "$KEYS" --sequential-keys | field ops_per_s)
   rss=$(rss_mb "${PIDS[$t]}")
-  kill -9 "${PIDS[$t]}"; wait "${PIDS[$t]}" 2>/dev/null || true
+  kill -9 "${PIDS[$t]}"; while kill -0 "${PIDS[$t]}" 2>/dev/null; do sleep 0.02; done
   t0=$(date +%s.%N)
   PIDS[$t]=$([ $t = etcd ] && start_etcd || start_keel)
   wait_up "$ep"

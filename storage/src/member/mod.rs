@@ -97,6 +97,8 @@ pub struct Member {
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     revoking: Mutex<std::collections::HashSet<i64>>,
+    /// Set while a snapshot is being written.
+    snapshotting: AtomicBool,
 }
 
 impl std::fmt::Debug for Member {
@@ -124,10 +126,12 @@ impl Member {
             member_id: cfg.member_id(),
         };
         let min_ttl = cfg.min_lease_ttl();
+        let started = Instant::now();
         let mut sm = match snapshot::list(&snap_dir).first() {
             Some((_, path)) => snapshot::load(path, limits, min_ttl)?,
             None => StateMachine::new(limits, min_ttl),
         };
+        let snapshot_loaded = started.elapsed();
         let (wal, recovered) = Wal::open(
             &wal_dir,
             WalOptions {
@@ -142,6 +146,7 @@ impl Member {
         if snap_index > sm.applied_index {
             return Err(OpenError::MissingSnapshot(wal_dir, snap_index));
         }
+        let wal_opened = started.elapsed();
         let mut last_index = sm.applied_index.max(snap_index);
         let now = Instant::now();
         let mut replayed = 0u64;
@@ -179,6 +184,9 @@ impl Member {
             replayed,
             revision = sm.kv.current_rev(),
             term,
+            ?snapshot_loaded,
+            ?wal_opened,
+            total = ?started.elapsed(),
             "store member recovered"
         );
         let header = Header::new(cfg.cluster_id(), cfg.member_id(), term);
@@ -204,6 +212,7 @@ impl Member {
             apply_tx: Mutex::new(Some(apply_tx)),
             metrics: Arc::new(Metrics::default()),
             revoking: Mutex::new(Default::default()),
+            snapshotting: AtomicBool::new(false),
         });
         let m = member.clone();
         std::thread::Builder::new()
@@ -389,10 +398,25 @@ impl Member {
                 let _ = w.send(out.result);
             }
             since_snapshot += 1;
-            if since_snapshot >= self.cfg.snapshot_count {
+            if since_snapshot >= self.cfg.snapshot_count
+                && !self.snapshotting.swap(true, Ordering::SeqCst)
+            {
                 since_snapshot = 0;
-                if let Err(e) = self.snapshot_now() {
-                    tracing::error!(error = %e, "snapshot failed");
+                // Copy the state (cheap: keys and values are shared
+                // buffers) and encode it off the apply path.
+                let state = self.read().clone();
+                let m = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("keel-snapshot".into())
+                    .spawn(move || {
+                        if let Err(e) = m.save_snapshot(&state) {
+                            tracing::error!(error = %e, "snapshot failed");
+                        }
+                        m.snapshotting.store(false, Ordering::SeqCst);
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "could not start the snapshot thread");
+                    self.snapshotting.store(false, Ordering::SeqCst);
                 }
             }
         }
@@ -406,10 +430,12 @@ impl Member {
     /// Writes a snapshot of the applied state, records it in the WAL and
     /// releases the WAL segments it covers, and old snapshot files.
     pub fn snapshot_now(&self) -> Result<(), OpenError> {
-        let (bytes, index, term) = {
-            let sm = self.read();
-            (snapshot::encode(&sm)?, sm.applied_index, sm.applied_term)
-        };
+        let state = self.read().clone();
+        self.save_snapshot(&state)
+    }
+
+    fn save_snapshot(&self, sm: &StateMachine) -> Result<(), OpenError> {
+        let (bytes, index, term) = (snapshot::encode(sm)?, sm.applied_index, sm.applied_term);
         let dir = self.cfg.snap_dir();
         snapshot::write_file(&dir.join(snapshot::file_name(index)), &bytes)?;
         self.wal.save_snapshot_mark(SnapshotMark { index, term })?;
@@ -418,6 +444,7 @@ impl Member {
             let _ = std::fs::remove_file(old);
         }
         self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        release_freed_memory();
         tracing::info!(index, "snapshot saved");
         Ok(())
     }
@@ -489,6 +516,17 @@ impl Member {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+    }
+}
+
+/// Hands memory freed by a snapshot (its encoding buffers and state copy)
+/// back to the OS; glibc keeps it in its arenas otherwise.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it has no
+    // preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
