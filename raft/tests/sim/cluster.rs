@@ -79,6 +79,9 @@ pub struct Params {
     pub max_persist_delay: u64,
     pub pre_vote: bool,
     pub check_quorum: bool,
+    pub crash_per_mille: u64,
+    pub leader_crash_per_mille: u64,
+    pub crash_after_commit_per_mille: u64,
 }
 
 impl Params {
@@ -89,10 +92,17 @@ impl Params {
             liveness_ticks: 600,
             drop_per_mille: rng.below(150),
             dup_per_mille: rng.below(50),
-            max_delay: 1 + rng.below(10),
+            max_delay: if rng.chance(300) {
+                1 + rng.below(24)
+            } else {
+                1 + rng.below(10)
+            },
             max_persist_delay: rng.below(6),
             pre_vote: !rng.chance(150),
             check_quorum: !rng.chance(150),
+            crash_per_mille: rng.below(60),
+            leader_crash_per_mille: rng.below(120),
+            crash_after_commit_per_mille: rng.below(150),
         }
     }
 }
@@ -107,6 +117,7 @@ pub struct Sim {
     blocked: BTreeSet<(u64, u64)>,
     drop_per_mille: u64,
     dup_per_mille: u64,
+    max_delay: u64,
     bootstrap: ConfState,
     next_id: u64,
     next_data: u64,
@@ -115,6 +126,8 @@ pub struct Sim {
     pub trace: bool,
     pub proposals: u64,
     pub stats: Stats,
+    /// Faults are being injected (false once healed).
+    chaos_on: bool,
 }
 
 /// Counts of what a run exercised.
@@ -138,6 +151,7 @@ impl Sim {
             rng,
             drop_per_mille: params.drop_per_mille,
             dup_per_mille: params.dup_per_mille,
+            max_delay: params.max_delay,
             params,
             now: 0,
             nodes: BTreeMap::new(),
@@ -151,6 +165,7 @@ impl Sim {
             trace,
             proposals: 0,
             stats: Stats::default(),
+            chaos_on: true,
         };
         for id in ids {
             sim.add_node(id);
@@ -172,7 +187,11 @@ impl Sim {
         cfg.check_quorum = self.params.check_quorum;
         cfg.max_inflight_msgs = 1 + self.rng.below(6) as usize;
         cfg.max_size_per_msg = 16 + self.rng.below(64);
-        cfg.max_entries_per_msg = self.rng.below(4) as usize;
+        cfg.max_entries_per_msg = if self.rng.chance(500) {
+            1
+        } else {
+            self.rng.below(4) as usize
+        };
         cfg.seed = self.rng.next_u64();
         cfg
     }
@@ -249,7 +268,7 @@ impl Sim {
             1
         };
         for _ in 0..copies {
-            let due = self.now + 1 + self.rng.below(self.params.max_delay);
+            let due = self.now + 1 + self.rng.below(self.max_delay);
             let key = (due, self.rng.next_u64());
             self.net.insert(
                 key,
@@ -527,6 +546,13 @@ impl Sim {
     /// One step: deliver, process Readies, persist, check.
     pub fn step(&mut self) -> Check {
         self.now += 1;
+        let leaders: Vec<(u64, u64)> = self
+            .nodes
+            .iter()
+            .filter_map(|(&id, n)| n.raw.as_ref().map(|r| (id, r)))
+            .filter(|(_, r)| r.role() == Role::Leader)
+            .map(|(id, r)| (id, r.commit()))
+            .collect();
         self.deliver()?;
         let mut ids = self.live_ids();
         self.rng.shuffle(&mut ids);
@@ -543,6 +569,21 @@ impl Sim {
         for id in self.live_ids() {
             let raw = self.nodes[&id].raw.as_ref().expect("live");
             self.checker.observe(raw)?;
+        }
+        // A leader may crash right after it advanced its commit index (before
+        // its followers learn of it): the adversarial timing of Raft's
+        // figure 8.
+        if self.chaos_on {
+            for (id, c) in leaders {
+                let advanced = self.nodes[&id]
+                    .raw
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader && r.commit() > c);
+                if advanced && self.rng.chance(self.params.crash_after_commit_per_mille) {
+                    let down = STEPS_PER_TICK * (1 + self.rng.below(15));
+                    self.crash(id, down);
+                }
+            }
         }
         Ok(())
     }
@@ -597,11 +638,19 @@ impl Sim {
             self.blocked.clear();
         }
         // Crashes and restarts.
-        if self.rng.chance(30) {
+        if self.rng.chance(self.params.crash_per_mille) {
             let live = self.live_ids();
             if let Some(id) = self.rng.pick(&live) {
                 let down = STEPS_PER_TICK * (2 + self.rng.below(30));
                 self.crash(id, down);
+            }
+        }
+        // Leaders crash too, soon after being elected: the schedules of
+        // Raft's figure 8 (entries of older terms half replicated).
+        if let Some(l) = self.leader() {
+            if self.rng.chance(self.params.leader_crash_per_mille) {
+                let down = STEPS_PER_TICK * (1 + self.rng.below(15));
+                self.crash(l, down);
             }
         }
         for id in self.ids() {
@@ -715,9 +764,12 @@ impl Sim {
     /// Ends all faults: links healed, no loss, crashed members restarted.
     pub fn heal(&mut self) -> Check {
         self.log(|| "heal everything".into());
+        self.chaos_on = false;
         self.blocked.clear();
         self.drop_per_mille = 0;
         self.dup_per_mille = 0;
+        // Raft's timing assumption: a round trip well under the election timeout.
+        self.max_delay = self.max_delay.min(8);
         for id in self.ids() {
             let n = &self.nodes[&id];
             if n.raw.is_none() && !n.removed {
