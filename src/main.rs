@@ -181,22 +181,38 @@ impl StoreArgs {
     fn config(&self) -> Result<MemberConfig> {
         let cluster = parse_cluster(&self.initial_cluster)?;
         let peer_urls = split_urls(&self.initial_advertise_peer_urls);
-        if cluster.len() > 1 {
-            bail!(
-                "--initial-cluster names {} members: multi-member clusters need the Raft transport, which this build does not have yet; run one member",
-                cluster.len()
-            );
+        if !cluster.is_empty() && !cluster.iter().any(|(n, _)| *n == self.name) {
+            bail!("--initial-cluster has no entry for --name {}", self.name);
         }
-        if let Some((n, _)) = cluster.first() {
-            if *n != self.name {
-                bail!("--initial-cluster has no entry for --name {}", self.name);
+        if let Some((_, url)) = cluster.iter().find(|(n, _)| *n == self.name) {
+            if !peer_urls.contains(url) {
+                bail!(
+                    "--initial-cluster gives {} the peer URL {url}, but --initial-advertise-peer-urls is {}",
+                    self.name,
+                    self.initial_advertise_peer_urls
+                );
             }
         }
-        if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
-            bail!("--initial-cluster-state must be new or existing");
+        for u in split_urls(&self.listen_peer_urls).iter().chain(&peer_urls) {
+            if !u.starts_with("quic://") {
+                bail!("peer URL {u}: keel peers speak QUIC; use quic://host:port");
+            }
         }
+        let initial_cluster_new = match self.initial_cluster_state.as_str() {
+            "new" => true,
+            "existing" => false,
+            other => bail!("--initial-cluster-state must be new or existing, not {other}"),
+        };
         if self.cert_file.is_some() || self.key_file.is_some() || self.trusted_ca_file.is_some() {
             bail!("client TLS (--cert-file/--key-file/--trusted-ca-file) is not supported yet");
+        }
+        let peer_tls_files = match (&self.peer_cert_file, &self.peer_key_file, &self.peer_trusted_ca_file) {
+            (Some(c), Some(k), Some(ca)) => Some((c.clone(), k.clone(), ca.clone())),
+            (None, None, None) => None,
+            _ => bail!("peer TLS needs all of --peer-cert-file, --peer-key-file and --peer-trusted-ca-file"),
+        };
+        if peer_tls_files.is_some() && self.peer_auto_tls {
+            bail!("--peer-auto-tls and --peer-cert-file are exclusive");
         }
         let data_dir = self
             .data_dir
@@ -216,6 +232,9 @@ impl StoreArgs {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),
             wal_segment_size: self.experimental_wal_segment_size.max(64 * 1024),
+            listen_peer_urls: split_urls(&self.listen_peer_urls),
+            initial_cluster_new,
+            peer_tls_files,
             ..MemberConfig::default()
         })
     }
@@ -239,7 +258,8 @@ async fn run_store(args: StoreArgs) -> Result<()> {
         .iter()
         .map(|u| listen_addr(u))
         .collect::<Result<_>>()?;
-    let member = tokio::task::block_in_place(|| Member::open(cfg.clone()))
+    let member = Member::open(cfg.clone())
+        .await
         .with_context(|| format!("opening data dir {}", cfg.data_dir.display()))?;
     member.spawn_lease_loops();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

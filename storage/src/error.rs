@@ -49,6 +49,10 @@ pub enum StoreError {
     /// No member with that ID.
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    /// No leader is known (an election is under way, or this member is
+    /// cut off from the majority).
+    #[error("etcdserver: no leader")]
+    NoLeader,
     /// The member cannot take the request now (stopping, or its log failed).
     #[error("etcdserver: server stopped")]
     Stopped,
@@ -92,7 +96,7 @@ impl From<StoreError> for tonic::Status {
             StoreError::LeaseNotFound | StoreError::MemberNotFound => Code::NotFound,
             StoreError::LeaseExists => Code::FailedPrecondition,
             StoreError::Stopped | StoreError::Storage(_) => Code::Unavailable,
-            StoreError::Timeout => Code::Unavailable,
+            StoreError::Timeout | StoreError::NoLeader => Code::Unavailable,
             StoreError::NotCapable => Code::Unavailable,
         };
         tonic::Status::new(code, e.to_string())

@@ -87,7 +87,22 @@ pub struct StateMachine {
     pub applied_index: u64,
     /// Term of the last applied log entry.
     pub applied_term: u64,
+    /// The cluster's members, by ID.
+    pub members: std::collections::BTreeMap<u64, MemberInfo>,
     limits: Limits,
+}
+
+/// One cluster member as the replicated state knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// `--name` (empty until the member published it).
+    pub name: String,
+    /// Peer URLs.
+    pub peer_urls: Vec<String>,
+    /// Client URLs (empty until the member published them).
+    pub client_urls: Vec<String>,
+    /// A learner: receives the log, does not vote.
+    pub learner: bool,
 }
 
 /// Read access shared by the store and a write transaction.
@@ -219,6 +234,7 @@ impl StateMachine {
             alarms: BTreeSet::new(),
             applied_index: 0,
             applied_term: 0,
+            members: Default::default(),
             limits,
         }
     }
@@ -277,6 +293,20 @@ impl StateMachine {
                 Ok(Applied::LeaseCheckpoint)
             }
             Some(Request::Alarm(a)) => Ok(Applied::Alarm(self.alarm(a))),
+            Some(Request::MemberAttrs(m)) => {
+                let e = self.members.entry(m.id).or_default();
+                if !m.name.is_empty() {
+                    e.name = m.name;
+                }
+                if !m.client_ur_ls.is_empty() {
+                    e.client_urls = m.client_ur_ls;
+                }
+                if !m.peer_ur_ls.is_empty() {
+                    e.peer_urls = m.peer_ur_ls;
+                    e.learner = m.is_learner;
+                }
+                Ok(Applied::Nothing)
+            }
         };
         let rev = self.kv.current_rev();
         debug_assert!(events.is_empty() || rev == before + 1);
@@ -411,6 +441,35 @@ impl StateMachine {
             header: header(self.kv.current_rev()),
             alarms,
         }
+    }
+
+    /// Applies a committed membership change to the member list.
+    pub fn apply_conf_change(&mut self, index: u64, term: u64, cc: &keel_raft::core::ConfChange) {
+        use keel_raft::core::ConfChange;
+        self.applied_index = index;
+        self.applied_term = term;
+        match *cc {
+            ConfChange::AddNode(id) => self.members.entry(id).or_default().learner = false,
+            ConfChange::AddLearner(id) => {
+                self.members.entry(id).or_default().learner = true;
+            }
+            ConfChange::RemoveNode(id) => {
+                self.members.remove(&id);
+            }
+        }
+    }
+
+    /// The voters and learners, as the Raft core wants them.
+    pub fn conf_state(&self) -> keel_raft::core::ConfState {
+        let mut cs = keel_raft::core::ConfState::default();
+        for (id, m) in &self.members {
+            if m.learner {
+                cs.learners.insert(*id);
+            } else {
+                cs.voters.insert(*id);
+            }
+        }
+        cs
     }
 
     /// Raised alarms, all or of one type (`NONE` = all).

@@ -36,6 +36,14 @@ pub struct MemberConfig {
     pub request_timeout: Duration,
     /// Bytes preallocated per WAL segment.
     pub wal_segment_size: u64,
+    /// `--listen-peer-urls` (`quic://host:port`).
+    pub listen_peer_urls: Vec<String>,
+    /// `--initial-cluster-state`: true for `new`.
+    pub initial_cluster_new: bool,
+    /// Peer TLS: `--peer-cert-file`/`--peer-key-file`/`--peer-trusted-ca-file`,
+    /// or `None` for auto TLS (`--peer-auto-tls`, the default: QUIC is
+    /// always encrypted).
+    pub peer_tls_files: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl Default for MemberConfig {
@@ -56,8 +64,21 @@ impl Default for MemberConfig {
             lease_checkpoint_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(7),
             wal_segment_size: 64 * 1024 * 1024,
+            listen_peer_urls: vec!["quic://127.0.0.1:2380".into()],
+            initial_cluster_new: true,
+            peer_tls_files: None,
         }
     }
+}
+
+/// Resolves `quic://host:port` (or `host:port`) to a socket address.
+pub fn peer_addr(url: &str) -> Option<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let hostport = url
+        .split_once("://")
+        .map_or(url, |(_, r)| r)
+        .trim_end_matches('/');
+    hostport.to_socket_addrs().ok()?.next()
 }
 
 /// FNV-1a, 64 bits: a stable hash for IDs (never changes across builds).
@@ -86,10 +107,29 @@ impl MemberConfig {
     /// This member's ID: a hash of its peer URLs and the cluster token (as
     /// etcd derives it), stable across restarts.
     pub fn member_id(&self) -> u64 {
-        let mut urls = self.peer_urls.clone();
+        self.id_for(&self.peer_urls)
+    }
+
+    /// The ID of the member with these peer URLs.
+    pub fn id_for(&self, peer_urls: &[String]) -> u64 {
+        let mut urls = peer_urls.to_vec();
         urls.sort();
         let joined = urls.join(",");
         fnv64(&[joined.as_bytes(), self.initial_cluster_token.as_bytes()]).max(1)
+    }
+
+    /// The initial members: (ID, name, peer URL).
+    pub fn initial_members(&self) -> Vec<(u64, String, String)> {
+        let mut out: Vec<(u64, String, String)> = self
+            .initial_cluster
+            .iter()
+            .map(|(n, u)| (self.id_for(std::slice::from_ref(u)), n.clone(), u.clone()))
+            .collect();
+        if out.is_empty() {
+            let url = self.peer_urls.first().cloned().unwrap_or_default();
+            out.push((self.member_id(), self.name.clone(), url));
+        }
+        out
     }
 
     /// The cluster's ID: a hash of every initial member's peer URL.

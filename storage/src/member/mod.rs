@@ -1,21 +1,25 @@
-//! A store member: the log (WAL), the state machine, the watch hub and the
-//! loops that join them.
+//! A store member: the state machine, the watch hub, and the replication
+//! that feeds them (Raft over QUIC, with the WAL underneath).
 //!
 //! - [`config`]: the member's settings (etcd's flag names) and IDs.
+//! - [`replication`]: the driver joining the Raft core, WAL and transport.
 //! - [`snapshot`]: rkyv snapshots of the state machine.
 //!
 //! Write path: a client request is checked, encoded as an
-//! `InternalRequest` and appended to the WAL with the next index; the WAL
-//! group-commits everything queued (one write, one fdatasync) and hands the
-//! durable entries, in index order, to the apply thread, which applies each
-//! to the state machine, publishes its events to the watch hub and answers
-//! the proposer. A member alone is its own quorum: durable = committed.
-//! Nothing is acknowledged before it is on disk and applied.
+//! `InternalRequest` with an ID unique in the cluster, and proposed to the
+//! Raft core (forwarded to the leader if this member does not lead). Once a
+//! quorum has it on disk it is committed; every member's apply thread
+//! applies committed entries in log order, publishes their events to the
+//! watch hub, and the proposing member answers its client. A lone member is
+//! its own quorum. Nothing is acknowledged before it is durable on a quorum
+//! and applied.
 //!
-//! Reads take the state machine's read lock: every acknowledged write is
-//! already applied, so they are linearizable.
+//! Reads: linearizable reads wait for a ReadIndex confirmed by a quorum (and
+//! for the local apply to reach it); serializable reads are served from the
+//! local state at once.
 
 pub mod config;
+pub mod replication;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -25,19 +29,26 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_raft::wal::{Entry, EntryKind, HardState, SnapshotMark, Wal, WalError, WalOptions};
-use prost::Message;
-use tokio::sync::oneshot;
+use keel_raft::core::{
+    ConfChange, Config as RaftConfig, EntryKind, RawNode, Restored, SnapshotMeta, Status,
+};
+use keel_raft::transport::{PeerTls, Transport, TransportConfig};
+use keel_raft::wal::{HardState, SnapshotMark, Wal, WalError, WalOptions};
+use prost::Message as _;
+use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 
 pub use config::MemberConfig;
 
-use crate::apply::{Applied, Limits, StateMachine};
+use crate::apply::{Applied, Limits, MemberInfo, StateMachine};
 use crate::error::{Result, StoreError};
-use crate::proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
+use crate::proto::etcdserverpb::{
+    LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest, Member as PbMember,
+};
 use crate::proto::keelpb::{internal_request::Request, InternalRequest};
 use crate::server::header::Header;
 use crate::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::watch::{SyncHandle, WatchHub, WatchHubConfig};
+use replication::{ApplyItem, Input, Shared};
 
 /// Errors opening a member.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +70,15 @@ pub enum OpenError {
     /// The log and the snapshots disagree.
     #[error("data dir {0}: the WAL starts after index {1} but no snapshot covers it")]
     MissingSnapshot(PathBuf, u64),
+    /// The Raft core refused the recovered state.
+    #[error("raft: {0}")]
+    Raft(#[from] keel_raft::core::RaftError),
+    /// The peer transport could not start.
+    #[error("peer transport: {0}")]
+    Transport(String),
+    /// A setting is unusable.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A proposal waiting to be applied.
@@ -83,17 +103,11 @@ pub struct Member {
     hub: Arc<WatchHub>,
     hub_sync: Mutex<Option<SyncHandle>>,
     header: Header,
-    /// Next log index; held while an entry is enqueued so the WAL receives
-    /// entries in index order.
-    next_index: Mutex<u64>,
-    waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
+    raft: tmpsc::UnboundedSender<Input>,
+    shared: Arc<Shared>,
+    waiters: Mutex<HashMap<u64, Waiter>>,
     next_id: AtomicU64,
-    /// Set once the log failed (fatal): the member refuses everything.
-    failed: Arc<AtomicBool>,
-    /// The lowest index the WAL refused without failing (no space), or
-    /// `u64::MAX`.
-    rewind_to: Arc<AtomicU64>,
-    apply_tx: Mutex<Option<mpsc::Sender<Entry>>>,
+    applied: watch::Sender<u64>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     revoking: Mutex<std::collections::HashSet<i64>>,
@@ -109,25 +123,62 @@ impl std::fmt::Debug for Member {
     }
 }
 
+fn data_dir_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::DataDir {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Applies one committed entry to the state machine during recovery or from
+/// the apply thread; returns the membership change it carried, if any.
+fn apply_entry(
+    sm: &mut StateMachine,
+    e: &keel_raft::core::Entry,
+    now: Instant,
+) -> (Option<crate::apply::ApplyOutput>, Option<ConfChange>, u64) {
+    match e.kind {
+        EntryKind::ConfChange => match ConfChange::decode(&e.data) {
+            Ok(cc) => {
+                sm.apply_conf_change(e.index, e.term, &cc);
+                (None, Some(cc), 0)
+            }
+            Err(err) => {
+                tracing::error!(index = e.index, error = %err, "undecodable conf change skipped");
+                sm.applied_index = e.index;
+                (None, None, 0)
+            }
+        },
+        EntryKind::Normal => {
+            let req = InternalRequest::decode(e.data.as_slice()).unwrap_or_else(|err| {
+                tracing::error!(index = e.index, error = %err, "undecodable log entry skipped");
+                InternalRequest::default()
+            });
+            let id = req.id;
+            (Some(sm.apply(e.index, e.term, req, now)), None, id)
+        }
+    }
+}
+
 impl Member {
     /// Opens the member's data dir: loads the newest snapshot, replays the
-    /// WAL after it, and starts the apply thread.
-    pub fn open(cfg: MemberConfig) -> Result<Arc<Member>, OpenError> {
+    /// committed WAL after it, starts the peer transport, the Raft driver
+    /// and the apply thread. Must run inside a tokio runtime.
+    pub async fn open(cfg: MemberConfig) -> Result<Arc<Member>, OpenError> {
         let snap_dir = cfg.snap_dir();
         let wal_dir = cfg.wal_dir();
         for d in [&snap_dir, &wal_dir] {
-            std::fs::create_dir_all(d).map_err(|source| OpenError::DataDir {
-                path: d.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(d).map_err(data_dir_err(d))?;
         }
+        let id = cfg.member_id();
         let limits = Limits {
             quota_bytes: cfg.quota_backend_bytes,
-            member_id: cfg.member_id(),
+            member_id: id,
         };
         let min_ttl = cfg.min_lease_ttl();
         let started = Instant::now();
-        let mut sm = match snapshot::list(&snap_dir).first() {
+        let newest = snapshot::list(&snap_dir).into_iter().next();
+        let mut sm = match &newest {
             Some((_, path)) => snapshot::load(path, limits, min_ttl)?,
             None => StateMachine::new(limits, min_ttl),
         };
@@ -142,74 +193,136 @@ impl Member {
         if let Some(tail) = &recovered.repaired_tail {
             tracing::warn!(?tail, "WAL: truncated a torn tail");
         }
-        let snap_index = recovered.snapshot.as_ref().map_or(0, |m| m.index);
-        if snap_index > sm.applied_index {
-            return Err(OpenError::MissingSnapshot(wal_dir, snap_index));
+        let mark = recovered.snapshot.as_ref().map_or(0, |m| m.index);
+        if mark > sm.applied_index {
+            return Err(OpenError::MissingSnapshot(wal_dir, mark));
         }
-        let wal_opened = started.elapsed();
-        let mut last_index = sm.applied_index.max(snap_index);
+        let fresh = newest.is_none()
+            && recovered.entries.is_empty()
+            && recovered.hard_state == HardState::default();
+        if fresh || sm.members.is_empty() {
+            for (mid, name, url) in cfg.initial_members() {
+                sm.members.insert(
+                    mid,
+                    MemberInfo {
+                        name,
+                        peer_urls: vec![url],
+                        client_urls: Vec::new(),
+                        learner: false,
+                    },
+                );
+            }
+        }
+        let snap_meta = newest.as_ref().map(|_| SnapshotMeta {
+            index: sm.applied_index,
+            term: sm.applied_term,
+            conf_state: sm.conf_state(),
+        });
+        // Replay what is committed; the rest stays in the log for Raft.
+        let commit = recovered.hard_state.commit;
         let now = Instant::now();
         let mut replayed = 0u64;
-        for e in recovered.entries {
-            last_index = last_index.max(e.index);
-            if e.index <= sm.applied_index {
-                continue;
-            }
-            let req = InternalRequest::decode(e.data.as_slice()).unwrap_or_default();
-            sm.apply(e.index, e.term, req, now);
+        let entries: Vec<_> = recovered
+            .entries
+            .into_iter()
+            .filter(|e| e.index > sm.applied_index)
+            .collect();
+        for e in entries.iter().filter(|e| e.index <= commit) {
+            apply_entry(&mut sm, e, now);
             replayed += 1;
         }
-        // Restarted: a new term, as a new election would give, opened (as a
-        // Raft leader does) by an empty entry of that term.
-        let term = recovered.hard_state.term.max(sm.applied_term) + 1;
-        last_index += 1;
-        let noop = InternalRequest::default();
-        wal.append_sync(
-            vec![Entry {
-                term,
-                index: last_index,
-                kind: EntryKind::Normal,
-                data: noop.encode_to_vec(),
-            }],
-            Some(HardState {
-                term,
-                vote: cfg.member_id(),
-                commit: last_index,
-            }),
-        )?;
-        sm.apply(last_index, term, noop, now);
+        let restored = Restored {
+            hard_state: recovered.hard_state,
+            conf_state: sm.conf_state(),
+            snapshot: snap_meta.clone(),
+            entries,
+            applied: sm.applied_index,
+        };
+        let heartbeat = cfg.heartbeat_interval.max(Duration::from_millis(1));
+        let election_tick =
+            (cfg.election_timeout.as_millis() / heartbeat.as_millis()).max(2) as usize;
+        let mut rc = RaftConfig::new(id);
+        rc.election_tick = election_tick;
+        rc.heartbeat_tick = 1;
+        rc.seed ^= std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let node = RawNode::new(rc, restored)?;
         tracing::info!(
             name = %cfg.name,
+            id = format_args!("{id:x}"),
             applied = sm.applied_index,
             replayed,
             revision = sm.kv.current_rev(),
-            term,
             ?snapshot_loaded,
-            ?wal_opened,
             total = ?started.elapsed(),
             "store member recovered"
         );
-        let header = Header::new(cfg.cluster_id(), cfg.member_id(), term);
+
+        // The peer transport.
+        let listen = cfg
+            .listen_peer_urls
+            .first()
+            .and_then(|u| config::peer_addr(u))
+            .ok_or_else(|| {
+                OpenError::Config("--listen-peer-urls: no usable quic://host:port".into())
+            })?;
+        let tls = match &cfg.peer_tls_files {
+            Some((cert, key, ca)) => PeerTls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            },
+            None => PeerTls::Auto {
+                dir: cfg.data_dir.join("fixtures").join("peer"),
+            },
+        };
+        let mut tcfg = TransportConfig::new(id, listen, tls, snap_dir.join("incoming"));
+        for (mid, m) in &sm.members {
+            if *mid != id {
+                if let Some(addr) = m.peer_urls.first().and_then(|u| config::peer_addr(u)) {
+                    tcfg.peers.insert(*mid, addr);
+                }
+            }
+        }
+        let transport = Transport::start(tcfg)
+            .await
+            .map_err(|e| OpenError::Transport(e.to_string()))?;
+
+        let header = Header::new(cfg.cluster_id(), id, recovered.hard_state.term);
+        let applied_index = sm.applied_index;
         let sm = Arc::new(RwLock::new(sm));
         let hub = Arc::new(WatchHub::new(
             Box::new(sm.clone()),
             WatchHubConfig::default(),
         ));
         let hub_sync = hub.start();
-        let (apply_tx, apply_rx) = mpsc::channel::<Entry>();
+        let wal = Arc::new(wal);
+        let shared = Arc::new(Shared::default());
+        let (apply_tx, apply_rx) = mpsc::channel::<ApplyItem>();
+        let raft = replication::spawn(replication::DriverParts {
+            node,
+            wal: wal.clone(),
+            transport,
+            apply_tx,
+            shared: shared.clone(),
+            snap_dir: snap_dir.clone(),
+            latest_snapshot: snap_meta.zip(newest.map(|(_, p)| p)),
+            tick: heartbeat,
+        });
+        let (applied, _) = watch::channel(applied_index);
         let member = Arc::new(Member {
             cfg,
             sm,
-            wal: Arc::new(wal),
+            wal,
             hub,
             hub_sync: Mutex::new(Some(hub_sync)),
             header,
-            next_index: Mutex::new(last_index + 1),
-            waiters: Arc::new(Mutex::new(HashMap::new())),
-            next_id: AtomicU64::new(1),
-            failed: Arc::new(AtomicBool::new(false)),
-            rewind_to: Arc::new(AtomicU64::new(u64::MAX)),
-            apply_tx: Mutex::new(Some(apply_tx)),
+            raft,
+            shared,
+            waiters: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(rand::random::<u64>() >> 2),
+            applied,
             metrics: Arc::new(Metrics::default()),
             revoking: Mutex::new(Default::default()),
             snapshotting: AtomicBool::new(false),
@@ -218,10 +331,8 @@ impl Member {
         std::thread::Builder::new()
             .name("keel-apply".into())
             .spawn(move || m.apply_loop(apply_rx))
-            .map_err(|source| OpenError::DataDir {
-                path: member.cfg.data_dir.clone(),
-                source,
-            })?;
+            .map_err(data_dir_err(&member.cfg.data_dir))?;
+        member.spawn_publish();
         Ok(member)
     }
 
@@ -230,8 +341,10 @@ impl Member {
         &self.cfg
     }
 
-    /// The response header source.
+    /// The response header source (with the current term).
     pub fn header(&self) -> &Header {
+        self.header
+            .set_term(self.shared.term.load(Ordering::Relaxed));
         &self.header
     }
 
@@ -262,15 +375,36 @@ impl Member {
 
     /// True once the log failed; the member must stop.
     pub fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
+        self.shared.failed.load(Ordering::SeqCst)
     }
 
-    /// The last log index handed to the WAL.
+    /// The last log index.
     pub fn last_index(&self) -> u64 {
-        self.next_index.lock().map(|n| *n - 1).unwrap_or(0)
+        self.shared.last_index.load(Ordering::Relaxed)
     }
 
-    /// Proposes a write and waits until it is durable and applied.
+    /// The known leader (0: none).
+    pub fn leader(&self) -> u64 {
+        self.shared.leader.load(Ordering::Relaxed)
+    }
+
+    /// True while this member leads.
+    pub fn is_leader(&self) -> bool {
+        self.shared.is_leader.load(Ordering::Relaxed)
+    }
+
+    /// The Raft core's status.
+    pub async fn raft_status(&self) -> Option<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.raft.send(Input::Status(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Proposes a write and waits until it is committed and applied here.
     pub async fn propose(&self, request: Request) -> Result<Applied> {
         if self.has_failed() {
             return Err(StoreError::Stopped);
@@ -284,120 +418,216 @@ impl Member {
         if data.len() > self.cfg.max_request_bytes {
             return Err(StoreError::RequestTooLarge);
         }
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
         let (tx, rx) = oneshot::channel();
         self.lock_waiters().insert(id, tx);
-        {
-            let mut next = self.next_index.lock().unwrap_or_else(|p| p.into_inner());
-            if self.rewind_to.load(Ordering::SeqCst) != u64::MAX {
-                // An append was refused: let every queued append finish
-                // (callbacks run in order), then continue from the first
-                // refused index, so the log never has a hole.
-                let _ = self.wal.append_sync(Vec::new(), None);
-                *next = self.rewind_to.swap(u64::MAX, Ordering::SeqCst).min(*next);
+        let fail = |e: StoreError| {
+            self.lock_waiters().remove(&id);
+            self.metrics
+                .proposals_failed
+                .fetch_add(1, Ordering::Relaxed);
+            Err(e)
+        };
+        loop {
+            if self.shared.no_space.load(Ordering::SeqCst) {
+                return fail(StoreError::Storage(
+                    "no space left for the log: writes resume when space returns".into(),
+                ));
             }
-            let index = *next;
-            let entry = Entry {
-                term: self.header.term(),
-                index,
-                kind: EntryKind::Normal,
-                data,
-            };
-            let apply_tx = self
-                .apply_tx
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let Some(apply_tx) = apply_tx else {
-                self.lock_waiters().remove(&id);
-                return Err(StoreError::Stopped);
-            };
-            let waiters = self.waiters.clone();
-            let failed = self.failed.clone();
-            let rewind_to = self.rewind_to.clone();
-            let metrics = self.metrics.clone();
-            let for_apply = entry.clone();
-            self.wal.append(
-                vec![entry],
-                None,
-                Box::new(move |res| match res {
-                    Ok(()) => {
-                        let _ = apply_tx.send(for_apply);
-                    }
-                    Err(e) => {
-                        metrics.proposals_failed.fetch_add(1, Ordering::Relaxed);
-                        let err = match e {
-                            // Nothing of it was written (a full disk, or an
-                            // index after one the disk refused): the next
-                            // proposal rewinds to the first refused index.
-                            WalError::NoSpace { .. } | WalError::InvalidAppend(_) => {
-                                rewind_to.fetch_min(for_apply.index, Ordering::SeqCst);
-                                StoreError::Storage(format!("no space left for the log: {e}"))
-                            }
-                            e => {
-                                tracing::error!(error = %e, "WAL write failed: stopping the member");
-                                failed.store(true, Ordering::SeqCst);
-                                StoreError::Storage(e.to_string())
-                            }
-                        };
-                        let w = waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                        if let Some(w) = w {
-                            let _ = w.send(Err(err));
-                        }
-                        // The index was not written: the apply thread must
-                        // not wait for it.
-                        let _ = apply_tx.send(Entry {
-                            term: 0,
-                            index: for_apply.index,
-                            kind: EntryKind::Normal,
-                            data: Vec::new(),
-                        });
-                    }
-                }),
-            );
-            *next = index + 1;
-        }
-        match tokio::time::timeout(self.cfg.request_timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(StoreError::Stopped),
-            Err(_) => {
-                self.lock_waiters().remove(&id);
-                Err(StoreError::Timeout)
+            let (done, accepted) = oneshot::channel();
+            if self
+                .raft
+                .send(Input::Propose {
+                    data: data.clone(),
+                    done,
+                })
+                .is_err()
+            {
+                return fail(StoreError::Stopped);
             }
-        }
-    }
-
-    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn apply_loop(self: Arc<Self>, rx: mpsc::Receiver<Entry>) {
-        let mut since_snapshot = 0u64;
-        while let Ok(entry) = rx.recv() {
-            if entry.term == 0 && entry.data.is_empty() {
-                // A failed append; nothing to apply.
-                continue;
-            }
-            let req = match InternalRequest::decode(entry.data.as_slice()) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(index = entry.index, error = %e, "undecodable log entry skipped");
-                    continue;
+            match accepted.await {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) if tokio::time::Instant::now() < deadline => {
+                    // No leader yet (an election), or a transfer: retry.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-            };
-            let id = req.id;
-            let now = Instant::now();
-            let out = {
-                let mut sm = self.write();
-                sm.apply(entry.index, entry.term, req, now)
-            };
-            self.metrics.applied.fetch_add(1, Ordering::Relaxed);
-            if !out.events.is_empty() {
-                self.hub.notify(out.rev, &out.events);
+                Ok(Err(_)) => return fail(StoreError::NoLeader),
+                Err(_) => return fail(StoreError::Stopped),
             }
-            if let Some(w) = self.lock_waiters().remove(&id) {
-                let _ = w.send(out.result);
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => fail(StoreError::Stopped),
+            Err(_) => fail(StoreError::Timeout),
+        }
+    }
+
+    /// Waits until a linearizable read may be served locally: a ReadIndex
+    /// confirmed by a quorum, and the local apply caught up to it.
+    pub async fn read_barrier(&self) -> Result<()> {
+        // A lone voter that leads is the quorum: what it applied is current.
+        if self.is_leader() && self.read().conf_state().voters.len() == 1 {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
+        loop {
+            let ctx = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (done, rx) = oneshot::channel();
+            if self.raft.send(Input::ReadIndex { ctx, done }).is_err() {
+                return Err(StoreError::Stopped);
             }
-            since_snapshot += 1;
+            let wait = (self.cfg.heartbeat_interval * 5).max(Duration::from_millis(200));
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(index)) => {
+                    let mut applied = self.applied.subscribe();
+                    let reached =
+                        tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= index)).await;
+                    return match reached {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(_)) => Err(StoreError::Stopped),
+                        Err(_) => Err(StoreError::Timeout),
+                    };
+                }
+                _ if tokio::time::Instant::now() >= deadline => return Err(StoreError::NoLeader),
+                _ => {}
+            }
+        }
+    }
+
+    /// Proposes a membership change and waits until it is applied here.
+    pub async fn change_membership(&self, cc: ConfChange, info: Option<PbMember>) -> Result<()> {
+        if let Some(m) = info {
+            self.propose(Request::MemberAttrs(m)).await?;
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
+        loop {
+            let (done, rx) = oneshot::channel();
+            self.raft
+                .send(Input::ProposeConfChange { cc, done })
+                .map_err(|_| StoreError::Stopped)?;
+            match rx.await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
+                    return Err(StoreError::Storage(format!(
+                        "membership change refused: {e}"
+                    )))
+                }
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => return Err(StoreError::Stopped),
+            }
+        }
+        let target = self.last_index();
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= target))
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(|_| StoreError::Stopped)?;
+        Ok(())
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub fn transfer_leadership(&self, to: u64) {
+        let _ = self.raft.send(Input::TransferLeader(to));
+    }
+
+    /// Publishes this member's name and client URLs through the log (etcd's
+    /// `publish`), once a leader is there, unless already recorded.
+    fn spawn_publish(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            for _ in 0..600 {
+                let Some(m) = weak.upgrade() else { return };
+                let id = m.header.member_id;
+                let current = m.read().members.get(&id).cloned();
+                if current
+                    .as_ref()
+                    .is_some_and(|c| c.name == m.cfg.name && c.client_urls == m.cfg.client_urls)
+                {
+                    return;
+                }
+                let attrs = PbMember {
+                    id,
+                    name: m.cfg.name.clone(),
+                    peer_ur_ls: Vec::new(),
+                    client_ur_ls: m.cfg.client_urls.clone(),
+                    is_learner: false,
+                };
+                match m.propose(Request::MemberAttrs(attrs)).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(error = %e, "publishing member attributes, retrying"),
+                }
+                drop(m);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    fn apply_loop(self: Arc<Self>, rx: mpsc::Receiver<ApplyItem>) {
+        let mut since_snapshot = 0u64;
+        while let Ok(item) = rx.recv() {
+            match item {
+                ApplyItem::Entries(entries) => {
+                    let mut last = 0;
+                    for e in &entries {
+                        if e.index <= self.read().applied_index {
+                            continue;
+                        }
+                        let now = Instant::now();
+                        let (out, cc, id) = {
+                            let mut sm = self.write();
+                            apply_entry(&mut sm, e, now)
+                        };
+                        last = e.index;
+                        self.metrics.applied.fetch_add(1, Ordering::Relaxed);
+                        if let Some(out) = out {
+                            if !out.events.is_empty() {
+                                self.hub.notify(out.rev, &out.events);
+                            }
+                            if let Some(w) = self.lock_waiters().remove(&id) {
+                                let _ = w.send(out.result);
+                            }
+                        }
+                        if let Some(cc) = cc {
+                            if let ConfChange::AddNode(nid) | ConfChange::AddLearner(nid) = cc {
+                                let addr = self.read().members.get(&nid).and_then(|m| {
+                                    m.peer_urls.first().and_then(|u| config::peer_addr(u))
+                                });
+                                if let Some(addr) = addr {
+                                    let _ = self.raft.send(Input::AddPeer(nid, addr));
+                                }
+                            }
+                            let _ = self.raft.send(Input::ConfApplied(cc));
+                        }
+                        since_snapshot += 1;
+                    }
+                    if last > 0 {
+                        self.applied.send_replace(last);
+                        let _ = self.raft.send(Input::Applied(last));
+                    }
+                }
+                ApplyItem::Snapshot { meta, path } => {
+                    let limits = self.read().limits();
+                    match snapshot::load(&path, limits, self.cfg.min_lease_ttl()) {
+                        Ok(new) => {
+                            let rev = new.kv.current_rev();
+                            *self.write() = new;
+                            self.hub.restore(rev);
+                            self.applied.send_replace(meta.index);
+                            let _ = self.raft.send(Input::Applied(meta.index));
+                            tracing::info!(
+                                index = meta.index,
+                                revision = rev,
+                                "installed a snapshot from the leader"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "loading a received snapshot failed: stopping");
+                            self.shared.failed.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            }
             if since_snapshot >= self.cfg.snapshot_count
                 && !self.snapshotting.swap(true, Ordering::SeqCst)
             {
@@ -437,9 +667,11 @@ impl Member {
     fn save_snapshot(&self, sm: &StateMachine) -> Result<(), OpenError> {
         let (bytes, index, term) = (snapshot::encode(sm)?, sm.applied_index, sm.applied_term);
         let dir = self.cfg.snap_dir();
-        snapshot::write_file(&dir.join(snapshot::file_name(index)), &bytes)?;
+        let path = dir.join(snapshot::file_name(index));
+        snapshot::write_file(&path, &bytes)?;
         self.wal.save_snapshot_mark(SnapshotMark { index, term })?;
         self.wal.release_to(index)?;
+        let _ = self.raft.send(Input::Compact { index, path });
         for (_, old) in snapshot::list(&dir).into_iter().skip(2) {
             let _ = std::fs::remove_file(old);
         }
@@ -459,6 +691,10 @@ impl Member {
             loop {
                 tick.tick().await;
                 let Some(m) = weak.upgrade() else { return };
+                // Expiry and checkpoints are the leader's duties.
+                if !m.is_leader() {
+                    continue;
+                }
                 let now = Instant::now();
                 let expired = m.read().lessor.expired(now, 1000);
                 for id in expired {
@@ -508,10 +744,7 @@ impl Member {
 
     /// Stops accepting proposals and lets the apply thread finish.
     pub fn shutdown(&self) {
-        self.apply_tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let _ = self.raft.send(Input::Stop);
         self.hub_sync
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -66,6 +66,16 @@ pub struct SnapLease {
     keys: Vec<Vec<u8>>,
 }
 
+/// One member, archived.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+pub struct SnapMember {
+    id: u64,
+    name: String,
+    peer_urls: Vec<String>,
+    client_urls: Vec<String>,
+    learner: bool,
+}
+
 /// The whole replicated state at one log index.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
 pub struct SnapshotData {
@@ -76,6 +86,7 @@ pub struct SnapshotData {
     records: Vec<SnapRecord>,
     leases: Vec<SnapLease>,
     alarms: Vec<(u64, i32)>,
+    members: Vec<SnapMember>,
 }
 
 /// Encodes the state machine as a snapshot file's bytes (header included).
@@ -110,6 +121,17 @@ pub fn encode(sm: &StateMachine) -> Result<Vec<u8>, SnapshotError> {
             })
             .collect(),
         alarms: sm.alarms.iter().copied().collect(),
+        members: sm
+            .members
+            .iter()
+            .map(|(id, m)| SnapMember {
+                id: *id,
+                name: m.name.clone(),
+                peer_urls: m.peer_urls.clone(),
+                client_urls: m.client_urls.clone(),
+                learner: m.learner,
+            })
+            .collect(),
     };
     let archive = rkyv::to_bytes::<RkyvError>(&data).map_err(|e| SnapshotError::Corrupt {
         path: PathBuf::new(),
@@ -167,8 +189,23 @@ pub fn strip_digest<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], Snapsh
 
 /// Checks snapshot bytes and returns (index, term) without loading them.
 pub fn verify(path: &Path, bytes: &[u8]) -> Result<(u64, u64), SnapshotError> {
+    let (index, term, _) = verify_meta(path, bytes)?;
+    Ok((index, term))
+}
+
+/// Checks snapshot bytes and returns (index, term, member IDs with their
+/// learner flag) without loading them.
+pub fn verify_meta(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(u64, u64, Vec<(u64, bool)>), SnapshotError> {
     let data = access(path, bytes)?;
-    Ok((data.index.to_native(), data.term.to_native()))
+    let members = data
+        .members
+        .iter()
+        .map(|m| (m.id.to_native(), m.learner))
+        .collect();
+    Ok((data.index.to_native(), data.term.to_native(), members))
 }
 
 fn access<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a ArchivedSnapshotData, SnapshotError> {
@@ -259,6 +296,17 @@ pub fn load(
     }
     for a in data.alarms.iter() {
         sm.alarms.insert((a.0.to_native(), a.1.to_native()));
+    }
+    for m in data.members.iter() {
+        sm.members.insert(
+            m.id.to_native(),
+            crate::apply::MemberInfo {
+                name: m.name.to_string(),
+                peer_urls: m.peer_urls.iter().map(|u| u.to_string()).collect(),
+                client_urls: m.client_urls.iter().map(|u| u.to_string()).collect(),
+                learner: m.learner,
+            },
+        );
     }
     sm.applied_index = data.index.to_native();
     sm.applied_term = data.term.to_native();

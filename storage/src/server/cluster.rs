@@ -1,7 +1,9 @@
-//! The Cluster service: the member list. Membership changes come with Raft.
+//! The Cluster service: the member list and membership changes, one member
+//! at a time through the Raft log.
 
 use std::sync::Arc;
 
+use keel_raft::core::ConfChange;
 use tonic::{Request, Response, Status};
 
 use crate::member::Member;
@@ -24,61 +26,147 @@ impl ClusterService {
     }
 
     fn members(&self) -> Vec<PbMember> {
-        let cfg = self.member.config();
-        vec![PbMember {
-            id: self.member.header().member_id,
-            name: cfg.name.clone(),
-            peer_ur_ls: cfg.peer_urls.clone(),
-            client_ur_ls: cfg.client_urls.clone(),
-            is_learner: false,
-        }]
+        self.member
+            .read()
+            .members
+            .iter()
+            .map(|(id, m)| PbMember {
+                id: *id,
+                name: m.name.clone(),
+                peer_ur_ls: m.peer_urls.clone(),
+                client_ur_ls: m.client_urls.clone(),
+                is_learner: m.learner,
+            })
+            .collect()
     }
-}
 
-fn single_member() -> Status {
-    Status::unavailable(
-        "keel: this member runs alone; membership changes need the replicated (Raft) store",
-    )
+    fn header(&self) -> Option<crate::proto::etcdserverpb::ResponseHeader> {
+        let rev = self.member.read().kv.current_rev();
+        Some(self.member.header().at(rev))
+    }
+
+    fn exists(&self, id: u64) -> Result<crate::apply::MemberInfo, Status> {
+        self.member
+            .read()
+            .members
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Status::not_found("etcdserver: member not found"))
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _req: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(single_member())
+        let r = req.into_inner();
+        if r.peer_ur_ls.is_empty()
+            || r.peer_ur_ls
+                .iter()
+                .any(|u| crate::member::config::peer_addr(u).is_none())
+        {
+            return Err(Status::invalid_argument(
+                "etcdserver: peer URLs must be quic://host:port",
+            ));
+        }
+        let id = self.member.config().id_for(&r.peer_ur_ls);
+        let taken = self
+            .member
+            .read()
+            .members
+            .values()
+            .any(|m| m.peer_urls.iter().any(|u| r.peer_ur_ls.contains(u)));
+        if taken {
+            return Err(Status::failed_precondition(
+                "etcdserver: Peer URLs already exists",
+            ));
+        }
+        let info = PbMember {
+            id,
+            name: String::new(),
+            peer_ur_ls: r.peer_ur_ls.clone(),
+            client_ur_ls: Vec::new(),
+            is_learner: r.is_learner,
+        };
+        let cc = if r.is_learner {
+            ConfChange::AddLearner(id)
+        } else {
+            ConfChange::AddNode(id)
+        };
+        self.member
+            .change_membership(cc, Some(info.clone()))
+            .await?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(info),
+            members: self.members(),
+        }))
     }
 
     async fn member_remove(
         &self,
-        _req: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(single_member())
+        let id = req.into_inner().id;
+        self.exists(id)?;
+        self.member
+            .change_membership(ConfChange::RemoveNode(id), None)
+            .await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_update(
         &self,
-        _req: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(single_member())
+        let r = req.into_inner();
+        let cur = self.exists(r.id)?;
+        if r.peer_ur_ls != cur.peer_urls {
+            return Err(Status::unimplemented(
+                "keel: a member's peer URLs are its identity; remove it and add it back",
+            ));
+        }
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_list(
         &self,
-        _req: Request<MemberListRequest>,
+        req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let rev = self.member.read().kv.current_rev();
+        if req.into_inner().linearizable {
+            self.member.read_barrier().await?;
+        }
         Ok(Response::new(MemberListResponse {
-            header: Some(self.member.header().at(rev)),
+            header: self.header(),
             members: self.members(),
         }))
     }
 
     async fn member_promote(
         &self,
-        _req: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(single_member())
+        let id = req.into_inner().id;
+        let m = self.exists(id)?;
+        if !m.learner {
+            return Err(Status::failed_precondition(
+                "etcdserver: can only promote a learner member",
+            ));
+        }
+        self.member
+            .change_membership(ConfChange::AddNode(id), None)
+            .await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 }

@@ -37,6 +37,9 @@ impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = req.into_inner();
         validate::check_range(&r)?;
+        if !r.serializable {
+            self.member.read_barrier().await?;
+        }
         let (mut resp, rev) = {
             let sm = self.member.read();
             (sm.range(&r)?, sm.kv.current_rev())
@@ -76,6 +79,7 @@ impl Kv for KvService {
         let r = req.into_inner();
         validate::check_txn(&r, self.member.config().max_txn_ops)?;
         let mut resp = if crate::apply::txn::is_read_only(&r) {
+            self.member.read_barrier().await?;
             self.member.read().read_txn(&r)?
         } else {
             match self.member.propose(Cmd::Txn(r)).await? {

@@ -84,7 +84,7 @@ impl Maintenance for MaintenanceService {
             header: Some(m.header().at(sm.kv.current_rev())),
             version: API_VERSION.into(),
             db_size: db,
-            leader: m.header().member_id,
+            leader: m.leader(),
             raft_index: m.last_index(),
             raft_term: m.header().term(),
             raft_applied_index: sm.applied_index,

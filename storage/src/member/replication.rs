@@ -1,0 +1,548 @@
+//! The replication driver: joins the sans-IO Raft core
+//! ([`keel_raft::core::RawNode`]), the WAL, the QUIC transport and the apply
+//! thread.
+//!
+//! One tokio task owns the core. It feeds it ticks, peer messages and local
+//! requests, and for every [`Ready`]: sends `messages` at once (a leader
+//! replicates before its own write is durable), hands the entries and hard
+//! state to the persister thread, which group-commits everything queued in
+//! one WAL write + fdatasync and only then sends `persisted_messages`,
+//! reports `on_persisted` and passes `committed_entries` to the apply thread.
+//! Because every Ready goes through the persister in order, entries are
+//! applied in log order and never before they are durable.
+//!
+//! A full disk does not stop the member: the persister retries the refused
+//! batch until space returns (nothing of it is acknowledged meanwhile) and
+//! raises [`Shared::no_space`] so proposals fail fast with a clear error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Duration;
+
+use keel_raft::core::{
+    ConfChange, Entry, HardState, Message, RaftError, RawNode, Ready, Role, SnapshotMeta, Status,
+};
+use keel_raft::transport::{Incoming, ReceivedSnapshot, Transport};
+use keel_raft::wal::{SnapshotMark, Wal, WalError};
+use tokio::sync::{mpsc, oneshot};
+
+/// Transport payload tag: a Raft message.
+const TAG_RAFT: u8 = 0;
+/// Transport payload tag: a proposal forwarded to the leader.
+const TAG_PROPOSAL: u8 = 1;
+
+/// State the driver shares with the rest of the member.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The known leader (0: none).
+    pub leader: AtomicU64,
+    /// The current term.
+    pub term: AtomicU64,
+    /// The commit index.
+    pub commit: AtomicU64,
+    /// The last log index.
+    pub last_index: AtomicU64,
+    /// True while this member leads.
+    pub is_leader: AtomicBool,
+    /// True while the WAL refuses writes for lack of space.
+    pub no_space: AtomicBool,
+    /// True once a write or fsync failed: the member must stop.
+    pub failed: AtomicBool,
+}
+
+/// What the apply thread receives, in log order.
+#[derive(Debug)]
+pub enum ApplyItem {
+    /// Committed entries.
+    Entries(Vec<Entry>),
+    /// A snapshot from the leader, already durable at `path`: replace the
+    /// state machine with it.
+    Snapshot {
+        /// What it covers.
+        meta: SnapshotMeta,
+        /// The snapshot file (in the member's snap dir).
+        path: PathBuf,
+    },
+}
+
+/// Requests to the driver.
+#[derive(Debug)]
+pub enum Input {
+    /// Propose an entry; `done` says whether the core took it (or forwarded it).
+    Propose {
+        /// The encoded command.
+        data: Vec<u8>,
+        /// Accepted, or why not.
+        done: oneshot::Sender<Result<(), RaftError>>,
+    },
+    /// Propose a membership change.
+    ProposeConfChange {
+        /// The change.
+        cc: ConfChange,
+        /// Accepted, or why not.
+        done: oneshot::Sender<Result<(), RaftError>>,
+    },
+    /// A linearizable read: answered with the index to wait for.
+    ReadIndex {
+        /// Unique per request.
+        ctx: u64,
+        /// The read index.
+        done: oneshot::Sender<u64>,
+    },
+    /// Hand leadership to another member.
+    TransferLeader(u64),
+    /// The apply thread applied a membership change.
+    ConfApplied(ConfChange),
+    /// The apply thread applied everything up to this index.
+    Applied(u64),
+    /// A snapshot was saved at `index` (file at `path`): compact the log.
+    Compact {
+        /// The snapshot's index.
+        index: u64,
+        /// Its file.
+        path: PathBuf,
+    },
+    /// The core's status.
+    Status(oneshot::Sender<Status>),
+    /// A member's peer address (after a membership change).
+    AddPeer(u64, SocketAddr),
+    /// Stop the driver.
+    Stop,
+}
+
+/// Internal events (from the persister and snapshot senders).
+enum Event {
+    Persisted { index: u64, term: u64 },
+    SnapshotSent { to: u64, ok: bool },
+}
+
+/// One Ready's durable part, for the persister.
+struct Batch {
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+    persisted_messages: Vec<Message>,
+    committed: Vec<Entry>,
+}
+
+/// Everything the driver needs to start.
+pub struct DriverParts {
+    /// The core, restored from disk.
+    pub node: RawNode,
+    /// The WAL.
+    pub wal: Arc<Wal>,
+    /// The transport and its incoming queues.
+    pub transport: (Transport, Incoming),
+    /// Where committed entries go.
+    pub apply_tx: std_mpsc::Sender<ApplyItem>,
+    /// Shared status.
+    pub shared: Arc<Shared>,
+    /// The member's snapshot dir (received snapshots are moved there).
+    pub snap_dir: PathBuf,
+    /// The latest local snapshot, if any.
+    pub latest_snapshot: Option<(SnapshotMeta, PathBuf)>,
+    /// Tick period (`--heartbeat-interval`).
+    pub tick: Duration,
+}
+
+/// Starts the driver task; returns its input queue.
+pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (persist_tx, persist_rx) = std_mpsc::channel::<Batch>();
+    {
+        let wal = parts.wal.clone();
+        let transport = parts.transport.0.clone();
+        let apply_tx = parts.apply_tx.clone();
+        let shared = parts.shared.clone();
+        let ev_tx = ev_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("keel-persist".into())
+            .spawn(move || persister(persist_rx, wal, transport, apply_tx, shared, ev_tx));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the persister thread");
+            parts.shared.failed.store(true, Ordering::SeqCst);
+        }
+    }
+    let (transport, incoming) = parts.transport;
+    let driver = Driver {
+        node: parts.node,
+        wal: parts.wal,
+        transport,
+        persist_tx,
+        apply_tx: parts.apply_tx,
+        shared: parts.shared,
+        snap_dir: parts.snap_dir,
+        latest_snapshot: parts.latest_snapshot,
+        received: BTreeMap::new(),
+        reads: HashMap::new(),
+        ev_tx,
+    };
+    tokio::spawn(driver.run(rx, ev_rx, incoming, parts.tick));
+    tx
+}
+
+struct Driver {
+    node: RawNode,
+    wal: Arc<Wal>,
+    transport: Transport,
+    persist_tx: std_mpsc::Sender<Batch>,
+    apply_tx: std_mpsc::Sender<ApplyItem>,
+    shared: Arc<Shared>,
+    snap_dir: PathBuf,
+    latest_snapshot: Option<(SnapshotMeta, PathBuf)>,
+    /// Snapshot files received from the leader, by index.
+    received: BTreeMap<u64, PathBuf>,
+    /// Pending linearizable reads, by context.
+    reads: HashMap<Vec<u8>, oneshot::Sender<u64>>,
+    ev_tx: mpsc::UnboundedSender<Event>,
+}
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(body.len() + 1);
+    v.push(tag);
+    v.extend_from_slice(body);
+    v
+}
+
+fn send_all(transport: &Transport, msgs: Vec<Message>) {
+    for m in msgs {
+        transport.send(m.to, frame(TAG_RAFT, &m.encode()));
+    }
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        mut incoming: Incoming,
+        tick: Duration,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A lone voter needs no election timeout: campaign at once.
+        if self.node.conf_state().voters.len() == 1
+            && self.node.conf_state().voters.contains(&self.node.id())
+        {
+            for _ in 0..64 {
+                if self.node.role() == Role::Leader {
+                    break;
+                }
+                self.node.tick();
+                self.process_ready();
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.node.tick(),
+                input = inputs.recv() => match input {
+                    None | Some(Input::Stop) => break,
+                    Some(i) => self.handle_input(i),
+                },
+                Some(ev) = events.recv() => match ev {
+                    Event::Persisted { index, term } => self.node.on_persisted(index, term),
+                    Event::SnapshotSent { to, ok } => self.node.report_snapshot(to, ok),
+                },
+                Some((from, bytes)) = incoming.messages.recv() => self.handle_peer(from, bytes),
+                Some(snap) = incoming.snapshots.recv() => self.handle_snapshot(snap),
+            }
+            // Take whatever else is queued before building a Ready, so one
+            // Ready (one WAL write) carries many proposals.
+            while let Ok(i) = inputs.try_recv() {
+                if matches!(i, Input::Stop) {
+                    return;
+                }
+                self.handle_input(i);
+            }
+            self.process_ready();
+            if self.shared.failed.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        self.transport.shutdown().await;
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        match input {
+            Input::Propose { data, done } => {
+                let r = self.propose(data);
+                let _ = done.send(r);
+            }
+            Input::ProposeConfChange { cc, done } => {
+                let _ = done.send(self.node.propose_conf_change(cc));
+            }
+            Input::ReadIndex { ctx, done } => {
+                let ctx = ctx.to_le_bytes().to_vec();
+                self.reads.insert(ctx.clone(), done);
+                self.node.read_index(ctx);
+            }
+            Input::TransferLeader(to) => self.node.transfer_leader(to),
+            Input::ConfApplied(cc) => {
+                self.node.apply_conf_change(&cc);
+                if let ConfChange::RemoveNode(id) = cc {
+                    if id != self.node.id() {
+                        self.transport.remove_peer(id);
+                    }
+                }
+            }
+            Input::Applied(index) => self.node.on_applied(index),
+            Input::Compact { index, path } => match self.node.compact(index) {
+                Ok(meta) => self.latest_snapshot = Some((meta, path)),
+                Err(e) => tracing::debug!(error = %e, "log compaction skipped"),
+            },
+            Input::Status(done) => {
+                let _ = done.send(self.node.status());
+            }
+            Input::AddPeer(id, addr) => {
+                if id != self.node.id() {
+                    self.transport.add_peer(id, addr);
+                }
+            }
+            Input::Stop => {}
+        }
+    }
+
+    /// Proposes locally, or forwards to the leader (as etcd does).
+    fn propose(&mut self, data: Vec<u8>) -> Result<(), RaftError> {
+        match self.node.propose(data.clone()) {
+            Err(RaftError::NotLeader {
+                leader: Some(leader),
+            }) if leader != self.node.id() => {
+                self.transport.send(leader, frame(TAG_PROPOSAL, &data));
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn handle_peer(&mut self, from: u64, bytes: Vec<u8>) {
+        let Some((&tag, body)) = bytes.split_first() else {
+            return;
+        };
+        match tag {
+            TAG_RAFT => match Message::decode(body) {
+                Ok(m) if m.from == from => {
+                    if let Err(e) = self.node.step(m) {
+                        tracing::debug!(from, error = %e, "peer message ignored");
+                    }
+                }
+                Ok(m) => tracing::warn!(
+                    from,
+                    claimed = m.from,
+                    "peer message with a forged sender dropped"
+                ),
+                Err(e) => tracing::warn!(from, error = %e, "undecodable peer message dropped"),
+            },
+            TAG_PROPOSAL => {
+                // A follower's client write: propose it here (or pass it on
+                // if leadership moved; the proposer's timeout covers loss).
+                if let Err(e) = self.propose(body.to_vec()) {
+                    tracing::debug!(from, error = %e, "forwarded proposal dropped");
+                }
+            }
+            t => tracing::warn!(from, tag = t, "unknown peer payload dropped"),
+        }
+    }
+
+    fn handle_snapshot(&mut self, snap: ReceivedSnapshot) {
+        let msg = match Message::decode(&snap.meta) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(from = snap.from, error = %e, "snapshot with bad metadata dropped");
+                let _ = std::fs::remove_file(&snap.path);
+                return;
+            }
+        };
+        if let keel_raft::core::MessageKind::Snapshot { meta } = &msg.kind {
+            self.received.insert(meta.index, snap.path);
+        }
+        if let Err(e) = self.node.step(msg) {
+            tracing::debug!(error = %e, "snapshot message ignored");
+        }
+    }
+
+    fn process_ready(&mut self) {
+        while self.node.has_ready() {
+            let rd = self.node.ready();
+            self.handle_ready(rd);
+        }
+        let st = &self.shared;
+        st.commit.store(self.node.commit(), Ordering::Relaxed);
+        st.last_index
+            .store(self.node.last_index(), Ordering::Relaxed);
+    }
+
+    fn handle_ready(&mut self, rd: Ready) {
+        let Ready {
+            soft_state,
+            hard_state,
+            entries,
+            snapshot,
+            messages,
+            persisted_messages,
+            committed_entries,
+            read_states,
+            snapshot_requests,
+        } = rd;
+        if let Some(ss) = soft_state {
+            self.shared.leader.store(ss.leader, Ordering::SeqCst);
+            self.shared
+                .is_leader
+                .store(ss.role == Role::Leader, Ordering::SeqCst);
+            if ss.role != Role::Leader {
+                // Reads waiting on a lost leadership are dropped by the
+                // core; their callers time out and retry.
+            }
+        }
+        self.shared.term.store(self.node.term(), Ordering::SeqCst);
+        send_all(&self.transport, messages);
+        if let Some(meta) = snapshot {
+            self.install_snapshot(meta);
+        }
+        if !entries.is_empty()
+            || hard_state.is_some()
+            || !persisted_messages.is_empty()
+            || !committed_entries.is_empty()
+        {
+            let batch = Batch {
+                entries,
+                hard_state,
+                persisted_messages,
+                committed: committed_entries,
+            };
+            if self.persist_tx.send(batch).is_err() {
+                self.shared.failed.store(true, Ordering::SeqCst);
+            }
+        }
+        for rs in read_states {
+            if let Some(done) = self.reads.remove(&rs.ctx) {
+                let _ = done.send(rs.index);
+            }
+        }
+        for req in snapshot_requests {
+            let Some((meta, path)) = self.latest_snapshot.clone() else {
+                self.node.report_snapshot(req.to, false);
+                continue;
+            };
+            if meta.index != req.meta.index {
+                self.node.report_snapshot(req.to, false);
+                continue;
+            }
+            let transport = self.transport.clone();
+            let ev_tx = self.ev_tx.clone();
+            let body = frame(TAG_RAFT, &req.message.encode());
+            tokio::spawn(async move {
+                // The receiver steps the message itself: strip our tag.
+                let meta_bytes = body[1..].to_vec();
+                let ok = match transport.send_snapshot(req.to, meta_bytes, path).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(to = req.to, error = %e, "snapshot transfer failed");
+                        false
+                    }
+                };
+                let _ = ev_tx.send(Event::SnapshotSent { to: req.to, ok });
+            });
+        }
+    }
+
+    /// Makes a snapshot received from the leader durable (moved into the
+    /// snap dir, marked in the WAL) and queues it for the apply thread.
+    fn install_snapshot(&mut self, meta: SnapshotMeta) {
+        let Some(src) = self.received.remove(&meta.index) else {
+            tracing::error!(index = meta.index, "snapshot to install was never received");
+            self.shared.failed.store(true, Ordering::SeqCst);
+            return;
+        };
+        self.received.retain(|i, p| {
+            if *i < meta.index {
+                let _ = std::fs::remove_file(p);
+                false
+            } else {
+                true
+            }
+        });
+        let dst = self.snap_dir.join(super::snapshot::file_name(meta.index));
+        let durable = std::fs::rename(&src, &dst)
+            .and_then(|()| std::fs::File::open(&self.snap_dir)?.sync_all())
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                self.wal
+                    .save_snapshot_mark(SnapshotMark {
+                        index: meta.index,
+                        term: meta.term,
+                    })
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = durable {
+            tracing::error!(error = %e, "installing a snapshot failed");
+            self.shared.failed.store(true, Ordering::SeqCst);
+            return;
+        }
+        self.latest_snapshot = Some((meta.clone(), dst.clone()));
+        let _ = self.apply_tx.send(ApplyItem::Snapshot {
+            meta: meta.clone(),
+            path: dst,
+        });
+        self.node.on_snapshot_installed(&meta);
+    }
+}
+
+/// The persister thread: group-commits queued batches (one WAL write and
+/// fdatasync for all of them), then releases what waited on durability.
+fn persister(
+    rx: std_mpsc::Receiver<Batch>,
+    wal: Arc<Wal>,
+    transport: Transport,
+    apply_tx: std_mpsc::Sender<ApplyItem>,
+    shared: Arc<Shared>,
+    ev_tx: mpsc::UnboundedSender<Event>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batches.push(more);
+        }
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut hard_state = None;
+        for b in &mut batches {
+            entries.append(&mut b.entries);
+            if b.hard_state.is_some() {
+                hard_state = b.hard_state;
+            }
+        }
+        let last = entries.last().map(|e| (e.index, e.term));
+        loop {
+            match wal.append_sync(entries.clone(), hard_state) {
+                Ok(()) => {
+                    shared.no_space.store(false, Ordering::SeqCst);
+                    break;
+                }
+                Err(WalError::NoSpace { .. }) | Err(WalError::InvalidAppend(_)) => {
+                    // Nothing of it was written: retry until space returns.
+                    if !shared.no_space.swap(true, Ordering::SeqCst) {
+                        tracing::warn!("WAL: no space left; writes wait for space");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "WAL write failed: stopping the member");
+                    shared.failed.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+        for b in batches {
+            send_all(&transport, b.persisted_messages);
+            if !b.committed.is_empty() && apply_tx.send(ApplyItem::Entries(b.committed)).is_err() {
+                return;
+            }
+        }
+        if let Some((index, term)) = last {
+            let _ = ev_tx.send(Event::Persisted { index, term });
+        }
+    }
+}
