@@ -60,16 +60,14 @@ fn run(seed: u64, trace: bool) -> Result<Summary, String> {
             sim.step()?;
         }
         if let Some((i, term)) = probe {
-            if sim.checker.committed_term(i) == Some(term) {
-                if sim.applied_everywhere(i) {
-                    return Ok(Summary {
-                        committed: sim.checker.max_committed(),
-                        leader_terms: sim.checker.leader_terms(),
-                        reads: sim.checker.reads_ok,
-                        liveness_ticks: t,
-                        stats: sim.stats,
-                    });
-                }
+            if sim.checker.committed_term(i) == Some(term) && sim.applied_everywhere(i) {
+                return Ok(Summary {
+                    committed: sim.checker.max_committed(),
+                    leader_terms: sim.checker.leader_terms(),
+                    reads: sim.checker.reads_ok,
+                    liveness_ticks: t,
+                    stats: sim.stats,
+                });
             }
         }
         if probe.is_none() || t - probe_at > 50 {

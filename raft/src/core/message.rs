@@ -375,10 +375,10 @@ impl Message {
                     }
                 }
             }
-            MessageKind::Snapshot { meta } => {
-                if meta.index == 0 || meta.conf_state.voters.is_empty() {
-                    return bad("snapshot at index 0 or without voters".into());
-                }
+            MessageKind::Snapshot { meta }
+                if meta.index == 0 || meta.conf_state.voters.is_empty() =>
+            {
+                return bad("snapshot at index 0 or without voters".into());
             }
             _ => {}
         }

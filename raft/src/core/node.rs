@@ -73,7 +73,7 @@ struct PendingRead {
 /// reads made between two Readies are confirmed by one heartbeat round.
 #[derive(Debug)]
 pub struct RawNode {
-    cfg: Config,
+    pub(crate) cfg: Config,
     id: u64,
     rng: Rng,
     term: u64,
@@ -536,7 +536,11 @@ impl RawNode {
     pub fn ready(&mut self) -> Ready {
         if self.role == Role::Leader {
             if std::mem::take(&mut self.bcast_due) {
-                self.bcast_append(false);
+                // Fill each follower's window (one message in probe state).
+                let peers: Vec<u64> = self.prs.keys().copied().collect();
+                for to in peers {
+                    while self.send_append(to, false) {}
+                }
             }
             if std::mem::take(&mut self.read_heartbeat_due) {
                 self.bcast_heartbeat();
@@ -796,7 +800,7 @@ impl RawNode {
         })
     }
 
-    fn campaign(&mut self, transfer: bool) {
+    pub(crate) fn campaign(&mut self, transfer: bool) {
         if !self.promotable() || self.has_unapplied_conf_changes() {
             return;
         }
@@ -1006,11 +1010,9 @@ impl RawNode {
                 self.handle_snapshot(m.from, meta);
             }
             MessageKind::TimeoutNow => self.campaign(true),
-            MessageKind::TransferLeader { target } => {
-                if self.leader != 0 && self.leader != m.from {
-                    let leader = self.leader;
-                    self.send(leader, MessageKind::TransferLeader { target });
-                }
+            MessageKind::TransferLeader { target } if self.leader != 0 && self.leader != m.from => {
+                let leader = self.leader;
+                self.send(leader, MessageKind::TransferLeader { target });
             }
             MessageKind::ReadIndexResp { index, ctx } => {
                 self.read_states.push(ReadState { index, ctx });
@@ -1116,10 +1118,8 @@ impl RawNode {
                 hint_term,
             } => self.handle_append_resp(m.from, reject, index, hint_index, hint_term),
             MessageKind::HeartbeatResp { read_seq } => self.handle_heartbeat_resp(m.from, read_seq),
-            MessageKind::ReadIndex { ctx } => {
-                if self.prs.contains_key(&m.from) {
-                    self.handle_read(m.from, ctx);
-                }
+            MessageKind::ReadIndex { ctx } if self.prs.contains_key(&m.from) => {
+                self.handle_read(m.from, ctx);
             }
             MessageKind::TransferLeader { target } => self.transfer_leader(target),
             _ => {}

@@ -87,7 +87,7 @@ pub struct Params {
 impl Params {
     pub fn draw(seed: u64, rng: &mut Rng) -> Params {
         Params {
-            nodes: if seed % 2 == 0 { 3 } else { 5 },
+            nodes: if seed.is_multiple_of(2) { 3 } else { 5 },
             chaos_ticks: 150 + rng.below(100),
             liveness_ticks: 600,
             drop_per_mille: rng.below(150),
@@ -429,7 +429,7 @@ impl Sim {
         loop {
             let now = self.now;
             let node = self.nodes.get_mut(&id).expect("node");
-            if node.raw.is_none() || !node.writes.front().is_some_and(|w| w.due <= now) {
+            if node.raw.is_none() || node.writes.front().is_none_or(|w| w.due > now) {
                 return Ok(());
             }
             let w = node.writes.pop_front().expect("front");
