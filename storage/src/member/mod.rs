@@ -455,10 +455,23 @@ impl Member {
                 Err(_) => return fail(StoreError::Stopped),
             }
         }
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => fail(StoreError::Stopped),
-            Err(_) => fail(StoreError::Timeout),
+        let mut rx = rx;
+        let mut check = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                r = &mut rx => return r.unwrap_or(Err(StoreError::Stopped)),
+                _ = tokio::time::sleep_until(deadline) => return fail(StoreError::Timeout),
+                _ = check.tick() => {
+                    if self.shared.no_space.load(Ordering::SeqCst) {
+                        // The log cannot take it now; it stays queued and
+                        // may still apply once space returns (like a
+                        // timeout, the outcome is not known).
+                        return fail(StoreError::Storage(
+                            "no space left for the log: the write is not durable yet and may still apply when space returns".into(),
+                        ));
+                    }
+                }
+            }
         }
     }
 
