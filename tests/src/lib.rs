@@ -83,6 +83,12 @@ impl Backend {
                     file.display().to_string(),
                     "--data-dir".into(),
                     data_dir.display().to_string(),
+                    "--name".into(),
+                    m.name().to_string(),
+                    "--initial-cluster".into(),
+                    m.initial_cluster(),
+                    "--initial-advertise-peer-urls".into(),
+                    m.peer_url(),
                 ],
             ),
         };

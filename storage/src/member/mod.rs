@@ -810,8 +810,37 @@ pub fn restore_snapshot(
             source,
         })?;
     }
+    // The restored member starts a new cluster: its membership is the one
+    // given on the command line, not the one the snapshot was taken in.
+    let tmp = snap_dir.join("restore.tmp");
+    snapshot::write_file(&tmp, bytes)?;
+    let mut sm = snapshot::load(
+        &tmp,
+        Limits {
+            quota_bytes: 0,
+            member_id: 0,
+        },
+        1,
+    )?;
+    sm.members = cfg
+        .initial_members()
+        .into_iter()
+        .map(|(id, name, url)| {
+            (
+                id,
+                MemberInfo {
+                    name,
+                    peer_urls: vec![url],
+                    client_urls: Vec::new(),
+                    learner: false,
+                },
+            )
+        })
+        .collect();
     let path = snap_dir.join(snapshot::file_name(index));
-    snapshot::write_file(&path, bytes)?;
+    snapshot::write_file(&path, &snapshot::encode(&sm)?)?;
+    drop(sm);
+    let _ = std::fs::remove_file(&tmp);
     let (wal, _) = Wal::open(&wal_dir, WalOptions::default())?;
     wal.save_snapshot_mark(SnapshotMark { index, term })?;
     wal.append_sync(
