@@ -17,12 +17,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run a local cluster in the foreground (today: one store member).
+    /// Run a local cluster in the foreground: a 3-member store cluster.
     Up {
         /// Where the cluster keeps its data.
         #[arg(long, default_value = "./keel-data")]
         data_dir: PathBuf,
-        /// Client port of the store (etcd's 2379).
+        /// Client port of the first member (etcd's 2379); the others use
+        /// +100 and +200, peers the client port + 1.
         #[arg(long, default_value_t = 2379)]
         client_port: u16,
     },
@@ -252,7 +253,24 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run_store(args: StoreArgs) -> Result<()> {
+/// A member serving its client URLs.
+struct Running {
+    member: std::sync::Arc<Member>,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for s in self.servers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+        self.member.shutdown();
+    }
+}
+
+async fn start_member(args: &StoreArgs) -> Result<Running> {
     let cfg = args.config()?;
     let listen: Vec<String> = split_urls(&args.listen_client_urls)
         .iter()
@@ -262,7 +280,7 @@ async fn run_store(args: StoreArgs) -> Result<()> {
         .await
         .with_context(|| format!("opening data dir {}", cfg.data_dir.display()))?;
     member.spawn_lease_loops();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     for addr in &listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -278,20 +296,21 @@ async fn run_store(args: StoreArgs) -> Result<()> {
             .await
         }));
     }
-    println!(
-        "keel store {} ready: client URLs {} (ETCDCTL_API=3 etcdctl --endpoints={} ...)",
-        cfg.name,
-        cfg.client_urls.join(","),
-        cfg.client_urls.first().cloned().unwrap_or_default()
-    );
-    let failed = {
-        let m = member.clone();
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if m.has_failed() {
-                    return;
-                }
+    Ok(Running {
+        member,
+        servers,
+        stop,
+    })
+}
+
+/// Runs members until Ctrl-C/SIGTERM, or until one's WAL fails.
+async fn run_until_stopped(running: Vec<Running>) -> Result<()> {
+    let members: Vec<_> = running.iter().map(|r| r.member.clone()).collect();
+    let failed = async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if members.iter().any(|m| m.has_failed()) {
+                return;
             }
         }
     };
@@ -300,15 +319,71 @@ async fn run_store(args: StoreArgs) -> Result<()> {
         _ = failed => true,
     };
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    for s in servers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    for r in running {
+        r.stop().await;
     }
-    member.shutdown();
     if fatal {
         bail!("the WAL failed (write or fsync error): stopped; restart recovers from the log");
     }
     Ok(())
+}
+
+async fn run_store(args: StoreArgs) -> Result<()> {
+    let running = start_member(&args).await?;
+    let cfg = running.member.config();
+    println!(
+        "keel store {} ready: client URLs {} (ETCDCTL_API=3 etcdctl --endpoints={} ...)",
+        cfg.name,
+        cfg.client_urls.join(","),
+        cfg.client_urls.first().cloned().unwrap_or_default()
+    );
+    run_until_stopped(vec![running]).await
+}
+
+/// `keel up`: a 3-member store cluster in this process (separate data
+/// dirs, real QUIC between the members).
+async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
+    let names = ["keel-1", "keel-2", "keel-3"];
+    let port = |i: usize, peer: bool| client_port + 100 * i as u16 + u16::from(peer);
+    let cluster = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n}=quic://127.0.0.1:{}", port(i, true)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut running = Vec::new();
+    let mut endpoints = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let client = format!("http://127.0.0.1:{}", port(i, false));
+        let peer = format!("quic://127.0.0.1:{}", port(i, true));
+        let dir = data_dir.join(name);
+        let args = StoreOnly::parse_from([
+            "store",
+            "--name",
+            name,
+            "--data-dir",
+            &dir.to_string_lossy(),
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &cluster,
+        ])
+        .args;
+        running.push(start_member(&args).await?);
+        endpoints.push(client);
+    }
+    println!(
+        "keel up: a 3-member store cluster, data in {}\n  ETCDCTL_API=3 etcdctl --endpoints={} endpoint status -w table\n(Ctrl-C stops it)",
+        data_dir.display(),
+        endpoints.join(",")
+    );
+    run_until_stopped(running).await
 }
 
 fn init_logs(level: &str) {
@@ -336,31 +411,7 @@ fn main() -> Result<()> {
             client_port,
         } => {
             init_logs("info");
-            let url = format!("http://127.0.0.1:{client_port}");
-            let peer = format!("quic://127.0.0.1:{}", client_port.wrapping_add(1));
-            let args = StoreOnly::parse_from([
-                "store",
-                "--name",
-                "keel",
-                "--data-dir",
-                &data_dir.join("store").to_string_lossy(),
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &format!("keel={peer}"),
-            ])
-            .args;
-            println!(
-                "keel up: local cluster in {} (Ctrl-C stops it)",
-                data_dir.display()
-            );
-            rt.block_on(run_store(args))
+            rt.block_on(run_up(data_dir, client_port))
         }
         Cmd::Snapshot {
             cmd:
