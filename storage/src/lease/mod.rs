@@ -118,6 +118,20 @@ impl Lessor {
         }
     }
 
+    /// A member becomes the primary: every lease lives at least its
+    /// remaining (checkpointed) TTL, or its whole TTL, from `now`, since the
+    /// old primary's renewals were not seen here (etcd's `Promote`).
+    pub fn promote(&mut self, now: Instant) {
+        for l in self.leases.values_mut() {
+            let live = if l.remaining_ttl > 0 {
+                l.remaining_ttl
+            } else {
+                l.ttl
+            };
+            l.expiry = now + Duration::from_secs(live.max(0) as u64);
+        }
+    }
+
     /// Every lease expired at `now`, at most `max` of them.
     pub fn expired(&self, now: Instant, max: usize) -> Vec<i64> {
         self.leases

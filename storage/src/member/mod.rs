@@ -701,12 +701,18 @@ impl Member {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             let mut last_checkpoint = Instant::now();
+            let mut was_leader = false;
             loop {
                 tick.tick().await;
                 let Some(m) = weak.upgrade() else { return };
                 // Expiry and checkpoints are the leader's duties.
                 if !m.is_leader() {
+                    was_leader = false;
                     continue;
+                }
+                if !was_leader {
+                    was_leader = true;
+                    m.write().lessor.promote(Instant::now());
                 }
                 let now = Instant::now();
                 let expired = m.read().lessor.expired(now, 1000);

@@ -31,6 +31,35 @@ impl LeaseService {
     }
 }
 
+/// Renews on the leader: locally if this member leads, else forwarded to
+/// the leader's client URL (as etcd followers forward keep-alives), since
+/// only the leader's expiry clock revokes leases.
+async fn renew_anywhere(member: &Arc<Member>, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+    if member.is_leader() {
+        return Ok(renew(member, id));
+    }
+    let leader = member.leader();
+    let url = member
+        .read()
+        .members
+        .get(&leader)
+        .and_then(|m| m.client_urls.first().cloned());
+    let Some(url) = url else {
+        return Err(StoreError::NoLeader.into());
+    };
+    let mut client = crate::proto::etcdserverpb::lease_client::LeaseClient::connect(url)
+        .await
+        .map_err(|e| Status::unavailable(format!("etcdserver: leader unreachable: {e}")))?;
+    let mut answers = client
+        .lease_keep_alive(tokio_stream::iter([LeaseKeepAliveRequest { id }]))
+        .await?
+        .into_inner();
+    match answers.next().await {
+        Some(r) => r,
+        None => Err(StoreError::NoLeader.into()),
+    }
+}
+
 fn renew(member: &Member, id: i64) -> LeaseKeepAliveResponse {
     let (ttl, rev) = {
         let mut sm = member.write();
@@ -105,7 +134,11 @@ impl Lease for LeaseService {
         let out = async_stream(move |tx| async move {
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { break };
-                if tx.send(Ok(renew(&member, msg.id))).await.is_err() {
+                if tx
+                    .send(renew_anywhere(&member, msg.id).await)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
