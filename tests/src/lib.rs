@@ -147,4 +147,5 @@ macro_rules! e2e_test {
     };
 }
 
+pub mod cluster;
 pub mod diff;

@@ -38,6 +38,10 @@ pub struct MemberOpts {
     pub max_request_bytes: Option<u64>,
     /// Extra flags appended verbatim (for both backends).
     pub extra_args: Vec<String>,
+    /// `--initial-cluster` (`name=peer-url,...`); `None`: this member alone.
+    pub initial_cluster: Option<String>,
+    /// `--initial-cluster-state` (`new`/`existing`); `None`: `new`.
+    pub initial_cluster_state: Option<String>,
 }
 
 impl Default for MemberOpts {
@@ -48,6 +52,8 @@ impl Default for MemberOpts {
             quota_backend_bytes: None,
             max_request_bytes: None,
             extra_args: Vec::new(),
+            initial_cluster: None,
+            initial_cluster_state: None,
         }
     }
 }
@@ -153,6 +159,16 @@ impl Member {
     pub fn opts(&self) -> &MemberOpts {
         &self.opts
     }
+    /// The options, to change before the next (re)start (e.g. the
+    /// `--initial-cluster` of a multi-member cluster, once every member's
+    /// ports are known after [`Member::prepare`]).
+    pub fn opts_mut(&mut self) -> &mut MemberOpts {
+        &mut self.opts
+    }
+    /// The peer port.
+    pub fn peer_port(&self) -> u16 {
+        self.peer_port
+    }
     /// `--name`.
     pub fn name(&self) -> &str {
         &self.opts.name
@@ -173,9 +189,13 @@ impl Member {
         };
         format!("{scheme}://127.0.0.1:{}", self.peer_port)
     }
-    /// `--initial-cluster` value for this single member.
+    /// `--initial-cluster` value: [`MemberOpts::initial_cluster`] if set, else
+    /// this single member.
     pub fn initial_cluster(&self) -> String {
-        format!("{}={}", self.opts.name, self.peer_url())
+        match &self.opts.initial_cluster {
+            Some(c) => c.clone(),
+            None => format!("{}={}", self.opts.name, self.peer_url()),
+        }
     }
     /// The `--data-dir`.
     pub fn data_dir(&self) -> PathBuf {
@@ -228,7 +248,8 @@ impl Member {
             &peer,
         ]);
         cmd.args(["--initial-cluster", &self.initial_cluster()]);
-        cmd.args(["--initial-cluster-state", "new"]);
+        let state = o.initial_cluster_state.as_deref().unwrap_or("new");
+        cmd.args(["--initial-cluster-state", state]);
         if let Some(n) = o.snapshot_count {
             cmd.args(["--snapshot-count", &n.to_string()]);
         }
