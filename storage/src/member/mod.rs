@@ -478,10 +478,6 @@ impl Member {
     /// Waits until a linearizable read may be served locally: a ReadIndex
     /// confirmed by a quorum, and the local apply caught up to it.
     pub async fn read_barrier(&self) -> Result<()> {
-        // A lone voter that leads is the quorum: what it applied is current.
-        if self.is_leader() && self.read().conf_state().voters.len() == 1 {
-            return Ok(());
-        }
         let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
         loop {
             let ctx = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -501,21 +501,32 @@ fn persister(
     shared: Arc<Shared>,
     ev_tx: mpsc::UnboundedSender<Event>,
 ) {
+    // The hard state last written, and a newer one held back: a change of
+    // the commit index alone is not worth an fdatasync (etcd's `MustSync`);
+    // it rides along with the next write. After a crash the leader simply
+    // commits those entries again.
+    let mut written = HardState::default();
+    let mut held: Option<HardState> = None;
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         while let Ok(more) = rx.try_recv() {
             batches.push(more);
         }
         let mut entries: Vec<Entry> = Vec::new();
-        let mut hard_state = None;
         for b in &mut batches {
             entries.append(&mut b.entries);
             if b.hard_state.is_some() {
-                hard_state = b.hard_state;
+                held = b.hard_state;
             }
         }
         let last = entries.last().map(|e| (e.index, e.term));
-        loop {
+        let must_sync = !entries.is_empty()
+            || held.is_some_and(|hs| hs.term != written.term || hs.vote != written.vote);
+        let hard_state = if must_sync { held.take() } else { None };
+        if let Some(hs) = hard_state {
+            written = hs;
+        }
+        while must_sync {
             match wal.append_sync(entries.clone(), hard_state) {
                 Ok(()) => {
                     shared.no_space.store(false, Ordering::SeqCst);

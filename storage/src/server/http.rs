@@ -25,6 +25,11 @@ async fn health(State(m): State<Arc<Member>>) -> (StatusCode, &'static str) {
             StatusCode::SERVICE_UNAVAILABLE,
             "{\"health\":\"false\",\"reason\":\"wal failed\"}",
         )
+    } else if m.leader() == 0 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"health\":\"false\",\"reason\":\"RAFT NO LEADER\"}",
+        )
     } else {
         (StatusCode::OK, "{\"health\":\"true\"}")
     }
@@ -80,8 +85,10 @@ pub fn render_metrics(m: &Member) -> String {
         m.wal_size() as f64,
     );
     gauge("etcd_debugging_lease_total", "Leases.", leases as f64);
-    gauge("etcd_server_has_leader", "Whether a leader exists.", 1.0);
-    gauge("etcd_server_is_leader", "Whether this member leads.", 1.0);
+    let has_leader = f64::from(u8::from(m.leader() != 0));
+    gauge("etcd_server_has_leader", "Whether a leader exists.", has_leader);
+    let leads = f64::from(u8::from(m.is_leader()));
+    gauge("etcd_server_is_leader", "Whether this member leads.", leads);
     gauge(
         "etcd_server_applied_index",
         "The applied log index.",
