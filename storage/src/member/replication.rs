@@ -6,10 +6,9 @@
 //! requests, and for every [`Ready`]: sends `messages` at once (a leader
 //! replicates before its own write is durable), hands the entries and hard
 //! state to the persister thread, which group-commits everything queued in
-//! one WAL write + fdatasync and only then sends `persisted_messages`,
-//! reports `on_persisted` and passes `committed_entries` to the apply thread.
-//! Because every Ready goes through the persister in order, entries are
-//! applied in log order and never before they are durable.
+//! one WAL write + fdatasync and only then sends `persisted_messages` and
+//! reports `on_persisted`. `committed_entries` (which the core hands out only
+//! once durable here) go straight to the apply thread, in log order.
 //!
 //! A full disk does not stop the member: the persister retries the refused
 //! batch until space returns (nothing of it is acknowledged meanwhile) and
@@ -124,7 +123,6 @@ struct Batch {
     entries: Vec<Entry>,
     hard_state: Option<HardState>,
     persisted_messages: Vec<Message>,
-    committed: Vec<Entry>,
 }
 
 /// Everything the driver needs to start.
@@ -155,12 +153,11 @@ pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
     {
         let wal = parts.wal.clone();
         let transport = parts.transport.0.clone();
-        let apply_tx = parts.apply_tx.clone();
         let shared = parts.shared.clone();
         let ev_tx = ev_tx.clone();
         let spawned = std::thread::Builder::new()
             .name("keel-persist".into())
-            .spawn(move || persister(persist_rx, wal, transport, apply_tx, shared, ev_tx));
+            .spawn(move || persister(persist_rx, wal, transport, shared, ev_tx));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start the persister thread");
             parts.shared.failed.store(true, Ordering::SeqCst);
@@ -402,20 +399,25 @@ impl Driver {
         if let Some(meta) = snapshot {
             self.install_snapshot(meta);
         }
-        if !entries.is_empty()
-            || hard_state.is_some()
-            || !persisted_messages.is_empty()
-            || !committed_entries.is_empty()
-        {
+        if !entries.is_empty() || hard_state.is_some() || !persisted_messages.is_empty() {
             let batch = Batch {
                 entries,
                 hard_state,
                 persisted_messages,
-                committed: committed_entries,
             };
             if self.persist_tx.send(batch).is_err() {
                 self.shared.failed.store(true, Ordering::SeqCst);
             }
+        }
+        // Committed entries are durable here already (the core hands out
+        // only those): straight to the apply thread, in order.
+        if !committed_entries.is_empty()
+            && self
+                .apply_tx
+                .send(ApplyItem::Entries(committed_entries))
+                .is_err()
+        {
+            self.shared.failed.store(true, Ordering::SeqCst);
         }
         for rs in read_states {
             if let Some(done) = self.reads.remove(&rs.ctx) {
@@ -497,7 +499,6 @@ fn persister(
     rx: std_mpsc::Receiver<Batch>,
     wal: Arc<Wal>,
     transport: Transport,
-    apply_tx: std_mpsc::Sender<ApplyItem>,
     shared: Arc<Shared>,
     ev_tx: mpsc::UnboundedSender<Event>,
 ) {
@@ -548,9 +549,6 @@ fn persister(
         }
         for b in batches {
             send_all(&transport, b.persisted_messages);
-            if !b.committed.is_empty() && apply_tx.send(ApplyItem::Entries(b.committed)).is_err() {
-                return;
-            }
         }
         if let Some((index, term)) = last {
             let _ = ev_tx.send(Event::Persisted { index, term });
