@@ -527,11 +527,12 @@ fn persister(
         if let Some(hs) = hard_state {
             written = hs;
         }
-        while must_sync {
+        let mut durable = !must_sync;
+        while !durable {
             match wal.append_sync(entries.clone(), hard_state) {
                 Ok(()) => {
                     shared.no_space.store(false, Ordering::SeqCst);
-                    break;
+                    durable = true;
                 }
                 Err(WalError::NoSpace { .. }) | Err(WalError::InvalidAppend(_)) => {
                     // Nothing of it was written: retry until space returns.

@@ -189,23 +189,8 @@ pub fn strip_digest<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], Snapsh
 
 /// Checks snapshot bytes and returns (index, term) without loading them.
 pub fn verify(path: &Path, bytes: &[u8]) -> Result<(u64, u64), SnapshotError> {
-    let (index, term, _) = verify_meta(path, bytes)?;
-    Ok((index, term))
-}
-
-/// Checks snapshot bytes and returns (index, term, member IDs with their
-/// learner flag) without loading them.
-pub fn verify_meta(
-    path: &Path,
-    bytes: &[u8],
-) -> Result<(u64, u64, Vec<(u64, bool)>), SnapshotError> {
     let data = access(path, bytes)?;
-    let members = data
-        .members
-        .iter()
-        .map(|m| (m.id.to_native(), m.learner))
-        .collect();
-    Ok((data.index.to_native(), data.term.to_native(), members))
+    Ok((data.index.to_native(), data.term.to_native()))
 }
 
 fn access<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a ArchivedSnapshotData, SnapshotError> {
