@@ -54,44 +54,28 @@ impl Backend {
     /// `etcdctl snapshot restore` for etcd, `keel snapshot restore` for keel.
     pub fn snapshot_restore(self, file: &std::path::Path, m: &Member) -> CtlOutput {
         let data_dir = m.data_dir();
-        let (mut cmd, args): (std::process::Command, Vec<String>) = match self {
+        // Both tools take the same flags: the new member's name and cluster.
+        let mut cmd = match self {
             Backend::Etcd => {
                 let mut c = std::process::Command::new(etcdctl_bin());
                 c.env("ETCDCTL_API", "3");
-                (
-                    c,
-                    vec![
-                        "snapshot".into(),
-                        "restore".into(),
-                        file.display().to_string(),
-                        "--data-dir".into(),
-                        data_dir.display().to_string(),
-                        "--name".into(),
-                        m.name().to_string(),
-                        "--initial-cluster".into(),
-                        m.initial_cluster(),
-                        "--initial-advertise-peer-urls".into(),
-                        m.peer_url(),
-                    ],
-                )
+                c
             }
-            Backend::Keel => (
-                std::process::Command::new(keel_bin()),
-                vec![
-                    "snapshot".into(),
-                    "restore".into(),
-                    file.display().to_string(),
-                    "--data-dir".into(),
-                    data_dir.display().to_string(),
-                    "--name".into(),
-                    m.name().to_string(),
-                    "--initial-cluster".into(),
-                    m.initial_cluster(),
-                    "--initial-advertise-peer-urls".into(),
-                    m.peer_url(),
-                ],
-            ),
+            Backend::Keel => std::process::Command::new(keel_bin()),
         };
+        let args: Vec<String> = vec![
+            "snapshot".into(),
+            "restore".into(),
+            file.display().to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--name".into(),
+            m.name().to_string(),
+            "--initial-cluster".into(),
+            m.initial_cluster(),
+            "--initial-advertise-peer-urls".into(),
+            m.peer_url(),
+        ];
         let out = cmd.args(&args).output().expect("run snapshot restore");
         CtlOutput {
             cmdline: format!("{:?} {}", cmd.get_program(), args.join(" ")),

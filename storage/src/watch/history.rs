@@ -56,31 +56,26 @@ impl<T: History> History for Arc<T> {
     }
 }
 
-impl History for RwLock<StateMachine> {
-    fn events(
-        &self,
-        range: &KeyRange,
-        from: i64,
-        to: i64,
-        prev_kv: bool,
-        max: usize,
-    ) -> Result<Vec<Event>, MvccError> {
-        let sm = self.read().unwrap_or_else(|e| e.into_inner());
-        sm.kv.events(range, from, to, prev_kv, max)
-    }
+/// Anything that holds a [`KvStore`](crate::mvcc::KvStore) behind the shim's
+/// `RwLock` serves history from it.
+pub trait HasKv: Send + Sync {
+    /// The store.
+    fn kv(&self) -> &crate::mvcc::KvStore;
+}
 
-    fn current_rev(&self) -> i64 {
-        let sm = self.read().unwrap_or_else(|e| e.into_inner());
-        sm.kv.current_rev()
-    }
-
-    fn compact_rev(&self) -> i64 {
-        let sm = self.read().unwrap_or_else(|e| e.into_inner());
-        sm.kv.compact_rev()
+impl HasKv for StateMachine {
+    fn kv(&self) -> &crate::mvcc::KvStore {
+        &self.kv
     }
 }
 
-impl History for RwLock<crate::mvcc::KvStore> {
+impl HasKv for crate::mvcc::KvStore {
+    fn kv(&self) -> &crate::mvcc::KvStore {
+        self
+    }
+}
+
+impl<T: HasKv> History for RwLock<T> {
     fn events(
         &self,
         range: &KeyRange,
@@ -89,17 +84,17 @@ impl History for RwLock<crate::mvcc::KvStore> {
         prev_kv: bool,
         max: usize,
     ) -> Result<Vec<Event>, MvccError> {
-        let kv = self.read().unwrap_or_else(|e| e.into_inner());
-        kv.events(range, from, to, prev_kv, max)
+        let g = self.read().unwrap_or_else(|e| e.into_inner());
+        g.kv().events(range, from, to, prev_kv, max)
     }
 
     fn current_rev(&self) -> i64 {
-        let kv = self.read().unwrap_or_else(|e| e.into_inner());
-        kv.current_rev()
+        let g = self.read().unwrap_or_else(|e| e.into_inner());
+        g.kv().current_rev()
     }
 
     fn compact_rev(&self) -> i64 {
-        let kv = self.read().unwrap_or_else(|e| e.into_inner());
-        kv.compact_rev()
+        let g = self.read().unwrap_or_else(|e| e.into_inner());
+        g.kv().compact_rev()
     }
 }
