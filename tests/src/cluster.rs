@@ -16,9 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use keel_storage::proto::etcdserverpb::cluster_client::ClusterClient;
 use keel_storage::proto::etcdserverpb::kv_client::KvClient;
 use keel_storage::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel_storage::proto::etcdserverpb::{HashKvRequest, PutRequest, RangeRequest, StatusRequest};
+use keel_storage::proto::etcdserverpb::{
+    HashKvRequest, MemberAddRequest, PutRequest, RangeRequest, StatusRequest,
+};
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
@@ -385,41 +388,35 @@ impl Cluster {
     /// active member plus itself. Returns its index. The printed
     /// `ETCD_INITIAL_CLUSTER` must name exactly those members.
     pub fn add_member(&mut self, name: &str, learner: bool) -> Result<usize> {
+        self.add_member_via(name, learner, None)
+    }
+
+    /// The client URL membership requests go to: member `via`, or the
+    /// current leader.
+    fn via_url(&mut self, via: Option<usize>) -> String {
+        let i = via.unwrap_or_else(|| self.wait_leader(Duration::from_secs(10)));
+        self.members[i].client_url()
+    }
+
+    /// [`Cluster::add_member`], sending the request to member `via` (`None`:
+    /// the leader).
+    pub fn add_member_via(
+        &mut self,
+        name: &str,
+        learner: bool,
+        via: Option<usize>,
+    ) -> Result<usize> {
         let mut m = Member::prepare(self.backend, member_opts(&self.opts, name))?;
         let mut idx = self.active();
         let peer = m.peer_url();
-        let peer_arg = format!("--peer-urls={peer}");
-        let mut args = vec!["member", "add", name, peer_arg.as_str()];
-        if learner {
-            args.push("--learner");
-        }
-        let live = self.live();
-        let eps = self.endpoints(&live);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let out = loop {
-            let out = etcdctl_at(&eps, &args, None);
-            if out.success() || Instant::now() >= deadline {
-                break out;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        let (id, printed) = if peer.starts_with("quic://") {
+            // etcdctl 3.4 refuses any peer URL scheme but
+            // http(s)/unix(s) before sending the request, so a keel peer URL
+            // cannot go through `etcdctl member add`: use the same gRPC call.
+            self.member_add_grpc(name, &peer, learner, via)?
+        } else {
+            self.member_add_etcdctl(name, &peer, learner, via)?
         };
-        if !out.success() {
-            bail!("member add failed: {out}");
-        }
-        let id_hex = out
-            .stdout
-            .split_whitespace()
-            .skip_while(|w| *w != "ID")
-            .nth(1)
-            .ok_or_else(|| anyhow!("no member ID in {out}"))?;
-        let id = u64::from_str_radix(id_hex, 16).with_context(|| format!("member ID in {out}"))?;
-        let printed = out
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
-            .map(|s| s.trim_matches('"').to_string())
-            .ok_or_else(|| anyhow!("no ETCD_INITIAL_CLUSTER in {out}"))?;
-
         let i = self.members.len();
         self.members.push(m);
         self.removed.push(false);
@@ -444,45 +441,198 @@ impl Cluster {
         Ok(i)
     }
 
-    /// `etcdctl member promote <id of i>` (retried while the learner is not
-    /// yet in sync, up to `timeout`).
-    pub fn promote(&mut self, i: usize, timeout: Duration) -> Result<()> {
+    /// `etcdctl member add` (one attempt: it is not idempotent); returns
+    /// the new ID and the printed `ETCD_INITIAL_CLUSTER`.
+    fn member_add_etcdctl(
+        &mut self,
+        name: &str,
+        peer: &str,
+        learner: bool,
+        via: Option<usize>,
+    ) -> Result<(u64, String)> {
+        let peer_arg = format!("--peer-urls={peer}");
+        let mut args = vec!["member", "add", name, peer_arg.as_str()];
+        if learner {
+            args.push("--learner");
+        }
+        // etcd refuses changes for its first 5 s ("unhealthy cluster":
+        // not every member connected long enough); nothing is applied then.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let out = loop {
+            let url = self.via_url(via);
+            let out = etcdctl_at(&url, &args, None);
+            if out.success()
+                || !out.stderr.contains("unhealthy cluster")
+                || Instant::now() >= deadline
+            {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        if !out.success() {
+            bail!("member add failed: {out}");
+        }
+        // "Member 76f5e4861f08552c added to cluster cd062682b9a12700"
+        let id_hex = out
+            .stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "Member")
+            .nth(1)
+            .ok_or_else(|| anyhow!("no member ID in {out}"))?;
+        let id = u64::from_str_radix(id_hex, 16).with_context(|| format!("member ID in {out}"))?;
+        let printed = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+            .map(|s| s.trim_matches('"').to_string())
+            .ok_or_else(|| anyhow!("no ETCD_INITIAL_CLUSTER in {out}"))?;
+        Ok((id, printed))
+    }
+
+    /// `Cluster.MemberAdd` over gRPC (what `etcdctl member add` sends; one
+    /// attempt); returns the new ID and the initial cluster etcdctl would
+    /// print from the answer.
+    fn member_add_grpc(
+        &mut self,
+        name: &str,
+        peer: &str,
+        learner: bool,
+        via: Option<usize>,
+    ) -> Result<(u64, String)> {
+        let url = self.via_url(via);
+        let req = MemberAddRequest {
+            peer_ur_ls: vec![peer.to_string()],
+            is_learner: learner,
+        };
+        let t = Instant::now();
+        let resp = self
+            .rt
+            .block_on(async {
+                let mut c = ClusterClient::new(channel(&url, Duration::from_secs(30)));
+                c.member_add(req).await
+            })
+            .map_err(|e| anyhow!("MemberAdd via {url} failed after {:?}: {e}", t.elapsed()))?
+            .into_inner();
+        let id = resp.member.as_ref().map(|m| m.id).unwrap_or(0);
+        if id == 0 {
+            bail!("MemberAdd answered without a member: {resp:?}");
+        }
+        // As etcdctl prints it: the new member under its given name, the
+        // others under theirs.
+        let printed = resp
+            .members
+            .iter()
+            .flat_map(|m| {
+                let n = if m.id == id {
+                    name.to_string()
+                } else {
+                    m.name.clone()
+                };
+                m.peer_ur_ls
+                    .iter()
+                    .map(move |u| format!("{n}={u}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok((id, printed))
+    }
+
+    /// `etcdctl member promote <id of i>` through member `via` (`None`: the
+    /// leader, found again before every attempt), retried for up to
+    /// `timeout` while the learner is not yet in sync.
+    pub fn promote_via(&mut self, i: usize, via: Option<usize>, timeout: Duration) -> Result<()> {
         let id = format!("{:x}", self.ids[i]);
-        let others = self.followers(i);
-        let eps = self.endpoints(&others);
         let deadline = Instant::now() + timeout;
         loop {
-            let out = etcdctl_at(&eps, &["member", "promote", &id], None);
+            let url = self.via_url(via);
+            let out = etcdctl_at(&url, &["member", "promote", &id], None);
             if out.success() {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
-                bail!("member promote failed for {timeout:?}: {out}");
+            if !out.stderr.contains("in sync") || Instant::now() >= deadline {
+                bail!("member promote via {url} failed: {out}");
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
-    /// `etcdctl member remove <id of i>` through the other live members, then
-    /// stops `i`'s process and marks it removed.
-    pub fn remove(&mut self, i: usize) -> Result<()> {
+    /// [`Cluster::promote_via`] the leader.
+    pub fn promote(&mut self, i: usize, timeout: Duration) -> Result<()> {
+        self.promote_via(i, None, timeout)
+    }
+
+    /// `etcdctl member remove <id of i>` through member `via` (`None`: the
+    /// leader), then stops `i`'s process and marks it removed.
+    pub fn remove_via(&mut self, i: usize, via: Option<usize>) -> Result<()> {
         let id = format!("{:x}", self.ids[i]);
-        let others: Vec<usize> = self.live().into_iter().filter(|&j| j != i).collect();
-        let eps = self.endpoints(&others);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = etcdctl_at(&eps, &["member", "remove", &id], None);
-            if out.success() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                bail!("member remove failed: {out}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        let url = self.via_url(via);
+        let out = etcdctl_at(&url, &["member", "remove", &id], None);
+        if !out.success() {
+            bail!("member remove via {url} failed: {out}");
         }
         self.members[i].stop();
         self.removed[i] = true;
         Ok(())
+    }
+
+    /// [`Cluster::remove_via`] the leader.
+    pub fn remove(&mut self, i: usize) -> Result<()> {
+        self.remove_via(i, None)
+    }
+
+    /// Puts `n` unique keys `PREFIX<seq>` through the given members
+    /// (round-robin, `concurrency` puts in flight) and returns the
+    /// acknowledgements. Panics on any failed put.
+    pub fn put_many(&self, idx: &[usize], prefix: &str, n: usize, concurrency: usize) -> Vec<Ack> {
+        let urls = self.urls(idx);
+        let prefix = prefix.to_string();
+        self.rt.block_on(async move {
+            let clients: Vec<KvClient<Channel>> = urls
+                .iter()
+                .map(|u| KvClient::new(channel(u, Duration::from_secs(10))))
+                .collect();
+            let next = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..concurrency {
+                let (clients, urls, next, prefix) =
+                    (clients.clone(), urls.clone(), next.clone(), prefix.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut acks = Vec::new();
+                    loop {
+                        let seq = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        if seq >= n {
+                            return acks;
+                        }
+                        let k = seq % clients.len();
+                        let key = format!("{prefix}{seq:07}");
+                        let value = format!("v{seq}-{}", rand::random::<u32>());
+                        let req = PutRequest {
+                            key: key.clone().into_bytes().into(),
+                            value: value.clone().into_bytes().into(),
+                            ..Default::default()
+                        };
+                        let resp = clients[k]
+                            .clone()
+                            .put(req)
+                            .await
+                            .unwrap_or_else(|e| panic!("put {key} via {}: {e}", urls[k]));
+                        acks.push(Ack {
+                            key,
+                            value,
+                            revision: resp.into_inner().header.map(|h| h.revision).unwrap_or(0),
+                            endpoint: urls[k].clone(),
+                            at: Instant::now(),
+                        });
+                    }
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.expect("put task panicked"));
+            }
+            all
+        })
     }
 
     /// Everything under `prefix` on member `i`: a serializable (local) range,
