@@ -595,6 +595,24 @@ fn minority_cannot_commit(b: Backend) {
         for &i in &stopped {
             c.pause(i);
         }
+        if alone == leader {
+            // Check-quorum: a leader that hears from no majority steps down
+            // within about an election timeout.
+            let t = Instant::now();
+            loop {
+                let st = c.status(alone).expect("status of the lone member");
+                if st.leader != c.id(alone) {
+                    println!("lone leader stepped down after {:?}", t.elapsed());
+                    break;
+                }
+                assert!(
+                    t.elapsed() < c.election_timeout() * 4,
+                    "the lone leader still claims leadership {:?} after losing its majority: {st:?}",
+                    t.elapsed()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let key = format!("min/k{round}");
         let url = c.member(alone).client_url();
         let t = Instant::now();
