@@ -563,22 +563,35 @@ impl Cluster {
     }
 
     /// `etcdctl member remove <id of i>` through member `via` (`None`: the
-    /// leader), then stops `i`'s process and marks it removed.
-    pub fn remove_via(&mut self, i: usize, via: Option<usize>) -> Result<()> {
+    /// leader), marks it removed and, if `stop`, stops its process.
+    pub fn remove_via(&mut self, i: usize, via: Option<usize>, stop: bool) -> Result<()> {
         let id = format!("{:x}", self.ids[i]);
-        let url = self.via_url(via);
-        let out = etcdctl_at(&url, &["member", "remove", &id], None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (url, out) = loop {
+            let url = self.via_url(via);
+            let out = etcdctl_at(&url, &["member", "remove", &id], None);
+            // etcd: "unhealthy cluster" in its first 5 s; nothing applied.
+            if out.success()
+                || !out.stderr.contains("unhealthy cluster")
+                || Instant::now() >= deadline
+            {
+                break (url, out);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
         if !out.success() {
             bail!("member remove via {url} failed: {out}");
         }
-        self.members[i].stop();
         self.removed[i] = true;
+        if stop {
+            self.members[i].stop();
+        }
         Ok(())
     }
 
     /// [`Cluster::remove_via`] the leader.
     pub fn remove(&mut self, i: usize) -> Result<()> {
-        self.remove_via(i, None)
+        self.remove_via(i, None, true)
     }
 
     /// Puts `n` unique keys `PREFIX<seq>` through the given members

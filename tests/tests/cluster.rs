@@ -792,7 +792,7 @@ fn membership_change_via_follower(b: Backend) {
         .into_iter()
         .find(|&i| i != d)
         .expect("follower");
-    c.remove_via(d, Some(f))
+    c.remove_via(d, Some(f), true)
         .unwrap_or_else(|e| panic!("remove via follower: {e:#}"));
     assert_eq!(c.member_list(leader).len(), 3);
     assert_eq!(c.ctl_ok(f, &["put", "k", "v"]), "OK\n");
@@ -801,4 +801,42 @@ fn membership_change_via_follower(b: Backend) {
 e2e_test!(
     membership_change_via_follower: etcd(ignore = "reference run"),
     keel(ignore = "keel bug: MemberAdd/Promote/Remove on a follower: the conf change is proposed locally and refused (not the leader) for request_timeout (7 s), then fails, while MemberAdd has already committed the new member's attributes (retries: 'Peer URLs already exists')")
+);
+
+/// A removed member learns of its removal and exits (etcd: "the member has
+/// been permanently removed from the cluster"), instead of lingering with a
+/// stale membership and hanging its clients.
+fn removed_member_exits(b: Backend) {
+    let _g = serial();
+    let t0 = Instant::now();
+    let mut c = Cluster::start(b, ClusterOpts::default());
+    let leader = c.wait_leader(Duration::from_secs(10));
+    c.put_many(&[0, 1, 2], "rm/", 50, 4);
+    let gone = c.followers(leader)[0];
+    c.remove_via(gone, None, false)
+        .unwrap_or_else(|e| panic!("remove {}: {e:#}", c.member(gone).name()));
+    let t = Instant::now();
+    while c.member_mut(gone).is_running() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if c.member_mut(gone).is_running() {
+        let st = c.status(gone);
+        let put = c.ctl(gone, &["put", "rm/after", "x", "--command-timeout=2s"]);
+        let list = c.ctl(gone, &["member", "list"]);
+        panic!(
+            "removed member {} still runs 5 s after its removal; status {st:?}\n{put}\n{list}\n{}",
+            c.member(gone).name(),
+            c.member(gone).log_tail(5)
+        );
+    }
+    println!("removed member exited after {:?}", t.elapsed());
+    let rest: Vec<usize> = (0..3).filter(|&i| i != gone).collect();
+    for &i in &rest {
+        assert_eq!(c.ctl_ok(i, &["put", &format!("rm/after/{i}"), "y"]), "OK\n");
+    }
+    println!("removed_member_exits: {:?}", t0.elapsed());
+}
+e2e_test!(
+    removed_member_exits: etcd(ignore = "reference run"),
+    keel(ignore = "keel bug: a removed member never learns it was removed (peers refuse its connections: 'is not a peer'), keeps running with leader 0, lists itself in member list, answers /health ok and hangs every put/linearizable get until the client times out")
 );
