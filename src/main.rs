@@ -194,9 +194,15 @@ impl StoreArgs {
                 );
             }
         }
+        // Peers always speak QUIC (TLS 1.3). `quic://` is the native scheme;
+        // `http://` and `https://` are accepted as the same, because etcd's
+        // tools (`etcdctl member add --peer-urls`) refuse any other scheme.
         for u in split_urls(&self.listen_peer_urls).iter().chain(&peer_urls) {
-            if !u.starts_with("quic://") {
-                bail!("peer URL {u}: keel peers speak QUIC; use quic://host:port");
+            if !["quic://", "https://", "http://"]
+                .iter()
+                .any(|s| u.starts_with(s))
+            {
+                bail!("peer URL {u}: expected quic://host:port");
             }
         }
         let initial_cluster_new = match self.initial_cluster_state.as_str() {

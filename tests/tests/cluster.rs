@@ -572,7 +572,7 @@ fn move_leader(b: Backend) {
 }
 e2e_test!(
     move_leader: etcd(ignore = "reference run"),
-    keel(ignore = "keel bug: Maintenance.MoveLeader only accepts target == the answering member (a no-op) and answers 'bad leader transferee' for any other member; Member::transfer_leadership is never called")
+    keel
 );
 
 // ------------------------------------------------------------ minority
@@ -800,7 +800,7 @@ fn membership_change_via_follower(b: Backend) {
 }
 e2e_test!(
     membership_change_via_follower: etcd(ignore = "reference run"),
-    keel(ignore = "keel bug: MemberAdd/Promote/Remove on a follower: the conf change is proposed locally and refused (not the leader) for request_timeout (7 s), then fails, while MemberAdd has already committed the new member's attributes (retries: 'Peer URLs already exists')")
+    keel
 );
 
 /// A removed member learns of its removal and exits (etcd: "the member has

@@ -103,6 +103,9 @@ pub struct MemberInfo {
     pub client_urls: Vec<String>,
     /// A learner: receives the log, does not vote.
     pub learner: bool,
+    /// Part of the Raft configuration (its membership change was applied,
+    /// or it is an initial member); described but not yet added otherwise.
+    pub in_conf: bool,
 }
 
 /// Read access shared by the store and a write transaction.
@@ -301,7 +304,9 @@ impl StateMachine {
                 if !m.client_ur_ls.is_empty() {
                     e.client_urls = m.client_ur_ls;
                 }
-                if !m.peer_ur_ls.is_empty() {
+                if !m.peer_ur_ls.is_empty() && !e.in_conf {
+                    // A member about to be added: described, not yet in
+                    // the configuration (its conf change does that).
                     e.peer_urls = m.peer_ur_ls;
                     e.learner = m.is_learner;
                 }
@@ -449,9 +454,15 @@ impl StateMachine {
         self.applied_index = index;
         self.applied_term = term;
         match *cc {
-            ConfChange::AddNode(id) => self.members.entry(id).or_default().learner = false,
+            ConfChange::AddNode(id) => {
+                let m = self.members.entry(id).or_default();
+                m.learner = false;
+                m.in_conf = true;
+            }
             ConfChange::AddLearner(id) => {
-                self.members.entry(id).or_default().learner = true;
+                let m = self.members.entry(id).or_default();
+                m.learner = true;
+                m.in_conf = true;
             }
             ConfChange::RemoveNode(id) => {
                 self.members.remove(&id);
@@ -462,7 +473,7 @@ impl StateMachine {
     /// The voters and learners, as the Raft core wants them.
     pub fn conf_state(&self) -> keel_raft::core::ConfState {
         let mut cs = keel_raft::core::ConfState::default();
-        for (id, m) in &self.members {
+        for (id, m) in self.members.iter().filter(|(_, m)| m.in_conf) {
             if m.learner {
                 cs.learners.insert(*id);
             } else {

@@ -209,6 +209,7 @@ impl Member {
                         peer_urls: vec![url],
                         client_urls: Vec::new(),
                         learner: false,
+                        in_conf: true,
                     },
                 );
             }
@@ -835,6 +836,7 @@ pub fn restore_snapshot(
                     peer_urls: vec![url],
                     client_urls: Vec::new(),
                     learner: false,
+                    in_conf: true,
                 },
             )
         })

@@ -32,6 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 const TAG_RAFT: u8 = 0;
 /// Transport payload tag: a proposal forwarded to the leader.
 const TAG_PROPOSAL: u8 = 1;
+/// Transport payload tag: a membership change forwarded to the leader.
+const TAG_CONF_CHANGE: u8 = 2;
 
 /// State the driver shares with the rest of the member.
 #[derive(Debug, Default)]
@@ -269,7 +271,17 @@ impl Driver {
                 let _ = done.send(r);
             }
             Input::ProposeConfChange { cc, done } => {
-                let _ = done.send(self.node.propose_conf_change(cc));
+                let r = match self.node.propose_conf_change(cc) {
+                    Err(RaftError::NotLeader {
+                        leader: Some(leader),
+                    }) if leader != self.node.id() => {
+                        self.transport
+                            .send(leader, frame(TAG_CONF_CHANGE, &cc.encode()));
+                        Ok(())
+                    }
+                    r => r,
+                };
+                let _ = done.send(r);
             }
             Input::ReadIndex { ctx, done } => {
                 let ctx = ctx.to_le_bytes().to_vec();
@@ -340,6 +352,14 @@ impl Driver {
                     tracing::debug!(from, error = %e, "forwarded proposal dropped");
                 }
             }
+            TAG_CONF_CHANGE => match ConfChange::decode(body) {
+                Ok(cc) => {
+                    if let Err(e) = self.node.propose_conf_change(cc) {
+                        tracing::warn!(from, error = %e, "forwarded membership change refused");
+                    }
+                }
+                Err(e) => tracing::warn!(from, error = %e, "undecodable membership change dropped"),
+            },
             t => tracing::warn!(from, tag = t, "unknown peer payload dropped"),
         }
     }

@@ -74,6 +74,7 @@ pub struct SnapMember {
     peer_urls: Vec<String>,
     client_urls: Vec<String>,
     learner: bool,
+    in_conf: bool,
 }
 
 /// The whole replicated state at one log index.
@@ -130,6 +131,7 @@ pub fn encode(sm: &StateMachine) -> Result<Vec<u8>, SnapshotError> {
                 peer_urls: m.peer_urls.clone(),
                 client_urls: m.client_urls.clone(),
                 learner: m.learner,
+                in_conf: m.in_conf,
             })
             .collect(),
     };
@@ -290,6 +292,7 @@ pub fn load(
                 peer_urls: m.peer_urls.iter().map(|u| u.to_string()).collect(),
                 client_urls: m.client_urls.iter().map(|u| u.to_string()).collect(),
                 learner: m.learner,
+                in_conf: m.in_conf,
             },
         );
     }

@@ -68,7 +68,7 @@ impl Cluster for ClusterService {
                 .any(|u| crate::member::config::peer_addr(u).is_none())
         {
             return Err(Status::invalid_argument(
-                "etcdserver: peer URLs must be quic://host:port",
+                "etcdserver: peer URLs must be quic://host:port (http:// and https:// are taken as QUIC too)",
             ));
         }
         let id = self.member.config().id_for(&r.peer_ur_ls);
@@ -77,7 +77,9 @@ impl Cluster for ClusterService {
             .read()
             .members
             .values()
-            .any(|m| m.peer_urls.iter().any(|u| r.peer_ur_ls.contains(u)));
+            // A member described by an earlier MemberAdd that never made it
+            // into the configuration may be added again.
+            .any(|m| m.in_conf && m.peer_urls.iter().any(|u| r.peer_ur_ls.contains(u)));
         if taken {
             return Err(Status::failed_precondition(
                 "etcdserver: Peer URLs already exists",

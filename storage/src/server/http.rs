@@ -86,7 +86,11 @@ pub fn render_metrics(m: &Member) -> String {
     );
     gauge("etcd_debugging_lease_total", "Leases.", leases as f64);
     let has_leader = f64::from(u8::from(m.leader() != 0));
-    gauge("etcd_server_has_leader", "Whether a leader exists.", has_leader);
+    gauge(
+        "etcd_server_has_leader",
+        "Whether a leader exists.",
+        has_leader,
+    );
     let leads = f64::from(u8::from(m.is_leader()));
     gauge("etcd_server_is_leader", "Whether this member leads.", leads);
     gauge(

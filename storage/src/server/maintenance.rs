@@ -90,7 +90,10 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: sm.applied_index,
             errors,
             db_size_in_use: sm.kv.size_bytes() as i64,
-            is_learner: false,
+            is_learner: sm
+                .members
+                .get(&m.header().member_id)
+                .is_some_and(|me| me.learner),
         }))
     }
 
@@ -170,10 +173,31 @@ impl Maintenance for MaintenanceService {
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let r = req.into_inner();
-        if r.target_id != self.member.header().member_id {
+        let voter = self
+            .member
+            .read()
+            .members
+            .get(&r.target_id)
+            .is_some_and(|m| m.in_conf && !m.learner);
+        if !voter {
             return Err(Status::failed_precondition(
                 "etcdserver: bad leader transferee",
             ));
+        }
+        if !self.member.is_leader() {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if r.target_id != self.member.header().member_id {
+            self.member.transfer_leadership(r.target_id);
+            let deadline = std::time::Instant::now() + self.member.config().election_timeout * 3;
+            while self.member.leader() != r.target_id {
+                if std::time::Instant::now() > deadline {
+                    return Err(Status::unavailable(
+                        "etcdserver: request timed out, leader transfer took too long",
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
         }
         let rev = self.member.read().kv.current_rev();
         Ok(Response::new(MoveLeaderResponse {
