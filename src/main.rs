@@ -267,7 +267,12 @@ struct Running {
 }
 
 impl Running {
-    async fn stop(self) {
+    /// Stops serving; `hand_over`: a leader first hands leadership to
+    /// another member (not worth it when the whole cluster stops).
+    async fn stop(self, hand_over: bool) {
+        if hand_over {
+            self.member.transfer_leadership_away().await;
+        }
         let _ = self.stop.send(true);
         for s in self.servers {
             let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
@@ -325,8 +330,9 @@ async fn run_until_stopped(running: Vec<Running>) -> Result<()> {
         _ = failed => true,
     };
     tracing::info!("shutting down");
+    let hand_over = running.len() == 1;
     for r in running {
-        r.stop().await;
+        r.stop(hand_over).await;
     }
     if fatal {
         bail!("the WAL failed (write or fsync error): stopped; restart recovers from the log");

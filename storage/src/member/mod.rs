@@ -758,6 +758,38 @@ impl Member {
         });
     }
 
+    /// On a graceful stop, a leader hands leadership to its most caught-up
+    /// voter first (as etcd does), so the cluster does not wait an election
+    /// timeout for a new leader. Gives up after an election timeout.
+    pub async fn transfer_leadership_away(&self) {
+        if !self.is_leader() {
+            return;
+        }
+        let Some(status) = self.raft_status().await else {
+            return;
+        };
+        let me = self.header.member_id;
+        let target = status
+            .progress
+            .iter()
+            .filter(|(id, p)| **id != me && !p.learner && status.conf_state.voters.contains(id))
+            .max_by_key(|(_, p)| p.matched)
+            .map(|(id, _)| *id);
+        let Some(target) = target else {
+            return;
+        };
+        self.transfer_leadership(target);
+        let deadline = Instant::now() + self.cfg.election_timeout;
+        while self.is_leader() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!(
+            to = format_args!("{target:x}"),
+            moved = !self.is_leader(),
+            "leadership handed over before stopping"
+        );
+    }
+
     /// Stops accepting proposals and lets the apply thread finish.
     pub fn shutdown(&self) {
         let _ = self.raft.send(Input::Stop);
