@@ -840,3 +840,29 @@ e2e_test!(
     removed_member_exits: etcd(ignore = "reference run"),
     keel(ignore = "keel bug: a removed member never learns it was removed (peers refuse its connections: 'is not a peer'), keeps running with leader 0, lists itself in member list, answers /health ok and hangs every put/linearizable get until the client times out")
 );
+
+// ------------------------------------------------------------ graceful stop
+
+/// A leader stopped with SIGTERM hands leadership over before it exits (as
+/// etcd does), so the cluster has a new leader well within an election
+/// timeout instead of after one.
+fn graceful_stop_hands_over_leadership(b: Backend) {
+    let _g = serial();
+    let mut c = Cluster::start(b, ClusterOpts::default());
+    let leader = c.wait_leader(Duration::from_secs(10));
+    let old = c.id(leader);
+    assert!(c.stop(leader), "the leader did not stop on SIGTERM");
+    let t = Instant::now();
+    let new = c.wait_leader(Duration::from_secs(10));
+    println!("new leader after a graceful stop: {:?}", t.elapsed());
+    assert_ne!(c.id(new), old);
+    if b == Backend::Keel {
+        let log = c.member(leader).log();
+        assert!(
+            log.contains("leadership handed over before stopping") && log.contains("moved=true"),
+            "the stopping leader did not hand over:\n{}",
+            c.member(leader).log_tail(20)
+        );
+    }
+}
+e2e_test!(graceful_stop_hands_over_leadership: etcd(ignore = "reference run"), keel);
