@@ -2,21 +2,9 @@
 # 3-member keel vs 3-member etcd 3.4, same machine, same disk, one run: the
 # workloads of issue 3's targets. Prints a markdown table. Installs etcd from
 # apt if missing. Only talks to 127.0.0.1.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null; }
-cargo build --release -p keel -p keel-bench >&2
-KEEL=target/release/keel
-BENCH=target/release/keel-bench
-WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" vs-etcd-cluster.XXXX)
-PIDFILE="$WORK/pids"; : > "$PIDFILE"
-cleanup() { xargs -r kill -9 < "$PIDFILE" 2>/dev/null || true; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"; }
-trap cleanup EXIT
-
-field() { grep '^SUMMARY' | tr ' ' '\n' | sed -n "s/^$1=//p"; }
-wait_up() { for _ in $(seq 1 600); do curl -sf "$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no /health at $1" >&2; tail -n 20 "$WORK"/*.log >&2; return 1; }
-cpu_s() { awk '{printf "%.1f", ($14+$15)/100}' "/proc/$1/stat"; }
-rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+NAME=vs-etcd-cluster
+# shellcheck source=bench/common.sh
+source "$(dirname "$0")/common.sh"
 
 # ports: etcd 24x7x, keel 25x7x
 start_cluster() { # kind
@@ -54,15 +42,7 @@ echo "|---|---|---|---|---|"
 for t in etcd keel; do
   eps=$(start_cluster $t)
   sleep 1
-  run() { # name, bench args...
-    local name=$1; shift
-    local out
-    out=$($BENCH --endpoints "$eps" --summary-name x "$@")
-    printf '| %s | %s | %.3f | %.3f | %s |\n' "$name" "$t" \
-      "$(echo "$(echo "$out" | field p50_us) / 1000" | bc -l)" \
-      "$(echo "$(echo "$out" | field p99_us) / 1000" | bc -l)" \
-      "$(echo "$out" | field ops_per_s)"
-  }
+  ep=$eps
   run "put, 1 client" --conns 1 --clients 1 --total 3000 put --key-space-size 100000
   run "put, 100 clients / 10 conns" --conns 10 --clients 100 --total 50000 put --key-space-size 100000
   run "put, 1000 clients / 100 conns" --conns 100 --clients 1000 --total 100000 put --key-space-size 100000

@@ -2,24 +2,10 @@
 # Single-member keel vs single-member etcd 3.4, same machine, same disk, one
 # run. Prints a markdown table; `bench/vs-etcd.sh > bench/RESULTS.md`.
 # Installs etcd from apt if missing. Only talks to 127.0.0.1.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null; }
-cargo build --release -p keel -p keel-bench >&2
-KEEL=target/release/keel
-BENCH=target/release/keel-bench
-WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" vs-etcd.XXXX)
-# Servers start in command substitutions (not jobs of this shell): their
-# PIDs are kept in a file so the exit trap stops every one of them.
-PIDFILE="$WORK/pids"; : > "$PIDFILE"
-cleanup() { xargs -r kill -9 < "$PIDFILE" 2>/dev/null || true; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"; }
-trap cleanup EXIT
+NAME=vs-etcd
+# shellcheck source=bench/common.sh
+source "$(dirname "$0")/common.sh"
 KEYS=${BENCH_RESTART_KEYS:-1000000}
-
-wait_up() { for _ in $(seq 1 1200); do curl -sf "$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no /health at $1" >&2; tail -n 20 "$WORK"/*.log >&2; return 1; }
-rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
-# field NAME: the value of NAME=... on the SUMMARY line.
-field() { grep '^SUMMARY' | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 
 start_etcd() {
   etcd --name e1 --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:23790 \
@@ -51,15 +37,6 @@ PIDS[etcd]=$(start_etcd); PIDS[keel]=$(start_keel)
 wait_up http://127.0.0.1:23790; wait_up http://127.0.0.1:23791
 for t in etcd keel; do
   ep=$([ $t = etcd ] && echo http://127.0.0.1:23790 || echo http://127.0.0.1:23791)
-  run() { # name, bench args...
-    local name=$1; shift
-    local out
-    out=$($BENCH --endpoints "$ep" --summary-name x "$@")
-    printf '| %s | %s | %.3f | %.3f | %s |\n' "$name" "$t" \
-      "$(echo "$(echo "$out" | field p50_us) / 1000" | bc -l)" \
-      "$(echo "$(echo "$out" | field p99_us) / 1000" | bc -l)" \
-      "$(echo "$out" | field ops_per_s)"
-  }
   run "put, 1 client" --conns 1 --clients 1 --total 3000 put --key-space-size 100000
   run "put, 100 clients / 10 conns" --conns 10 --clients 100 --total 50000 put --key-space-size 100000
   run "get (linearizable), 1 client" --conns 1 --clients 1 --total 5000 range foo
