@@ -320,22 +320,26 @@ async fn run_until_stopped(running: Vec<Running>) -> Result<()> {
     let failed = async move {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if members.iter().any(|m| m.has_failed()) {
-                return;
+            if let Some(m) = members.iter().find(|m| m.has_failed() || m.was_removed()) {
+                return if m.was_removed() {
+                    "the member has been permanently removed from the cluster"
+                } else {
+                    "the WAL failed (write or fsync error): stopped; restart recovers from the log"
+                };
             }
         }
     };
     let fatal = tokio::select! {
-        _ = shutdown_signal() => false,
-        _ = failed => true,
+        _ = shutdown_signal() => None,
+        why = failed => Some(why),
     };
     tracing::info!("shutting down");
     let hand_over = running.len() == 1;
     for r in running {
         r.stop(hand_over).await;
     }
-    if fatal {
-        bail!("the WAL failed (write or fsync error): stopped; restart recovers from the log");
+    if let Some(why) = fatal {
+        bail!("{why}");
     }
     Ok(())
 }

@@ -838,7 +838,7 @@ fn removed_member_exits(b: Backend) {
 }
 e2e_test!(
     removed_member_exits: etcd(ignore = "reference run"),
-    keel(ignore = "keel bug: a removed member never learns it was removed (peers refuse its connections: 'is not a peer'), keeps running with leader 0, lists itself in member list, answers /health ok and hangs every put/linearizable get until the client times out")
+    keel
 );
 
 // ------------------------------------------------------------ graceful stop

@@ -379,6 +379,11 @@ impl Member {
         self.shared.failed.load(Ordering::SeqCst)
     }
 
+    /// True once this member was removed from the cluster; it must stop.
+    pub fn was_removed(&self) -> bool {
+        self.shared.removed.load(Ordering::SeqCst)
+    }
+
     /// The last log index.
     pub fn last_index(&self) -> u64 {
         self.shared.last_index.load(Ordering::Relaxed)

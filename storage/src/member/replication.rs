@@ -34,6 +34,10 @@ const TAG_RAFT: u8 = 0;
 const TAG_PROPOSAL: u8 = 1;
 /// Transport payload tag: a membership change forwarded to the leader.
 const TAG_CONF_CHANGE: u8 = 2;
+/// Transport payload tag: "you were removed from the cluster" (a removed
+/// member may never see its own removal committed: its peers stop talking
+/// to it), so it stops instead of lingering.
+const TAG_REMOVED: u8 = 3;
 
 /// State the driver shares with the rest of the member.
 #[derive(Debug, Default)]
@@ -52,6 +56,8 @@ pub struct Shared {
     pub no_space: AtomicBool,
     /// True once a write or fsync failed: the member must stop.
     pub failed: AtomicBool,
+    /// True once this member was removed from the cluster: it must stop.
+    pub removed: AtomicBool,
 }
 
 /// What the apply thread receives, in log order.
@@ -292,8 +298,16 @@ impl Driver {
             Input::ConfApplied(cc) => {
                 self.node.apply_conf_change(&cc);
                 if let ConfChange::RemoveNode(id) = cc {
-                    if id != self.node.id() {
-                        self.transport.remove_peer(id);
+                    if id == self.node.id() {
+                        self.removed();
+                    } else {
+                        // Tell it, then forget it once the notice had time to go.
+                        self.transport.send(id, vec![TAG_REMOVED]);
+                        let transport = self.transport.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            transport.remove_peer(id);
+                        });
                     }
                 }
             }
@@ -311,6 +325,12 @@ impl Driver {
                 }
             }
             Input::Stop => {}
+        }
+    }
+
+    fn removed(&mut self) {
+        if !self.shared.removed.swap(true, Ordering::SeqCst) {
+            tracing::warn!("this member has been permanently removed from the cluster; stopping");
         }
     }
 
@@ -360,6 +380,12 @@ impl Driver {
                 }
                 Err(e) => tracing::warn!(from, error = %e, "undecodable membership change dropped"),
             },
+            TAG_REMOVED => {
+                let conf = self.node.conf_state();
+                if conf.contains(from) || conf.members().next().is_none() {
+                    self.removed();
+                }
+            }
             t => tracing::warn!(from, tag = t, "unknown peer payload dropped"),
         }
     }
