@@ -283,20 +283,20 @@ impl KvStore {
             compact_rev,
             ..KvStore::default()
         };
+        let mut revs = Vec::new();
         for (r, rec) in records {
-            let alive = s.index.get(&rec.kv.key, r.main).is_some();
-            if rec.tombstone {
-                s.index.tombstone(&rec.kv.key, r);
-            } else if alive || rec.kv.version == 1 {
-                s.index.put(&rec.kv.key, r);
-            } else {
-                // The first retained record of a compacted generation.
-                s.index
-                    .restore(&rec.kv.key, rec.kv.create_revision, r, rec.kv.version);
-            }
+            s.index.restore_record(
+                &rec.kv.key,
+                r,
+                rec.tombstone,
+                rec.kv.create_revision,
+                rec.kv.version,
+            );
             s.size_bytes += record_cost(&rec);
-            s.revs.insert(r, rec);
+            revs.push((r, rec));
         }
+        // Records come in revision order: a bulk build, not a million inserts.
+        s.revs = revs.into_iter().collect();
         s
     }
 }

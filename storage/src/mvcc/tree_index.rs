@@ -87,10 +87,32 @@ impl TreeIndex {
         }
     }
 
-    /// Rebuilds a key's history from a retained record (snapshot load).
-    pub fn restore(&mut self, key: &Bytes, created: i64, modified: Revision, version: i64) {
+    /// Replays one retained record, in revision order, into the key's
+    /// history (snapshot load): a put continues or starts a generation; the
+    /// first retained put of a compacted generation restores it from the
+    /// record's create revision and version; a tombstone ends it.
+    pub fn restore_record(
+        &mut self,
+        key: &Bytes,
+        rev: Revision,
+        tombstone: bool,
+        created: i64,
+        version: i64,
+    ) {
+        if tombstone {
+            // A tombstone with no history left (kept only for watchers at
+            // the compaction revision) has nothing to end.
+            if let Some(ki) = self.tree.get_mut(key.as_ref()) {
+                ki.tombstone(rev);
+            }
+            return;
+        }
         let ki = self.tree.entry(key.clone()).or_default();
-        ki.restore(Revision::new(created, 0), modified, version);
+        if ki.is_alive() || version == 1 {
+            ki.put(rev);
+        } else {
+            ki.restore(Revision::new(created, 0), rev, version);
+        }
     }
 
     /// Records the deletion of `key` at `rev`; false if it was not alive.
