@@ -290,6 +290,11 @@ impl Driver {
                 let _ = done.send(r);
             }
             Input::ReadIndex { ctx, done } => {
+                // The core drops reads on a leadership change; their callers
+                // retry with a new context and stop listening for the old.
+                if self.reads.len() >= 1024 {
+                    self.reads.retain(|_, tx| !tx.is_closed());
+                }
                 let ctx = ctx.to_le_bytes().to_vec();
                 self.reads.insert(ctx.clone(), done);
                 self.node.read_index(ctx);
