@@ -38,6 +38,23 @@ async fn renew_anywhere(member: &Arc<Member>, id: i64) -> Result<LeaseKeepAliveR
     if member.is_leader() {
         return Ok(renew(member, id));
     }
+    let mut client = leader_client(member).await?;
+    let mut answers = client
+        .lease_keep_alive(tokio_stream::iter([LeaseKeepAliveRequest { id }]))
+        .await?
+        .into_inner();
+    match answers.next().await {
+        Some(r) => r,
+        None => Err(StoreError::NoLeader.into()),
+    }
+}
+
+/// A Lease client on the leader's client URL: leases live by the leader's
+/// clock, so a follower forwards what depends on it (as etcd does).
+async fn leader_client(
+    member: &Member,
+) -> Result<crate::proto::etcdserverpb::lease_client::LeaseClient<tonic::transport::Channel>, Status>
+{
     let leader = member.leader();
     let url = member
         .read()
@@ -47,17 +64,9 @@ async fn renew_anywhere(member: &Arc<Member>, id: i64) -> Result<LeaseKeepAliveR
     let Some(url) = url else {
         return Err(StoreError::NoLeader.into());
     };
-    let mut client = crate::proto::etcdserverpb::lease_client::LeaseClient::connect(url)
+    crate::proto::etcdserverpb::lease_client::LeaseClient::connect(url)
         .await
-        .map_err(|e| Status::unavailable(format!("etcdserver: leader unreachable: {e}")))?;
-    let mut answers = client
-        .lease_keep_alive(tokio_stream::iter([LeaseKeepAliveRequest { id }]))
-        .await?
-        .into_inner();
-    match answers.next().await {
-        Some(r) => r,
-        None => Err(StoreError::NoLeader.into()),
-    }
+        .map_err(|e| Status::unavailable(format!("etcdserver: leader unreachable: {e}")))
 }
 
 fn renew(member: &Member, id: i64) -> LeaseKeepAliveResponse {
@@ -151,6 +160,13 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
+        if !self.member.is_leader() {
+            let mut client = leader_client(&self.member).await?;
+            let mut resp = client.lease_time_to_live(r).await?.into_inner();
+            let rev = self.member.read().kv.current_rev();
+            self.member.header().fill(&mut resp.header, rev);
+            return Ok(Response::new(resp));
+        }
         let sm = self.member.read();
         let rev = sm.kv.current_rev();
         let resp = match sm.lessor.get(r.id) {
