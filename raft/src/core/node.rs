@@ -1030,16 +1030,7 @@ impl RawNode {
         commit: u64,
     ) {
         if prev_index < self.log.committed {
-            let c = self.log.committed;
-            self.send(
-                from,
-                MessageKind::AppendResp {
-                    reject: false,
-                    index: c,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-            );
+            self.ack_committed(from);
             return;
         }
         match self.log.maybe_append(prev_index, prev_term, entries) {
@@ -1072,18 +1063,24 @@ impl RawNode {
         }
     }
 
+    /// Tells the leader this node holds everything up to its commit index
+    /// (for an Append or Snapshot that is already covered, or just installed).
+    fn ack_committed(&mut self, from: u64) {
+        let c = self.log.committed;
+        self.send(
+            from,
+            MessageKind::AppendResp {
+                reject: false,
+                index: c,
+                hint_index: 0,
+                hint_term: 0,
+            },
+        );
+    }
+
     fn handle_snapshot(&mut self, from: u64, meta: SnapshotMeta) {
         if meta.index <= self.log.committed {
-            let c = self.log.committed;
-            self.send(
-                from,
-                MessageKind::AppendResp {
-                    reject: false,
-                    index: c,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-            );
+            self.ack_committed(from);
             return;
         }
         if self.log.match_term(meta.index, meta.term) {
@@ -1097,16 +1094,7 @@ impl RawNode {
             self.snap_meta = meta.clone();
             self.pending_snapshot = Some(meta);
         }
-        let c = self.log.committed;
-        self.send(
-            from,
-            MessageKind::AppendResp {
-                reject: false,
-                index: c,
-                hint_index: 0,
-                hint_term: 0,
-            },
-        );
+        self.ack_committed(from);
     }
 
     fn step_leader(&mut self, m: Message) {
