@@ -672,13 +672,9 @@ impl Member {
         snapshot::encode(&self.read())
     }
 
-    /// Writes a snapshot of the applied state, records it in the WAL and
-    /// releases the WAL segments it covers, and old snapshot files.
-    pub fn snapshot_now(&self) -> Result<(), OpenError> {
-        let state = self.read().clone();
-        self.save_snapshot(&state)
-    }
-
+    /// Writes a snapshot of `sm` (a copy of the applied state), records it
+    /// in the WAL, releases the WAL segments and old snapshot files it
+    /// covers, and lets the Raft core compact its log.
     fn save_snapshot(&self, sm: &StateMachine) -> Result<(), OpenError> {
         let (bytes, index, term) = (snapshot::encode(sm)?, sm.applied_index, sm.applied_term);
         let dir = self.cfg.snap_dir();
