@@ -584,12 +584,13 @@ impl Member {
                 ApplyItem::Entries(entries) => {
                     let mut last = 0;
                     for e in &entries {
-                        if e.index <= self.read().applied_index {
-                            continue;
-                        }
                         let now = Instant::now();
                         let (out, cc, id) = {
+                            // One lock per entry: the check and the apply.
                             let mut sm = self.write();
+                            if e.index <= sm.applied_index {
+                                continue;
+                            }
                             apply_entry(&mut sm, e, now)
                         };
                         last = e.index;
