@@ -250,13 +250,15 @@ impl KvStore {
     /// Identical stores give identical hashes.
     pub fn hash_kv(&self, rev: i64) -> Result<u32, MvccError> {
         use prost::Message;
-        let rev = if rev <= 0 { self.current_rev } else { rev };
+        // etcd's HashByRev: an explicit revision at or below the compaction
+        // revision is compacted (unlike a range, which may read at it).
         if rev > self.current_rev {
             return Err(MvccError::FutureRev);
         }
-        if rev < self.compact_rev {
+        if rev > 0 && rev <= self.compact_rev {
             return Err(MvccError::Compacted);
         }
+        let rev = if rev <= 0 { self.current_rev } else { rev };
         let mut h = crc32fast::Hasher::new();
         h.update(b"key");
         for (r, rec) in self.revs.range(..Revision::new(rev + 1, 0)) {
