@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The keel binary the end-to-end tests start.
-cargo build --bin keel
+# The keel binary the end-to-end tests start, with its crash points compiled
+# in (inert unless FAILPOINTS arms them; the fault campaign does).
+cargo build --bin keel --features failpoints
 cargo test --workspace
 
 # loom models of the shared-state concurrency (own target dir: --cfg loom

@@ -7,9 +7,16 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use keel_storage::member::{restore_snapshot, Member, MemberConfig};
 
+/// `keel --version`: the crate version, marked when crash points are compiled in.
+const VERSION: &str = if keel_raft::failpoint::ENABLED {
+    concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// keel: the Kubernetes architecture rebuilt in Rust, storage first.
 #[derive(Parser, Debug)]
-#[command(name = "keel", version, about)]
+#[command(name = "keel", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -414,6 +421,7 @@ fn init_logs(level: &str) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    keel_raft::failpoint::setup();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,11 +3,14 @@
 //! Table of contents:
 //! - [`wal`]: the write-ahead log on disk: segmented, preallocated files of
 //!   CRC-framed records, group commit, crash recovery.
+//! - [`failpoint`]: named crash points at the durability boundaries (feature
+//!   `failpoints`), for fault testing.
 //! - [`sync`]: the shim through which shared-state concurrency is written, so
 //!   that loom can model it.
 #![warn(missing_docs)]
 
 pub mod core;
+pub mod failpoint;
 pub mod sync;
 #[cfg(feature = "transport")]
 pub mod transport;

@@ -28,7 +28,8 @@ fn target_dir() -> PathBuf {
 
 /// Path of the `keel` binary: `$KEEL_BIN` if set; else
 /// `<workspace>/target/<profile>/keel`, brought up to date once per test
-/// process with `cargo build -p keel --bin keel` (a no-op when nothing
+/// process with `cargo build -p keel --bin keel --features failpoints` (a
+/// no-op when nothing
 /// changed, so tests never run a stale binary). With `KEEL_E2E_NO_BUILD=1`
 /// the build only runs when the binary is missing.
 pub fn keel_bin() -> PathBuf {
@@ -46,7 +47,10 @@ pub fn keel_bin() -> PathBuf {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut cmd = Command::new(cargo);
             cmd.current_dir(workspace_root())
-                .args(["build", "-p", "keel", "--bin", "keel"]);
+                .args(["build", "-p", "keel", "--bin", "keel"])
+                // The crash points are inert unless FAILPOINTS names them;
+                // the fault campaign arms them.
+                .args(["--features", "failpoints"]);
             if release {
                 cmd.arg("--release");
             }

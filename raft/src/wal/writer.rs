@@ -266,11 +266,15 @@ impl Sink<Request> for Writer {
                 ));
                 return results.into_iter().map(|_| Err(e.clone())).collect();
             }
+            crate::failpoint::crash_point("wal::before_write");
             let io = self
                 .file
                 .write_all_at(&self.buf, batch_start)
                 .map_err(|e| WalError::io("write", &path, e))
                 .and_then(|()| {
+                    if crate::failpoint::hit("wal::before_fsync") {
+                        self.power_loss(batch_start);
+                    }
                     self.file
                         .sync_data()
                         .map_err(|e| WalError::io("fdatasync", &path, e))
@@ -279,6 +283,7 @@ impl Sink<Request> for Writer {
                 let e = self.stop(e);
                 return results.into_iter().map(|_| Err(e.clone())).collect();
             }
+            crate::failpoint::crash_point("wal::after_fsync");
             self.offset += total;
             if self.buf.capacity() > 2 * self.opts.max_batch_bytes {
                 self.buf = Vec::new();
@@ -295,6 +300,17 @@ impl Sink<Request> for Writer {
 }
 
 impl Writer {
+    /// The `wal::before_fsync` failpoint: a power cut between the write and
+    /// the fdatasync. Whatever had not reached the disk is lost: the second
+    /// half of the batch just written is zeroed (a torn write; the first
+    /// half may or may not have made it), then the process dies.
+    fn power_loss(&self, batch_start: u64) -> ! {
+        let keep = (self.buf.len() / 2) as u64;
+        let zeros = vec![0u8; self.buf.len() - keep as usize];
+        let _ = self.file.write_all_at(&zeros, batch_start + keep);
+        crate::failpoint::crash("wal::before_fsync")
+    }
+
     fn finish_releases(
         &mut self,
         mut results: Vec<Result<(), WalError>>,

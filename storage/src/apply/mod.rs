@@ -365,7 +365,9 @@ impl StateMachine {
     }
 
     fn compact(&mut self, c: CompactionRequest) -> Result<CompactionResponse> {
+        keel_raft::failpoint::crash_point("compact::before");
         self.kv.compact(c.revision)?;
+        keel_raft::failpoint::crash_point("compact::after");
         Ok(CompactionResponse {
             header: header(self.kv.current_rev()),
         })

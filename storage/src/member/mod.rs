@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use keel_raft::core::{
     ConfChange, Config as RaftConfig, EntryKind, RawNode, Restored, SnapshotMeta, Status,
 };
+use keel_raft::failpoint;
 use keel_raft::transport::{PeerTls, Transport, TransportConfig};
 use keel_raft::wal::{HardState, SnapshotMark, Wal, WalError, WalOptions};
 use prost::Message as _;
@@ -591,7 +592,10 @@ impl Member {
                             if e.index <= sm.applied_index {
                                 continue;
                             }
-                            apply_entry(&mut sm, e, now)
+                            failpoint::crash_point("apply::before_apply");
+                            let applied = apply_entry(&mut sm, e, now);
+                            failpoint::crash_point("apply::after_apply");
+                            applied
                         };
                         last = e.index;
                         self.metrics.applied.fetch_add(1, Ordering::Relaxed);
@@ -622,6 +626,7 @@ impl Member {
                     }
                 }
                 ApplyItem::Snapshot { meta, path } => {
+                    failpoint::crash_point("snapshot::before_restore");
                     let limits = self.read().limits();
                     match snapshot::load(&path, limits, self.cfg.min_lease_ttl()) {
                         Ok(new) => {
@@ -680,7 +685,9 @@ impl Member {
         let (bytes, index, term) = (snapshot::encode(sm)?, sm.applied_index, sm.applied_term);
         let dir = self.cfg.snap_dir();
         let path = dir.join(snapshot::file_name(index));
+        failpoint::crash_point("snapshot::before_save");
         snapshot::write_file(&path, &bytes)?;
+        failpoint::crash_point("snapshot::after_save");
         self.wal.save_snapshot_mark(SnapshotMark { index, term })?;
         self.wal.release_to(index)?;
         let _ = self.raft.send(Input::Compact { index, path });

@@ -214,6 +214,7 @@ fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
 
 fn send_all(transport: &Transport, msgs: Vec<Message>) {
     for m in msgs {
+        keel_raft::failpoint::crash_point("raft::before_send");
         transport.send(m.to, frame(TAG_RAFT, &m.encode()));
     }
 }
