@@ -6,3 +6,8 @@
 
 /// The recorded history of a run and its on-disk (JSON lines) form.
 pub mod history;
+
+/// Network namespaces: one host per member, partitions and link shaping.
+pub mod netns;
+/// The cluster under test: `keel store` processes on those hosts.
+pub mod db;
