@@ -348,7 +348,7 @@ pub enum TxnOpResult {
 }
 
 /// A key-value as etcd reports it (`mvccpb.KeyValue`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key.
     pub key: String,
@@ -398,9 +398,9 @@ pub enum WatchRecord {
         /// The member it was sent to, if known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         member: Option<String>,
-        /// `start_revision` sent; 0 = "from now" (then the reliable check
-        /// starts at the first response's header revision + 1). A resume
-        /// sends last received event revision + 1.
+        /// `start_revision` sent; 0 = "from now" (then the checks start at
+        /// the [`WatchRecord::Created`] header revision + 1). A resume sends
+        /// last received event revision + 1.
         start_rev: i64,
         /// Whether `progress_notify` was requested.
         #[serde(default)]
@@ -416,9 +416,18 @@ pub enum WatchRecord {
         /// The events, in order.
         events: Vec<WatchEvent>,
     },
-    /// A response with no events: a progress notification (requested or
-    /// periodic) or the created confirmation. Bookmark: every event with
-    /// revision <= `revision` has been delivered before it.
+    /// The `created: true` confirmation of a [`WatchRecord::Start`]. Its
+    /// header revision is the store's revision then: with `start_rev: 0` the
+    /// stream delivers events from `header_revision + 1`. Not a bookmark.
+    Created {
+        /// When it arrived.
+        time_ns: u64,
+        /// The response header's revision.
+        header_revision: i64,
+    },
+    /// A progress notification (requested or periodic): a response with no
+    /// events that is not the created confirmation. Bookmark: every event
+    /// with revision <= `revision` has been delivered before it.
     Progress {
         /// When it arrived.
         time_ns: u64,
@@ -552,6 +561,7 @@ impl History {
         let watches = self.watches.iter().flat_map(|w| {
             w.records.iter().map(|r| match r {
                 WatchRecord::Start { time_ns, .. }
+                | WatchRecord::Created { time_ns, .. }
                 | WatchRecord::Events { time_ns, .. }
                 | WatchRecord::Progress { time_ns, .. }
                 | WatchRecord::End { time_ns, .. } => *time_ns,
