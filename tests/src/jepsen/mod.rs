@@ -1,13 +1,20 @@
 //! Jepsen-grade fault testing (issue 4): histories, checkers and reports.
 //!
 //! A run records a [`history::History`] (client ops, watch logs, faults,
-//! status samples); the checkers judge it; the report draws it as an HTML
-//! timeline so a failure can be read and re-checked after a fix.
+//! status samples); [`checks::check_all`] judges it; [`report::write_report`]
+//! keeps it with an HTML timeline so a failure can be read and re-checked
+//! after a fix.
 
 /// The recorded history of a run and its on-disk (JSON lines) form.
 pub mod history;
+/// Linearizability of the KV ops (Wing–Gong/Lowe search with memoization).
+pub mod linearizable;
+/// etcd's KV store as a deterministic sequential state machine.
+pub mod model;
+/// Checker verdicts and violations.
+pub mod result;
 
-/// Network namespaces: one host per member, partitions and link shaping.
-pub mod netns;
 /// The cluster under test: `keel store` processes on those hosts.
 pub mod db;
+/// Network namespaces: one host per member, partitions and link shaping.
+pub mod netns;
