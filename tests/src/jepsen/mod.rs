@@ -18,3 +18,7 @@ pub mod result;
 pub mod db;
 /// Network namespaces: one host per member, partitions and link shaping.
 pub mod netns;
+/// Workloads: concurrent etcd clients recording a history.
+pub mod workload;
+/// The nemesis: fault schedules and their injection.
+pub mod nemesis;
