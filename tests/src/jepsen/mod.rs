@@ -5,12 +5,17 @@
 //! keeps it with an HTML timeline so a failure can be read and re-checked
 //! after a fix.
 
+/// Watch guarantees, revision monotonicity, serializable reads, leases;
+/// `check_all` runs every checker.
+pub mod checks;
 /// The recorded history of a run and its on-disk (JSON lines) form.
 pub mod history;
 /// Linearizability of the KV ops (Wing–Gong/Lowe search with memoization).
 pub mod linearizable;
 /// etcd's KV store as a deterministic sequential state machine.
 pub mod model;
+/// The report of a checked run: history, verdicts, HTML timeline.
+pub mod report;
 /// Checker verdicts and violations.
 pub mod result;
 
