@@ -6,7 +6,7 @@
 #![cfg(loom)]
 
 use keel_raft::sync::{thread, Arc, AtomicU64, Mutex, Ordering};
-use keel_raft::wal::queue::{run, Queue, Sink};
+use keel_raft::wal::queue::{commit_direct, run, Queue, Sink};
 use keel_raft::wal::WalError;
 
 /// Item id: producer * 10 + sequence number within the producer.
@@ -31,33 +31,55 @@ impl Sink<Id> for FakeSink {
     }
 }
 
-fn model(producers: u64, per_producer: u64, max_batch_bytes: usize) {
+/// `producers` threads push `per_producer` items each; with `direct`,
+/// producer 0 commits its items itself ([`commit_direct`]) instead.
+fn model(producers: u64, per_producer: u64, max_batch_bytes: usize, direct: bool) {
     loom::model(move || {
         let queue = Arc::new(Queue::<Id>::new());
         let written = Arc::new(Mutex::new(Vec::new()));
         let synced = Arc::new(AtomicU64::new(0));
         let called = Arc::new(Mutex::new(Vec::new()));
 
-        let writer = {
+        let (sink, writer) = {
             let queue = queue.clone();
-            let mut sink = FakeSink {
+            let sink = Arc::new(Mutex::new(FakeSink {
                 written: written.clone(),
                 synced: synced.clone(),
-            };
-            thread::spawn(move || run(&*queue, &mut sink, max_batch_bytes))
+            }));
+            let s = sink.clone();
+            (
+                sink,
+                thread::spawn(move || run(&*queue, &*s, max_batch_bytes)),
+            )
         };
 
         let handles: Vec<_> = (0..producers)
             .map(|p| {
-                let (queue, written, synced, called) = (
+                let (queue, written, synced, called, sink) = (
                     queue.clone(),
                     written.clone(),
                     synced.clone(),
                     called.clone(),
+                    sink.clone(),
                 );
                 thread::spawn(move || {
                     for s in 0..per_producer {
                         let id = p * 10 + s;
+                        if direct && p == 0 {
+                            let r = commit_direct(&*queue, &*sink, id, max_batch_bytes);
+                            assert!(r.is_ok());
+                            let pos = written
+                                .lock()
+                                .unwrap()
+                                .iter()
+                                .position(|&x| x == id)
+                                .expect("direct commit returned before writing");
+                            assert!(
+                                (pos as u64) < synced.load(Ordering::SeqCst),
+                                "direct commit of {id} returned before the sync"
+                            );
+                            continue;
+                        }
                         let (written, synced, called) =
                             (written.clone(), synced.clone(), called.clone());
                         queue.push(
@@ -92,14 +114,23 @@ fn model(producers: u64, per_producer: u64, max_batch_bytes: usize) {
         let called = called.lock().unwrap().clone();
         // Every item written once, every callback called once, in queue order.
         assert_eq!(written.len() as u64, producers * per_producer);
-        assert_eq!(called, written);
+        let queued: Vec<Id> = written
+            .iter()
+            .copied()
+            .filter(|id| !(direct && id / 10 == 0))
+            .collect();
+        assert_eq!(called, queued);
+        let mut all = written.clone();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), written.len(), "an item was written twice");
         let mut sorted = called.clone();
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), called.len(), "a callback ran twice");
         // Each producer's items keep their push order.
         for p in 0..producers {
-            let mine: Vec<Id> = called.iter().copied().filter(|id| id / 10 == p).collect();
+            let mine: Vec<Id> = written.iter().copied().filter(|id| id / 10 == p).collect();
             assert!(
                 mine.windows(2).all(|w| w[0] < w[1]),
                 "producer {p} reordered: {mine:?}"
@@ -111,13 +142,21 @@ fn model(producers: u64, per_producer: u64, max_batch_bytes: usize) {
 /// Two producers with two items each; everything queued goes in one batch.
 #[test]
 fn two_producers_group_commit() {
-    model(2, 2, usize::MAX);
+    model(2, 2, usize::MAX, false);
 }
 
 /// A batch cap of one item forces a batch per item.
 #[test]
 fn two_producers_capped_batches() {
-    model(2, 2, 1);
+    model(2, 2, 1, false);
+}
+
+/// One appender commits on its own thread while another queues for the
+/// writer thread: each item written once, in order per producer, and
+/// acknowledged only once synced.
+#[test]
+fn direct_commit_beside_the_writer() {
+    model(2, 2, usize::MAX, true);
 }
 
 /// A push racing with close and a running writer: the callback is called
@@ -129,11 +168,11 @@ fn push_racing_close_is_served_or_refused() {
         let outcome = Arc::new(Mutex::new(Vec::new()));
         let writer = {
             let queue = queue.clone();
-            let mut sink = FakeSink {
+            let sink = Mutex::new(FakeSink {
                 written: Arc::new(Mutex::new(Vec::new())),
                 synced: Arc::new(AtomicU64::new(0)),
-            };
-            thread::spawn(move || run(&*queue, &mut sink, usize::MAX))
+            });
+            thread::spawn(move || run(&*queue, &sink, usize::MAX))
         };
         let closer = {
             let queue = queue.clone();

@@ -425,3 +425,43 @@ fn dropping_the_last_handle_inside_a_callback_does_not_hang() {
         }
     }
 }
+
+#[test]
+fn direct_appends_interleave_with_queued_ones_and_roll_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = open(dir.path(), small());
+    let wal = Arc::new(wal);
+    // Queued appends (the writer thread) and direct ones (this thread)
+    // alternate; small segments force rollovers on both paths.
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let mut next = 1;
+    for round in 0..40u64 {
+        let batch = entries(next..=next + 2, 1);
+        next += 3;
+        if round % 2 == 0 {
+            let d = done.clone();
+            wal.append(
+                batch,
+                None,
+                Box::new(move |r| d.lock().expect("lock").push(r.is_ok())),
+            );
+        } else {
+            wal.append_direct(
+                batch,
+                Some(HardState {
+                    term: 1,
+                    vote: 1,
+                    commit: next - 1,
+                }),
+            )
+            .expect("direct append");
+        }
+    }
+    let wal = Arc::try_unwrap(wal).expect("sole owner");
+    wal.close().expect("close");
+    assert_eq!(*done.lock().expect("lock"), vec![true; 20]);
+    assert!(list_segments(dir.path()).expect("list").len() > 1);
+    let (_wal, rec) = open(dir.path(), small());
+    assert_eq!(indexes(&rec), (1..next).collect::<Vec<_>>());
+    assert_eq!(rec.hard_state.commit, next - 1);
+}

@@ -462,6 +462,7 @@ impl Member {
                 Err(_) => return fail(StoreError::Stopped),
             }
         }
+        tracing::trace!(target: "keel::lat", "accepted");
         let mut rx = rx;
         let mut check = tokio::time::interval(Duration::from_millis(50));
         loop {
@@ -621,6 +622,7 @@ impl Member {
                         since_snapshot += 1;
                     }
                     if last > 0 {
+                        tracing::trace!(target: "keel::lat", idx = last, "applied");
                         self.applied.send_replace(last);
                         let _ = self.raft.send(Input::Applied(last));
                     }

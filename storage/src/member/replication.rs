@@ -184,6 +184,8 @@ pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
         received: BTreeMap::new(),
         reads: HashMap::new(),
         ev_tx,
+        sent_hs: HardState::default(),
+        held_hs: None,
     };
     tokio::spawn(driver.run(rx, ev_rx, incoming, parts.tick));
     tx
@@ -203,6 +205,12 @@ struct Driver {
     /// Pending linearizable reads, by context.
     reads: HashMap<Vec<u8>, oneshot::Sender<u64>>,
     ev_tx: mpsc::UnboundedSender<Event>,
+    /// The term and vote last handed to the persister.
+    sent_hs: HardState,
+    /// A newer hard state that changes only the commit index: not worth an
+    /// fdatasync (etcd's `MustSync`), it rides along with the next write.
+    /// After a crash the leader simply commits those entries again.
+    held_hs: Option<HardState>,
 }
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -275,6 +283,7 @@ impl Driver {
         match input {
             Input::Propose { data, done } => {
                 let r = self.propose(data);
+                tracing::trace!(target: "keel::lat", idx = self.node.last_index(), "proposed");
                 let _ = done.send(r);
             }
             Input::ProposeConfChange { cc, done } => {
@@ -360,6 +369,7 @@ impl Driver {
         match tag {
             TAG_RAFT => match Message::decode(body) {
                 Ok(m) if m.from == from => {
+                    tracing::trace!(target: "keel::lat", from, kind = ?std::mem::discriminant(&m.kind), "peer msg");
                     if let Err(e) = self.node.step(m) {
                         tracing::debug!(from, error = %e, "peer message ignored");
                     }
@@ -447,11 +457,33 @@ impl Driver {
             }
         }
         self.shared.term.store(self.node.term(), Ordering::SeqCst);
-        send_all(&self.transport, messages);
         if let Some(meta) = snapshot {
             self.install_snapshot(meta);
         }
-        if !entries.is_empty() || hard_state.is_some() || !persisted_messages.is_empty() {
+        // Committed entries are durable here already (the core hands out
+        // only those): straight to the apply thread, in order, first thing,
+        // since a client waits on them.
+        if !committed_entries.is_empty()
+            && self
+                .apply_tx
+                .send(ApplyItem::Entries(committed_entries))
+                .is_err()
+        {
+            self.shared.failed.store(true, Ordering::SeqCst);
+        }
+        send_all(&self.transport, messages);
+        if hard_state.is_some() {
+            self.held_hs = hard_state;
+        }
+        let must_sync = !entries.is_empty()
+            || self
+                .held_hs
+                .is_some_and(|hs| hs.term != self.sent_hs.term || hs.vote != self.sent_hs.vote);
+        let hard_state = if must_sync { self.held_hs.take() } else { None };
+        if let Some(hs) = hard_state {
+            self.sent_hs = hs;
+        }
+        if must_sync || !persisted_messages.is_empty() {
             let batch = Batch {
                 entries,
                 hard_state,
@@ -460,16 +492,6 @@ impl Driver {
             if self.persist_tx.send(batch).is_err() {
                 self.shared.failed.store(true, Ordering::SeqCst);
             }
-        }
-        // Committed entries are durable here already (the core hands out
-        // only those): straight to the apply thread, in order.
-        if !committed_entries.is_empty()
-            && self
-                .apply_tx
-                .send(ApplyItem::Entries(committed_entries))
-                .is_err()
-        {
-            self.shared.failed.store(true, Ordering::SeqCst);
         }
         for rs in read_states {
             if let Some(done) = self.reads.remove(&rs.ctx) {
@@ -546,7 +568,8 @@ impl Driver {
 }
 
 /// The persister thread: group-commits queued batches (one WAL write and
-/// fdatasync for all of them), then releases what waited on durability.
+/// fdatasync for all of them, done on this thread: [`Wal::append_direct`]),
+/// then releases what waited on durability.
 fn persister(
     rx: std_mpsc::Receiver<Batch>,
     wal: Arc<Wal>,
@@ -554,34 +577,27 @@ fn persister(
     shared: Arc<Shared>,
     ev_tx: mpsc::UnboundedSender<Event>,
 ) {
-    // The hard state last written, and a newer one held back: a change of
-    // the commit index alone is not worth an fdatasync (etcd's `MustSync`);
-    // it rides along with the next write. After a crash the leader simply
-    // commits those entries again.
-    let mut written = HardState::default();
-    let mut held: Option<HardState> = None;
+    // The driver sends a hard state only when it must be synced (a new
+    // term or vote, or with entries); the newest one in a group wins.
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         while let Ok(more) = rx.try_recv() {
             batches.push(more);
         }
         let mut entries: Vec<Entry> = Vec::new();
+        let mut hard_state = None;
         for b in &mut batches {
             entries.append(&mut b.entries);
             if b.hard_state.is_some() {
-                held = b.hard_state;
+                hard_state = b.hard_state;
             }
         }
         let last = entries.last().map(|e| (e.index, e.term));
-        let must_sync = !entries.is_empty()
-            || held.is_some_and(|hs| hs.term != written.term || hs.vote != written.vote);
-        let hard_state = if must_sync { held.take() } else { None };
-        if let Some(hs) = hard_state {
-            written = hs;
-        }
+        let must_sync = !entries.is_empty() || hard_state.is_some();
+        tracing::trace!(target: "keel::lat", idx = last.map_or(0, |l| l.0), "persist start");
         let mut durable = !must_sync;
         while !durable {
-            match wal.append_sync(entries.clone(), hard_state) {
+            match wal.append_direct(entries.clone(), hard_state) {
                 Ok(()) => {
                     shared.no_space.store(false, Ordering::SeqCst);
                     durable = true;
@@ -600,6 +616,7 @@ fn persister(
                 }
             }
         }
+        tracing::trace!(target: "keel::lat", idx = last.map_or(0, |l| l.0), "persist end");
         for b in batches {
             send_all(&transport, b.persisted_messages);
         }

@@ -50,9 +50,11 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let r = req.into_inner();
+        tracing::trace!(target: "keel::lat", "put start");
         validate::check_put(&r)?;
         match self.member.propose(Cmd::Put(r)).await? {
             Applied::Put(mut resp) => {
+                tracing::trace!(target: "keel::lat", "put done");
                 self.member.header().fill(&mut resp.header, 0);
                 Ok(Response::new(resp))
             }
