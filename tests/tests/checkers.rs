@@ -1032,3 +1032,51 @@ fn report_is_written_and_history_reloads() {
         .collect();
     assert_eq!(kinds.len(), 3);
 }
+
+#[test]
+fn big_history_with_unknown_writes_and_no_watch_help_is_decided() {
+    // Unknown-outcome writes are only refined by watches when there are
+    // watches; without, the revision gaps alone must keep the search small.
+    let mut rng = StdRng::seed_from_u64(12);
+    let h = random_history(&mut rng, 30, 10_000, 3, 0.10);
+    let mut opts = LinearizableOpts::for_history(&h);
+    opts.use_watches = false;
+    let started = std::time::Instant::now();
+    let lin = check_linearizable(&h, &opts);
+    println!(
+        "10000 ops, no watch help: {} steps in {:?}; {}",
+        lin.steps,
+        started.elapsed(),
+        lin.message
+    );
+    assert_eq!(lin.verdict, Verdict::Pass, "{}", lin.message);
+}
+
+#[test]
+fn lease_revoke_with_and_without_keys_passes() {
+    let mut s = Sim::new();
+    let leased = |k: &str, v: &str, l| Request::Put {
+        key: k.into(),
+        value: v.into(),
+        lease: l,
+    };
+    s.exec(1, 0, 10, leased("l1", "a", 5)); // rev 2
+    s.exec(2, 5, 15, leased("l2", "b", 5)); // rev 3
+    s.exec(1, 20, 30, Request::LeaseRevoke { id: 6 }); // no keys: rev stays 3
+    s.exec(2, 25, 35, Request::LeaseRevoke { id: 5 }); // deletes both: rev 4
+    s.exec(
+        1,
+        40,
+        50,
+        Request::Range {
+            prefix: "l".into(),
+            serializable: false,
+            revision: 0,
+        },
+    );
+    s.h.watches.push(s.full_watch(0, "l"));
+    let h = s.history();
+    assert!(matches!(h.ops[2].resp, Response::Ok { revision: 3, .. }));
+    assert!(matches!(h.ops[3].resp, Response::Ok { revision: 4, .. }));
+    assert_all_pass(&h);
+}

@@ -38,7 +38,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::history::{EventKind, History, OpResult, Request, Response, TxnOp, WatchRecord};
+use super::history::{
+    EventKind, History, KeyValue, OpResult, Request, Response, TxnOp, TxnOpResult, WatchRecord,
+};
 use super::model::{Applied, KvState, Undo};
 use super::result::Verdict;
 
@@ -57,7 +59,7 @@ pub struct LinearizableOpts {
 
 impl LinearizableOpts {
     /// Defaults for `h`: initial revision from `meta["initial_revision"]`
-    /// (else 1), 20 million steps, watches used.
+    /// (else 1), 100 million steps (tens of seconds at most), watches used.
     pub fn for_history(h: &History) -> LinearizableOpts {
         LinearizableOpts {
             initial_revision: h
@@ -65,7 +67,7 @@ impl LinearizableOpts {
                 .get("initial_revision")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(1),
-            max_steps: 20_000_000,
+            max_steps: 100_000_000,
             use_watches: true,
         }
     }
@@ -115,8 +117,12 @@ struct Prepared<'a> {
     req: &'a Request,
     outcome: Outcome<'a>,
     /// The revision bound: the state's revision must stay <= this until the
-    /// op is linearized (acknowledged and pinned ops).
+    /// op is linearized (acknowledged and pinned ops): the response revision,
+    /// minus one for a write that certainly changed something.
     bound: Option<i64>,
+    /// An acknowledged op that may or may not have created its revision
+    /// (a lease revoke: it deletes the lease's keys, if any).
+    maybe_change: bool,
     /// Random hashes for the linearized-set fingerprint.
     ha: u64,
     hb: u64,
@@ -181,10 +187,39 @@ struct WatchFacts<'a> {
     complete: Vec<(&'a str, bool)>,
 }
 
-fn watch_facts<'a>(h: &'a History, initial_revision: i64, last_ack: i64) -> WatchFacts<'a> {
+fn watch_facts<'a>(
+    h: &'a History,
+    initial_revision: i64,
+    last_ack: i64,
+    use_watches: bool,
+) -> WatchFacts<'a> {
     let mut seen_puts = HashMap::new();
     let mut complete = Vec::new();
-    for w in &h.watches {
+    // Acknowledged reads name the revision that wrote what they return.
+    let mut seen = |kv: &'a KeyValue| {
+        seen_puts
+            .entry((kv.key.as_str(), kv.value.as_str()))
+            .or_insert(kv.mod_revision);
+    };
+    for o in &h.ops {
+        let (Some(_), Response::Ok { result, .. }) = (o.return_ns, &o.resp) else {
+            continue;
+        };
+        match result {
+            OpResult::Get { kv: Some(kv) } => seen(kv),
+            OpResult::Range { kvs } => kvs.iter().for_each(&mut seen),
+            OpResult::Txn { results, .. } => {
+                for r in results {
+                    if let TxnOpResult::Get { kv: Some(kv) } = r {
+                        seen(kv);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let watches = if use_watches { &h.watches[..] } else { &[] };
+    for w in watches {
         let mut first_start = None;
         let mut covered = 0;
         let mut contiguous = true;
@@ -205,10 +240,9 @@ fn watch_facts<'a>(h: &'a History, initial_revision: i64, last_ack: i64) -> Watc
                 } => {
                     for e in events {
                         if e.kind == EventKind::Put {
-                            seen_puts.insert(
-                                (e.kv.key.as_str(), e.kv.value.as_str()),
-                                e.kv.mod_revision,
-                            );
+                            seen_puts
+                                .entry((e.kv.key.as_str(), e.kv.value.as_str()))
+                                .or_insert(e.kv.mod_revision);
                         }
                         last_event = last_event.max(e.kv.mod_revision);
                     }
@@ -248,9 +282,12 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
         .filter_map(|o| o.ok_revision())
         .max()
         .unwrap_or(0);
-    let facts = opts
-        .use_watches
-        .then(|| watch_facts(h, opts.initial_revision, last_ack));
+    let facts = Some(watch_facts(
+        h,
+        opts.initial_revision,
+        last_ack,
+        opts.use_watches,
+    ));
     // How many ops put each (key, value): pins need a unique writer.
     let mut writers: HashMap<(&str, &str), usize> = HashMap::new();
     for o in &h.ops {
@@ -293,7 +330,8 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
                     revision: *revision,
                     result,
                 },
-                Some(*revision),
+                // A write that changed something starts from revision - 1.
+                Some(*revision - i64::from(changes(&o.req, result))),
             ),
             _ if !o.req.is_write() => continue, // an unknown read has no effect
             _ => {
@@ -319,7 +357,7 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
                         continue;
                     }
                 }
-                (Outcome::Unknown { pin }, pin.map(|p| p.0))
+                (Outcome::Unknown { pin }, pin.map(|p| p.0 - 1))
             }
         };
         let i = ops.len();
@@ -328,6 +366,7 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
             req: &o.req,
             outcome,
             bound,
+            maybe_change: matches!(o.req, Request::LeaseRevoke { .. }),
             ha: splitmix(o.id.wrapping_mul(2)),
             hb: splitmix(o.id.wrapping_mul(2).wrapping_add(1) ^ 0x5555),
         });
@@ -399,7 +438,16 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
         if entries[e].is_call {
             let p = &ops[entries[e].op];
             let mut lifted = false;
-            if let Some((applied, undo)) = state.apply(p.req) {
+            // Cheap revision test first: an acknowledged or pinned op starts
+            // exactly at its bound; an unknown one must fit in a gap.
+            let plausible = match p.bound {
+                Some(b) if p.maybe_change => state.revision() == b || state.revision() == b - 1,
+                Some(b) => state.revision() == b,
+                None => state.revision() < min_bound_without(&bounds, None),
+            };
+            if !plausible {
+                // Not placeable here; try the next entry.
+            } else if let Some((applied, undo)) = state.apply(p.req) {
                 if accepts(p, &applied) && state.revision() <= min_bound_without(&bounds, p.bound) {
                     let (na, nb) = (lin_a ^ p.ha, lin_b ^ p.hb);
                     if cache.insert((na, nb, state.fingerprint())) {
@@ -502,12 +550,36 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
     lin
 }
 
+/// True if an acknowledged op with this result certainly created a revision.
+fn changes(req: &Request, result: &OpResult) -> bool {
+    match (req, result) {
+        (Request::Put { .. }, _) => true,
+        (Request::Delete { .. }, OpResult::Delete { deleted }) => *deleted > 0,
+        (
+            Request::Txn {
+                success, failure, ..
+            },
+            OpResult::Txn { succeeded, results },
+        ) => {
+            let branch = if *succeeded { success } else { failure };
+            branch.iter().zip(results).any(|(op, r)| match (op, r) {
+                (TxnOp::Put { .. }, _) => true,
+                (TxnOp::Delete { .. }, TxnOpResult::Delete { deleted }) => *deleted > 0,
+                _ => false,
+            })
+        }
+        _ => false,
+    }
+}
+
 fn accepts(p: &Prepared, applied: &Applied) -> bool {
     match &p.outcome {
         Outcome::Known { revision, result } => {
             applied.revision == *revision && applied.result == **result
         }
-        Outcome::Unknown { pin: None } => true,
+        // Taking effect without changing anything is the same as never
+        // taking effect; skipping it keeps such ops out of the search.
+        Outcome::Unknown { pin: None } => !applied.events.is_empty(),
         Outcome::Unknown {
             pin: Some((rev, key, value)),
         } => {
