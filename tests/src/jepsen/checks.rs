@@ -332,14 +332,23 @@ pub fn check_watches(h: &History, kv: &KvEvents) -> Vec<CheckOutcome> {
         for s in streams(w) {
             streams_checked += 1;
             // Where this stream's completeness starts.
+            let first_event = s.records.iter().find_map(|r| match r {
+                WatchRecord::Events { events, .. } => events.first().map(|e| e.kv.mod_revision),
+                _ => None,
+            });
             let from = if s.start_rev > 0 {
                 Some(s.start_rev)
             } else {
                 s.created.map(|c| c + 1)
             };
+            // Where the stream picked up, for the resume check: without a
+            // created header a "from now" stream is judged by its first event.
+            let resumed_at = from.or(first_event);
             // A resume must not skip what the previous stream did not deliver.
-            if s.index > 0 && !s.after_compaction && last_delivered > 0 {
-                let from = from.unwrap_or(i64::MAX);
+            if let (true, Some(from)) = (
+                s.index > 0 && !s.after_compaction && last_delivered > 0,
+                resumed_at,
+            ) {
                 let skipped = kv.revs_in(w, last_delivered + 1, from - 1);
                 if !skipped.is_empty() {
                     v.get_mut(names::WATCH_RESUMABLE).unwrap().push(Violation::watch(
