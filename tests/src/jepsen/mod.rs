@@ -19,11 +19,13 @@ pub mod report;
 /// Checker verdicts and violations.
 pub mod result;
 
+/// A campaign: cluster, workloads, nemesis schedule, checks, kept report.
+pub mod campaign;
 /// The cluster under test: `keel store` processes on those hosts.
 pub mod db;
+/// The nemesis: fault schedules and their injection.
+pub mod nemesis;
 /// Network namespaces: one host per member, partitions and link shaping.
 pub mod netns;
 /// Workloads: concurrent etcd clients recording a history.
 pub mod workload;
-/// The nemesis: fault schedules and their injection.
-pub mod nemesis;

@@ -331,6 +331,7 @@ impl<'a> Nemesis<'a> {
             }
             if !self.db.nodes[i].is_running() {
                 let why = self.db.nodes[i].exited();
+                self.crash_event(i, &format!("found exited: {why:?}"));
                 self.db
                     .log_note(i, &format!("nemesis: restarting (was {why:?})"));
                 if let Err(e) = self.db.restart(i, Duration::from_secs(30)) {
@@ -457,6 +458,7 @@ impl<'a> Nemesis<'a> {
                     format!("restart {} with FAILPOINTS={spec}", self.db.nodes[t].name),
                 );
                 let before = self.db.nodes[t].log().len();
+                self.crash_event(t, "kill -9 before arming the crash points");
                 self.db.kill9(t);
                 if restore {
                     // Let the others move on (and snapshot) meanwhile.
@@ -472,6 +474,9 @@ impl<'a> Nemesis<'a> {
                 let fired = fired_points(log.get(before..).unwrap_or(""));
                 for p in &fired {
                     *self.report.fired.entry(p.clone()).or_default() += 1;
+                }
+                if !fired.is_empty() {
+                    self.crash_event(t, &format!("crashed at {}", fired.join(", ")));
                 }
                 self.rec.fault_note(
                     f,
@@ -492,6 +497,15 @@ impl<'a> Nemesis<'a> {
             println!("nemesis: no leader 20 s after healing {step}");
         }
         Ok(())
+    }
+
+    /// Records an instantaneous `crash` of member `t` (the checkers allow
+    /// a member's state to be rebuilt across one).
+    fn crash_event(&self, t: usize, why: &str) {
+        let f = self
+            .rec
+            .fault_start("crash", names(self.db, &[t]), why.to_string());
+        self.rec.fault_end(f);
     }
 
     fn restart_logged(&mut self, t: usize) {
@@ -516,22 +530,21 @@ impl<'a> Nemesis<'a> {
                 }
             }
         };
-        let desc;
-        match kind {
+        let desc = match kind {
             "partition-leader" => {
                 let l = self.leader_or_any();
                 let others: Vec<usize> = act.iter().copied().filter(|&i| i != l).collect();
                 both(&[l], &others, &mut cuts);
-                desc = format!("isolate leader {}", self.db.nodes[l].name);
+                format!("isolate leader {}", self.db.nodes[l].name)
             }
             "partition-halves" => {
                 let (minority, majority) = act.split_at(act.len() / 2);
                 both(minority, majority, &mut cuts);
-                desc = format!(
+                format!(
                     "{:?} | {:?}",
                     names(self.db, minority),
                     names(self.db, majority)
-                );
+                )
             }
             "partition-bridge" => {
                 // Two sides that only the bridge member connects.
@@ -539,12 +552,12 @@ impl<'a> Nemesis<'a> {
                 let rest = &act[1..];
                 let (x, y) = rest.split_at(rest.len() / 2);
                 both(x, y, &mut cuts);
-                desc = format!(
+                format!(
                     "{:?} | {:?}, bridged by {}",
                     names(self.db, x),
                     names(self.db, y),
                     self.db.nodes[bridge].name
-                );
+                )
             }
             _ => {
                 let l = self.leader_or_any();
@@ -552,7 +565,7 @@ impl<'a> Nemesis<'a> {
                 for &i in act.iter().filter(|&&i| i != l) {
                     cuts.push(if outbound { (l, i) } else { (i, l) });
                 }
-                desc = format!(
+                format!(
                     "leader {} {} the others",
                     self.db.nodes[l].name,
                     if outbound {
@@ -560,9 +573,9 @@ impl<'a> Nemesis<'a> {
                     } else {
                         "hears nothing from"
                     }
-                );
+                )
             }
-        }
+        };
         let f = self.rec.fault_start(kind, names(self.db, &act), desc);
         {
             let net = self.db.net().expect("checked");

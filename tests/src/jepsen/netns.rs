@@ -122,8 +122,11 @@ fn kill_in_namespace(ns: &str) {
 /// sockets on request. Cheap to clone.
 #[derive(Clone)]
 pub struct SocketFactory {
-    tx: Option<Arc<Mutex<mpsc::Sender<mpsc::Sender<io::Result<OwnedFd>>>>>>,
+    tx: Option<Arc<Mutex<mpsc::Sender<Reply>>>>,
 }
+
+/// Where the namespace thread sends a new socket.
+type Reply = mpsc::Sender<io::Result<OwnedFd>>;
 
 impl SocketFactory {
     /// Sockets from the current namespace (loopback mode).
@@ -135,7 +138,7 @@ impl SocketFactory {
     pub fn in_namespace(ns: &str) -> Result<SocketFactory> {
         let path = format!("/var/run/netns/{ns}");
         let f = File::open(&path).with_context(|| format!("open {path}"))?;
-        let (tx, rx) = mpsc::channel::<mpsc::Sender<io::Result<OwnedFd>>>();
+        let (tx, rx) = mpsc::channel::<Reply>();
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
         std::thread::Builder::new()
             .name(format!("netns-{ns}"))

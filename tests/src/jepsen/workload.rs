@@ -671,16 +671,25 @@ pub async fn list_append_client(ctx: Ctx, seed: u64) {
     }
 }
 
-/// A lease client: grant a short lease, attach a key, then revoke it or
-/// keep it alive once and let it expire; finally ask its TTL and read the
-/// key (which must be gone once the TTL says -1).
+/// Whether keys are attached to leases that are left to expire. The
+/// linearizability model does not model expiry (a server-side delete with
+/// no client op), so this stays off until it takes expiry deletes from the
+/// watch logs; revoked leases always carry a key.
+pub const EXPIRE_WITH_KEYS: bool = false;
+
+/// A lease client. Half the leases get a key and are revoked (TTL 30 s,
+/// the revoke retried until it is known to have happened, so the key never
+/// expires unseen); the other half are short (2–3 s), kept alive once and
+/// left to expire. Finally it asks the lease's TTL and reads the key (which
+/// must be gone once the TTL says -1).
 pub async fn lease_client(ctx: Ctx, seed: u64) {
     let c = ctx.next_client.fetch_add(1, Ordering::Relaxed);
     let mut rng = StdRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x1ea5));
     let mut n = 0u64;
     while !ctx.stopped() {
         n += 1;
-        let ttl = rng.random_range(2..=3);
+        let revoke = rng.random_bool(0.5);
+        let ttl = if revoke { 30 } else { rng.random_range(2..=3) };
         let Response::Ok {
             result: OpResult::LeaseGrant { id },
             ..
@@ -691,26 +700,38 @@ pub async fn lease_client(ctx: Ctx, seed: u64) {
             continue;
         };
         let key = format!("lease/c{c}/{n}");
-        ctx.call(
-            c,
-            &mut rng,
-            Request::Put {
-                key: key.clone(),
-                value: format!("c{c}-{n}"),
-                lease: id,
-            },
-        )
-        .await;
-        if rng.random_bool(0.5) {
-            ctx.call(c, &mut rng, Request::LeaseRevoke { id }).await;
+        if revoke || EXPIRE_WITH_KEYS {
+            ctx.call(
+                c,
+                &mut rng,
+                Request::Put {
+                    key: key.clone(),
+                    value: format!("c{c}-{n}"),
+                    lease: id,
+                },
+            )
+            .await;
+        }
+        if revoke {
+            let deadline = Instant::now() + Duration::from_secs(25);
+            // Until it is known to be gone: Ok, or NotFound (revoked by an
+            // earlier attempt whose answer was lost).
+            while Instant::now() < deadline {
+                match ctx.call(c, &mut rng, Request::LeaseRevoke { id }).await {
+                    Response::Ok { .. } | Response::Fail { .. } => break,
+                    Response::Unknown { .. } => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                }
+            }
         } else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             ctx.call(c, &mut rng, Request::LeaseKeepAlive { id }).await;
-        }
-        // Past any expiry (the TTL, plus the leader's minimum TTL slack).
-        let deadline = Instant::now() + Duration::from_secs(ttl as u64 + 2);
-        while Instant::now() < deadline && !ctx.stopped() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Past its expiry (the TTL, plus slack for the leader's clock).
+            let deadline = Instant::now() + Duration::from_secs(ttl as u64 + 2);
+            while Instant::now() < deadline && !ctx.stopped() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         ctx.call(c, &mut rng, Request::LeaseTimeToLive { id }).await;
         ctx.call(
@@ -955,15 +976,21 @@ pub async fn status_sampler(ctx: Ctx, every: Duration) {
     while !ctx.stopped() {
         for (name, addr) in ctx.eps.list() {
             let ch = ctx.eps.channel(addr);
+            let call = ctx.rec.now();
             let r = tokio::time::timeout(
                 Duration::from_millis(500),
                 MaintenanceClient::new(ch).status(pb::StatusRequest {}),
             )
             .await;
-            if let Ok(Ok(r)) = r {
+            // A sample is one point in time, but the member answered
+            // somewhere between call and return: keep only quick answers,
+            // stamped with the call time, so that ops returning before it
+            // really came first.
+            let quick = ctx.rec.now() - call < 5_000_000;
+            if let (Ok(Ok(r)), true) = (r, quick) {
                 let r = r.into_inner();
                 ctx.rec.status(StatusSample {
-                    time_ns: ctx.rec.now(),
+                    time_ns: call,
                     member: name,
                     revision: rev(&r.header),
                     raft_term: r.raft_term,
