@@ -278,6 +278,16 @@ fn rev(h: &Option<pb::ResponseHeader>) -> i64 {
     h.as_ref().map_or(0, |h| h.revision)
 }
 
+/// The wire key of a prefix: the empty prefix (every key) is `\0`.
+fn prefix_key(p: &str) -> Bytes {
+    if p.is_empty() {
+        Bytes::from_static(b"\0")
+    } else {
+        Bytes::from(p.to_string())
+    }
+}
+
+/// The range end of a prefix (`\0`, i.e. no end, for the empty prefix).
 fn prefix_end(p: &str) -> Bytes {
     Bytes::from(crate::cluster::prefix_end(p))
 }
@@ -367,7 +377,7 @@ pub async fn execute(ch: Channel, req: &Request) -> Response {
             serializable,
             revision,
         } => timed(kv.range(pb::RangeRequest {
-            key: Bytes::from(prefix.clone()),
+            key: prefix_key(prefix),
             range_end: prefix_end(prefix),
             serializable: *serializable,
             revision: *revision,
@@ -803,7 +813,7 @@ pub async fn watcher(ctx: Ctx, prefix: String, start: WatchStart, seed: u64) {
         let create = pb::WatchRequest {
             request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
                 pb::WatchCreateRequest {
-                    key: Bytes::from(prefix.clone()),
+                    key: prefix_key(&prefix),
                     range_end: prefix_end(&prefix),
                     start_revision: next,
                     progress_notify: true,
