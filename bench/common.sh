@@ -1,31 +1,81 @@
-# Shared by bench/vs-etcd*.sh (sourced, not run): setup, server bookkeeping
-# and the table-row helper. Expects $NAME (work dir prefix) to be set.
+# Shared by bench/vs-etcd.sh (sourced, not run): setup, starting etcd and
+# keel members and clusters, per-process CPU/RSS, and the SUMMARY-line
+# helpers. Expects $NAME (work dir prefix) to be set. Only talks to
+# 127.0.0.1, on ports 23000-23999.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null; }
+if ! command -v etcd >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
 cargo build --release -p keel -p keel-bench >&2
 KEEL=target/release/keel
 BENCH=target/release/keel-bench
+mkdir -p "${BENCH_DIR:-$PWD/target}"
 WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" "$NAME.XXXX")
-# Servers start in command substitutions (not jobs of this shell): their
-# PIDs are kept in a file so the exit trap stops every one of them.
+# Every server started is recorded here; the exit trap stops each of them
+# (by pid: nobody else's processes).
 PIDFILE="$WORK/pids"; : > "$PIDFILE"
-cleanup() { xargs -r kill -9 < "$PIDFILE" 2>/dev/null || true; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"; }
+cleanup() {
+  xargs -r kill -9 < "$PIDFILE" 2>/dev/null || true
+  [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
+}
 trap cleanup EXIT
 
-wait_up() { for _ in $(seq 1 1200); do curl -sf "$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no /health at $1" >&2; tail -n 20 "$WORK"/*.log >&2; return 1; }
+wait_up() {
+  for _ in $(seq 1 1200); do curl -sf "$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "no /health at $1" >&2; tail -n 20 "$WORK"/*.log >&2; return 1
+}
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
-cpu_s() { awk '{printf "%.1f", ($14+$15)/100}' "/proc/$1/stat"; }
+cpu_s() { awk '{sub(/.*\) /, ""); printf "%.1f", ($12+$13)/100}' "/proc/$1/stat"; }
 # field NAME: the value of NAME=... on the SUMMARY line.
 field() { grep '^SUMMARY' | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 
-# run NAME BENCH-ARGS...: one table row for target $t against endpoints $ep.
-run() {
-  local name=$1; shift
-  local out
-  out=$($BENCH --endpoints "$ep" --summary-name x "$@")
-  printf '| %s | %s | %.3f | %.3f | %s |\n' "$name" "$t" \
-    "$(echo "$(echo "$out" | field p50_us) / 1000" | bc -l)" \
-    "$(echo "$(echo "$out" | field p99_us) / 1000" | bc -l)" \
-    "$(echo "$out" | field ops_per_s)"
+# start_member KIND NAME CLIENT_PORT PEER_PORT INITIAL_CLUSTER: starts one
+# etcd or keel member in the background with etcd's flags, data in
+# $WORK/NAME; sets $PID.
+start_member() {
+  local kind=$1 name=$2 c="http://127.0.0.1:$3" p=$4 ic=$5
+  if [ "$kind" = etcd ]; then
+    etcd --name "$name" --data-dir "$WORK/$name" --listen-client-urls "$c" --advertise-client-urls "$c" \
+      --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
+      --initial-cluster "$ic" --quota-backend-bytes 8589934592 >>"$WORK/$name.log" 2>&1 &
+  else
+    $KEEL store --name "$name" --data-dir "$WORK/$name" --listen-client-urls "$c" --advertise-client-urls "$c" \
+      --listen-peer-urls "quic://127.0.0.1:$p" --initial-advertise-peer-urls "quic://127.0.0.1:$p" \
+      --initial-cluster "$ic" --quota-backend-bytes 8589934592 --log-level warn >>"$WORK/$name.log" 2>&1 &
+  fi
+  PID=$!
+  disown "$PID" # no "Killed" notices from this shell when stopped
+  echo "$PID" >> "$PIDFILE"
+}
+
+# start_cluster KIND N BASE: N members named KIND0.., client ports BASE+70+i,
+# peer ports BASE+80+i; waits until all serve. Sets $EPS (comma-separated
+# client URLs) and $PIDS (comma-separated).
+start_cluster() {
+  local kind=$1 n=$2 base=$3 ic="" scheme i
+  scheme=$([ "$kind" = etcd ] && echo http || echo quic)
+  for ((i = 0; i < n; i++)); do ic="$ic${ic:+,}$kind$i=$scheme://127.0.0.1:$((base + 80 + i))"; done
+  EPS=""; PIDS=""
+  for ((i = 0; i < n; i++)); do
+    start_member "$kind" "$kind$i" $((base + 70 + i)) $((base + 80 + i)) "$ic"
+    EPS="$EPS${EPS:+,}http://127.0.0.1:$((base + 70 + i))"
+    PIDS="$PIDS${PIDS:+,}$PID"
+  done
+  for e in ${EPS//,/ }; do wait_up "$e"; done
+}
+
+# stop_pids PIDS: kill -9 the comma-separated PIDS and wait until they are gone.
+stop_pids() {
+  local p
+  for p in ${1//,/ }; do kill -9 "$p" 2>/dev/null || true; done
+  for p in ${1//,/ }; do while kill -0 "$p" 2>/dev/null; do sleep 0.02; done; done
+}
+
+# machine: one line describing this machine and the disk under $WORK.
+machine() {
+  local cpu disk
+  cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+  disk=$(df -T "$WORK" | awk 'NR==2 {print $2 " on " $1}')
+  echo "$(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r); disk: $disk; $(etcd --version | head -1); keel $(git rev-parse --short HEAD)"
 }

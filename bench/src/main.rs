@@ -1,16 +1,24 @@
 //! keel-bench: a load generator for any etcd v3 endpoint (keel or etcd),
 //! with the flags of etcd's own `benchmark` tool where they exist. Prints
-//! latency percentiles (hdrhistogram) and throughput.
+//! latency percentiles (hdrhistogram) and throughput, optionally as JSON
+//! (`--json`), and turns a directory of such results into the side-by-side
+//! report (`report`).
 
+mod floor;
+mod load;
+mod report;
+mod stats;
+mod watch;
+
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
-use keel_storage::proto::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
-use tokio::sync::Mutex;
-use tonic::transport::Channel;
+use keel_storage::proto::etcdserverpb::{kv_client::KvClient, PutRequest};
+
+use crate::load::{KeyPicker, Worker};
+use crate::stats::{Errors, Limiter, MemberSampler, RunResult};
 
 #[derive(Parser, Debug)]
 #[command(name = "keel-bench", about = "Load generator for etcd v3 endpoints")]
@@ -18,18 +26,38 @@ struct Cli {
     /// Comma-separated endpoints (`http://host:port`).
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     endpoints: String,
-    /// Number of gRPC connections.
+    /// Number of gRPC connections, spread round-robin over the endpoints.
     #[arg(long, default_value_t = 1)]
     conns: usize,
-    /// Number of concurrent clients.
+    /// Number of concurrent clients, sharing the connections round-robin.
     #[arg(long, default_value_t = 1)]
     clients: usize,
     /// Total number of requests.
     #[arg(long, default_value_t = 10_000)]
-    total: usize,
-    /// Print one machine-readable summary line (`name p50_us p99_us ops_per_s`).
+    total: u64,
+    /// Maximum requests per second, all clients together (0: unlimited).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Print one machine-readable line
+    /// (`SUMMARY <name> p50_us= p99_us= ops_per_s= errors=`).
     #[arg(long)]
     summary_name: Option<String>,
+    /// Write the result as JSON to this file.
+    #[arg(long, alias = "json-out")]
+    json: Option<PathBuf>,
+    /// Server process ids whose CPU time (over the run) and RSS (after it)
+    /// go into the result, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Workload key recorded in the JSON (matches runs across systems).
+    #[arg(long, default_value = "")]
+    id: String,
+    /// Workload description recorded in the JSON.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// System name recorded in the JSON (keel, etcd, ...).
+    #[arg(long, default_value = "")]
+    system: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -46,178 +74,280 @@ enum Cmd {
         val_size: usize,
         /// Number of distinct keys.
         #[arg(long, default_value_t = 1)]
-        key_space_size: usize,
+        key_space_size: u64,
         /// Sequential keys instead of random ones.
         #[arg(long)]
         sequential_keys: bool,
+    },
+    /// Gets of one key (put once before the run).
+    Range {
+        /// The key.
+        #[arg(default_value = "foo")]
+        key: String,
+        /// `l` (linearizable) or `s` (serializable).
+        #[arg(long, default_value = "l", value_parser = ["l", "s"])]
+        consistency: String,
+    },
+    /// Transactions of `--txn-ops` puts each.
+    TxnPut {
+        /// Key size in bytes.
+        #[arg(long, default_value_t = 8)]
+        key_size: usize,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 8)]
+        val_size: usize,
+        /// Number of distinct keys.
+        #[arg(long, default_value_t = 1)]
+        key_space_size: u64,
+        /// Puts per transaction.
+        #[arg(long, default_value_t = 1)]
+        txn_ops: usize,
+    },
+    /// Latency from a put to each watcher's receipt of its event (puts one
+    /// at a time to one key).
+    WatchLatency {
+        /// Watchers in total.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Watch streams the watchers are spread over (over `--conns`).
+        #[arg(long, default_value_t = 10)]
+        streams: usize,
+        /// Puts per second.
+        #[arg(long, default_value_t = 100.0)]
+        put_rate: f64,
+        /// Puts in total.
+        #[arg(long, default_value_t = 1000)]
+        put_total: u64,
+        /// Key size in bytes.
+        #[arg(long, default_value_t = 32)]
+        key_size: usize,
+        /// Value size in bytes (at least 20).
+        #[arg(long, default_value_t = 32)]
+        val_size: usize,
+    },
+    /// Fan-out: many watchers on one prefix, `--clients` putters under it;
+    /// events/s delivered and per-event latency.
+    Watch {
+        /// Watchers in total.
+        #[arg(long, default_value_t = 10_000)]
+        watchers: usize,
+        /// Watch streams the watchers are spread over (over `--conns`).
+        #[arg(long, default_value_t = 100)]
+        streams: usize,
+        /// Puts per second (0: unlimited).
+        #[arg(long, default_value_t = 0.0)]
+        put_rate: f64,
+        /// Puts in total.
+        #[arg(long, default_value_t = 100)]
+        put_total: u64,
+        /// The watched prefix.
+        #[arg(long, default_value = "/bench/watch/")]
+        prefix: String,
+        /// Value size in bytes (at least 20).
+        #[arg(long, default_value_t = 32)]
+        val_size: usize,
+    },
+    /// Lease keep-alive round trips: each client keeps its own lease alive
+    /// on its own `LeaseKeepAlive` stream.
+    LeaseKeepalive {
+        /// The leases' TTL in seconds.
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
     },
     /// The disk's floor: latency of a 4 KiB write + fdatasync in `--dir`
     /// (no server involved; `--total` rounds).
     Fsync {
         /// Directory on the disk to measure.
         #[arg(long, default_value = ".")]
-        dir: std::path::PathBuf,
+        dir: PathBuf,
     },
-    /// Gets of one key.
-    Range {
-        /// The key.
-        #[arg(default_value = "foo")]
-        key: String,
-        /// `l` (linearizable) or `s` (serializable).
-        #[arg(long, default_value = "l")]
-        consistency: String,
+    /// The network's floor: loopback TCP ping-pong round trips (no server
+    /// involved; `--total` rounds).
+    Rtt {
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
     },
-}
-
-fn key_bytes(i: usize, size: usize) -> Vec<u8> {
-    let mut k = format!("{i:0size$}").into_bytes();
-    k.truncate(size.max(1));
-    k
+    /// Turns a directory of `--json` results into `<out>.json`, `<out>.md`
+    /// (keel/etcd ratios, targets met or missed) and `<out>.svg`.
+    Report {
+        /// The directory of results (read in file-name order).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Output path without extension, e.g. `bench/results/2026-11-23`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Markdown put above the tables (machine, command ...).
+        #[arg(long, default_value = "")]
+        header: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Cmd::Fsync { dir } = &cli.cmd {
-        return fsync_floor(&cli, dir);
+    if let Cmd::Report { dir, out, header } = &cli.cmd {
+        report::write(dir, out, header)?;
+        println!("wrote {}.{{json,md,svg}}", out.display());
+        return Ok(());
+    }
+    let mut result = RunResult {
+        id: cli.id.clone(),
+        label: cli.label.clone(),
+        system: cli.system.clone(),
+        args: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        ..Default::default()
+    };
+    let errors = Arc::new(Errors::default());
+    let sampler = MemberSampler::start(&cli.pids);
+    let (hist, elapsed) = run(&cli, &mut result, errors.clone()).await?;
+    result.members = sampler.finish();
+    result.fill(&hist, errors.get(), elapsed);
+    print!("{}", result.summary(cli.summary_name.as_deref()));
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs the subcommand; returns the latency histogram (µs) and the wall time.
+async fn run(
+    cli: &Cli,
+    result: &mut RunResult,
+    errors: Arc<Errors>,
+) -> Result<(hdrhistogram::Histogram<u64>, std::time::Duration)> {
+    let name = match &cli.cmd {
+        Cmd::Put { .. } => "put",
+        Cmd::Range { .. } => "range",
+        Cmd::TxnPut { .. } => "txn-put",
+        Cmd::WatchLatency { .. } => "watch-latency",
+        Cmd::Watch { .. } => "watch",
+        Cmd::LeaseKeepalive { .. } => "lease-keepalive",
+        Cmd::Fsync { .. } => "fsync",
+        Cmd::Rtt { .. } => "rtt",
+        Cmd::Report { .. } => "report",
+    };
+    result.workload = name.into();
+    match &cli.cmd {
+        Cmd::Fsync { dir } => return floor::fsync(dir, cli.total),
+        Cmd::Rtt { size } => {
+            let (total, size) = (cli.total, *size);
+            return tokio::task::spawn_blocking(move || floor::rtt(total, size)).await?;
+        }
+        _ => {}
     }
     let endpoints: Vec<String> = cli
         .endpoints
         .split(',')
         .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
         .collect();
-    let mut conns = Vec::new();
-    for i in 0..cli.conns.max(1) {
-        let ep = endpoints[i % endpoints.len()].clone();
-        let ch = Channel::from_shared(ep.clone())?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {ep}"))?;
-        conns.push(KvClient::new(ch));
-    }
-    if let Cmd::Range { key, .. } = &cli.cmd {
-        conns[0]
-            .clone()
-            .put(PutRequest {
-                key: key.clone().into_bytes().into(),
-                value: vec![b'x'; 256].into(),
-                ..Default::default()
-            })
-            .await?;
-    }
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..cli.clients.max(1) {
-        let mut client = conns[c % conns.len()].clone();
-        let hist = hist.clone();
-        let next = next.clone();
-        let cmd = cli.cmd.clone();
-        let total = cli.total;
-        tasks.push(tokio::spawn(async move {
-            let mut local = Histogram::<u64>::new(3).expect("histogram");
-            let value = vec![b'v'; 256];
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let t0 = Instant::now();
-                let res = match &cmd {
-                    Cmd::Put {
-                        key_size,
-                        val_size,
-                        key_space_size,
-                        sequential_keys,
-                    } => {
-                        let k = if *sequential_keys {
-                            i % key_space_size.max(&1)
-                        } else {
-                            rand::random::<u64>() as usize % key_space_size.max(&1)
-                        };
-                        client
-                            .put(PutRequest {
-                                key: key_bytes(k, *key_size).into(),
-                                value: value
-                                    .iter()
-                                    .cycle()
-                                    .take(*val_size)
-                                    .copied()
-                                    .collect::<Vec<u8>>()
-                                    .into(),
-                                ..Default::default()
-                            })
-                            .await
-                            .map(|_| ())
-                    }
-                    Cmd::Fsync { .. } => Ok(()),
-                    Cmd::Range { key, consistency } => client
-                        .range(RangeRequest {
-                            key: key.clone().into_bytes().into(),
-                            serializable: consistency == "s",
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ()),
-                };
-                if let Err(e) = res {
-                    eprintln!("request failed: {e}");
-                    continue;
-                }
-                let _ = local.record(t0.elapsed().as_micros() as u64);
+    let conns = load::connect(&endpoints, cli.conns).await?;
+    let clients = cli.clients.max(1);
+    let conn = |c: usize| conns[c % conns.len()].clone();
+    let value = |n: usize| bytes::Bytes::from(vec![b'v'; n]);
+    let mut workers: Vec<Box<dyn Worker>> = Vec::with_capacity(clients);
+    match &cli.cmd {
+        Cmd::Put {
+            key_size,
+            val_size,
+            key_space_size,
+            sequential_keys,
+        } => {
+            for c in 0..clients {
+                workers.push(Box::new(load::PutWorker {
+                    client: KvClient::new(conn(c)),
+                    key_size: *key_size,
+                    value: value(*val_size),
+                    keys: KeyPicker {
+                        space: *key_space_size,
+                        sequential: *sequential_keys,
+                    },
+                }));
             }
-            let _ = hist.lock().await.add(&local);
-        }));
+        }
+        Cmd::Range { key, consistency } => {
+            KvClient::new(conn(0))
+                .put(PutRequest {
+                    key: key.clone().into_bytes().into(),
+                    value: value(256),
+                    ..Default::default()
+                })
+                .await
+                .context("putting the key to read")?;
+            for c in 0..clients {
+                workers.push(Box::new(load::RangeWorker {
+                    client: KvClient::new(conn(c)),
+                    key: key.clone().into_bytes().into(),
+                    serializable: consistency == "s",
+                }));
+            }
+        }
+        Cmd::TxnPut {
+            key_size,
+            val_size,
+            key_space_size,
+            txn_ops,
+        } => {
+            for c in 0..clients {
+                workers.push(Box::new(load::TxnPutWorker {
+                    client: KvClient::new(conn(c)),
+                    key_size: *key_size,
+                    value: value(*val_size),
+                    space: *key_space_size,
+                    ops: *txn_ops,
+                }));
+            }
+        }
+        Cmd::LeaseKeepalive { ttl } => {
+            for c in 0..clients {
+                workers.push(Box::new(load::KeepAliveWorker::new(conn(c), *ttl).await?));
+            }
+        }
+        Cmd::WatchLatency {
+            watchers,
+            streams,
+            put_rate,
+            put_total,
+            key_size,
+            val_size,
+        } => {
+            let cfg = watch::WatchConfig {
+                key: load::key_bytes(rand::random::<u64>(), *key_size),
+                prefix: false,
+                watchers: *watchers,
+                streams: *streams,
+                put_total: *put_total,
+                put_rate: *put_rate,
+                putters: 1,
+                lockstep: true,
+                val_size: *val_size,
+            };
+            return watch::run(&cfg, &conns, errors).await;
+        }
+        Cmd::Watch {
+            watchers,
+            streams,
+            put_rate,
+            put_total,
+            prefix,
+            val_size,
+        } => {
+            let cfg = watch::WatchConfig {
+                key: prefix.clone().into_bytes(),
+                prefix: true,
+                watchers: *watchers,
+                streams: *streams,
+                put_total: *put_total,
+                put_rate: *put_rate,
+                putters: clients,
+                lockstep: false,
+                val_size: *val_size,
+            };
+            return watch::run(&cfg, &conns, errors).await;
+        }
+        Cmd::Fsync { .. } | Cmd::Rtt { .. } | Cmd::Report { .. } => unreachable!("handled above"),
     }
-    for t in tasks {
-        t.await?;
-    }
-    let elapsed = start.elapsed();
-    let h = hist.lock().await;
-    report(&cli, &h, elapsed);
-    Ok(())
-}
-
-fn fsync_floor(cli: &Cli, dir: &std::path::Path) -> Result<()> {
-    use std::io::Write;
-    let path = dir.join(".keel-bench-fsync");
-    let mut f =
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    let block = vec![0u8; 4096];
-    let mut h = Histogram::<u64>::new(3)?;
-    let start = Instant::now();
-    for _ in 0..cli.total {
-        let t0 = Instant::now();
-        f.write_all(&block)?;
-        f.sync_data()?;
-        h.record(t0.elapsed().as_micros() as u64)?;
-    }
-    let elapsed = start.elapsed();
-    drop(f);
-    let _ = std::fs::remove_file(&path);
-    report(cli, &h, elapsed);
-    Ok(())
-}
-
-fn report(cli: &Cli, h: &Histogram<u64>, elapsed: Duration) {
-    let rate = h.len() as f64 / elapsed.as_secs_f64();
-    println!("Summary:");
-    println!("  Requests:     {}", h.len());
-    println!("  Total:        {:.3} s", elapsed.as_secs_f64());
-    println!("  Requests/sec: {rate:.1}");
-    for q in [50.0, 90.0, 99.0, 99.9] {
-        println!(
-            "  p{q:<5}        {:.3} ms",
-            h.value_at_percentile(q) as f64 / 1000.0
-        );
-    }
-    println!("  max           {:.3} ms", h.max() as f64 / 1000.0);
-    if let Some(name) = &cli.summary_name {
-        println!(
-            "SUMMARY {name} p50_us={} p99_us={} ops_per_s={rate:.0}",
-            h.value_at_percentile(50.0),
-            h.value_at_percentile(99.0)
-        );
-    }
+    load::closed_loop(workers, cli.total, Limiter::new(cli.rate), errors).await
 }

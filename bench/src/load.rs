@@ -1,0 +1,279 @@
+//! Closed-loop request workloads (put, range, txn-put, lease-keepalive):
+//! `--clients` concurrent clients share `--conns` gRPC connections round-robin
+//! and together send `--total` requests, at most `--rate` per second.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use keel_storage::proto::etcdserverpb::{
+    kv_client::KvClient, lease_client::LeaseClient, request_op, LeaseGrantRequest,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use tonic::transport::Channel;
+
+use crate::stats::{new_histogram, record, Errors, Limiter};
+
+/// Opens `n` gRPC connections, spread round-robin over `endpoints`.
+pub async fn connect(endpoints: &[String], n: usize) -> Result<Vec<Channel>> {
+    if endpoints.is_empty() {
+        return Err(anyhow!("no endpoints"));
+    }
+    let mut conns = Vec::with_capacity(n.max(1));
+    for i in 0..n.max(1) {
+        let ep = &endpoints[i % endpoints.len()];
+        let ch = Channel::from_shared(ep.clone())
+            .with_context(|| format!("bad endpoint {ep}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {ep}"))?;
+        conns.push(ch);
+    }
+    Ok(conns)
+}
+
+/// The key of number `i`: decimal, zero-padded to `size` bytes.
+pub fn key_bytes(i: u64, size: usize) -> Vec<u8> {
+    let size = size.max(1);
+    let mut k = format!("{i:0size$}").into_bytes();
+    // Keep the low digits when `i` has more digits than `size`.
+    k.drain(..k.len() - size);
+    k
+}
+
+/// Picks the key number of request `i`.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyPicker {
+    /// Number of distinct keys.
+    pub space: u64,
+    /// `i % space` instead of a random key.
+    pub sequential: bool,
+}
+
+impl KeyPicker {
+    fn pick(&self, i: u64) -> u64 {
+        let space = self.space.max(1);
+        if self.sequential {
+            i % space
+        } else {
+            rand::random::<u64>() % space
+        }
+    }
+}
+
+/// One client's requests.
+pub trait Worker: Send + 'static {
+    /// Sends request number `i` and waits for its response.
+    fn call(&mut self, i: u64) -> BoxFuture<'_, Result<()>>;
+}
+
+/// Runs `workers` concurrently until `total` requests are done; returns the
+/// merged latency histogram (µs) and the wall time.
+pub async fn closed_loop(
+    workers: Vec<Box<dyn Worker>>,
+    total: u64,
+    limiter: Option<Limiter>,
+    errors: Arc<Errors>,
+) -> Result<(Histogram<u64>, Duration)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let limiter = Arc::new(limiter);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut w in workers {
+        let (next, limiter, errors) = (next.clone(), limiter.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = new_histogram();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                if let Some(l) = limiter.as_ref() {
+                    l.wait().await;
+                }
+                let t0 = Instant::now();
+                match w.call(i).await {
+                    Ok(()) => record(&mut h, t0.elapsed()),
+                    Err(e) => errors.add(format!("{e:#}")),
+                }
+            }
+            h
+        }));
+    }
+    let mut all = new_histogram();
+    for t in tasks {
+        let h = t.await.context("client task")?;
+        all.add(&h)
+            .map_err(|e| anyhow!("merging histograms: {e:?}"))?;
+    }
+    Ok((all, start.elapsed()))
+}
+
+/// `put`: one put per request.
+pub struct PutWorker {
+    /// The connection.
+    pub client: KvClient<Channel>,
+    /// Key size in bytes.
+    pub key_size: usize,
+    /// The value sent.
+    pub value: bytes::Bytes,
+    /// Which keys.
+    pub keys: KeyPicker,
+}
+
+impl Worker for PutWorker {
+    fn call(&mut self, i: u64) -> BoxFuture<'_, Result<()>> {
+        let key = key_bytes(self.keys.pick(i), self.key_size);
+        Box::pin(async move {
+            self.client
+                .put(PutRequest {
+                    key: key.into(),
+                    value: self.value.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// `range`: one get of a key per request.
+pub struct RangeWorker {
+    /// The connection.
+    pub client: KvClient<Channel>,
+    /// The key.
+    pub key: bytes::Bytes,
+    /// Serializable (`--consistency s`) instead of linearizable.
+    pub serializable: bool,
+}
+
+impl Worker for RangeWorker {
+    fn call(&mut self, _i: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.client
+                .range(RangeRequest {
+                    key: self.key.clone(),
+                    serializable: self.serializable,
+                    ..Default::default()
+                })
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// `txn-put`: one transaction of `ops` puts (no compares) per request, to
+/// keys `(i * ops + j) % space` as in etcd's `benchmark txn-put` (distinct
+/// within a transaction, which etcd requires).
+pub struct TxnPutWorker {
+    /// The connection.
+    pub client: KvClient<Channel>,
+    /// Key size in bytes.
+    pub key_size: usize,
+    /// The value sent.
+    pub value: bytes::Bytes,
+    /// Number of distinct keys.
+    pub space: u64,
+    /// Puts per transaction.
+    pub ops: usize,
+}
+
+impl Worker for TxnPutWorker {
+    fn call(&mut self, i: u64) -> BoxFuture<'_, Result<()>> {
+        let success = (0..self.ops.max(1) as u64)
+            .map(|j| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: key_bytes((i * self.ops as u64 + j) % self.space.max(1), self.key_size)
+                        .into(),
+                    value: self.value.clone(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        Box::pin(async move {
+            self.client
+                .txn(TxnRequest {
+                    success,
+                    ..Default::default()
+                })
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// `lease-keepalive`: one keep-alive round trip on the client's own
+/// `LeaseKeepAlive` stream per request.
+pub struct KeepAliveWorker {
+    id: i64,
+    tx: futures::channel::mpsc::UnboundedSender<LeaseKeepAliveRequest>,
+    rx: tonic::codec::Streaming<LeaseKeepAliveResponse>,
+}
+
+impl KeepAliveWorker {
+    /// Grants a lease of `ttl` seconds and opens its keep-alive stream.
+    pub async fn new(ch: Channel, ttl: i64) -> Result<KeepAliveWorker> {
+        let mut client = LeaseClient::new(ch);
+        let id = client
+            .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+            .await
+            .context("LeaseGrant")?
+            .into_inner()
+            .id;
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        // The server sends its response headers with its first response:
+        // send one keep-alive before waiting for the stream to open.
+        tx.unbounded_send(LeaseKeepAliveRequest { id })
+            .map_err(|_| anyhow!("keep-alive channel closed"))?;
+        let mut rx = client
+            .lease_keep_alive(rx)
+            .await
+            .context("LeaseKeepAlive")?
+            .into_inner();
+        rx.message().await.context("first keep-alive")?;
+        Ok(KeepAliveWorker { id, tx, rx })
+    }
+}
+
+impl Worker for KeepAliveWorker {
+    fn call(&mut self, _i: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.tx
+                .unbounded_send(LeaseKeepAliveRequest { id: self.id })
+                .map_err(|_| anyhow!("keep-alive stream closed"))?;
+            match self.rx.next().await {
+                Some(Ok(r)) if r.ttl > 0 => Ok(()),
+                Some(Ok(r)) => Err(anyhow!("lease {} not found (ttl {})", r.id, r.ttl)),
+                Some(Err(e)) => Err(e.into()),
+                None => Err(anyhow!("keep-alive stream ended")),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_padded_and_keep_low_digits() {
+        assert_eq!(key_bytes(42, 8), b"00000042");
+        assert_eq!(key_bytes(123_456, 3), b"456");
+        assert_eq!(key_bytes(7, 0), b"7");
+        let seq = KeyPicker {
+            space: 10,
+            sequential: true,
+        };
+        assert_eq!(seq.pick(13), 3);
+        let rnd = KeyPicker {
+            space: 5,
+            sequential: false,
+        };
+        assert!((0..100).all(|i| rnd.pick(i) < 5));
+    }
+}
