@@ -8,8 +8,8 @@ if ! command -v etcd >/dev/null; then
   apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null
 fi
 cargo build --release -p keel -p keel-bench >&2
-KEEL=target/release/keel
-BENCH=target/release/keel-bench
+KEEL=${CARGO_TARGET_DIR:-target}/release/keel
+BENCH=${CARGO_TARGET_DIR:-target}/release/keel-bench
 mkdir -p "${BENCH_DIR:-$PWD/target}"
 WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" "$NAME.XXXX")
 # Every server started is recorded here; the exit trap stops each of them
@@ -77,5 +77,7 @@ machine() {
   local cpu disk
   cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
   disk=$(df -T "$WORK" | awk 'NR==2 {print $2 " on " $1}')
-  echo "$(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r); disk: $disk; $(etcd --version | head -1); keel $(git rev-parse --short HEAD)"
+  local rev; rev=$(git rev-parse --short HEAD)
+  [ -z "$(git status --porcelain -- raft storage src Cargo.toml)" ] || rev="$rev + uncommitted changes"
+  echo "$(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r); disk: $disk; $(etcd --version | head -1); keel $rev"
 }

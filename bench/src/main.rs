@@ -324,7 +324,8 @@ async fn run(
                 lockstep: true,
                 val_size: *val_size,
             };
-            return watch::run(&cfg, &conns, errors).await;
+            let put_conns = load::connect(&endpoints, cfg.putters.min(cli.conns)).await?;
+            return watch::run(&cfg, &conns, &put_conns, errors).await;
         }
         Cmd::Watch {
             watchers,
@@ -345,7 +346,8 @@ async fn run(
                 lockstep: false,
                 val_size: *val_size,
             };
-            return watch::run(&cfg, &conns, errors).await;
+            let put_conns = load::connect(&endpoints, cfg.putters.min(cli.conns)).await?;
+            return watch::run(&cfg, &conns, &put_conns, errors).await;
         }
         Cmd::Fsync { .. } | Cmd::Rtt { .. } | Cmd::Report { .. } => unreachable!("handled above"),
     }

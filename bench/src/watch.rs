@@ -88,14 +88,16 @@ struct Shared {
     errors: Arc<Errors>,
 }
 
-/// Runs a watch workload; returns the per-event latency histogram (µs) and
+/// Runs a watch workload, watchers on `conns` and puts on `put_conns` (own
+/// connections, as etcd's benchmark does); returns the per-event latency histogram (µs) and
 /// the time from the first put to the last event received.
 pub async fn run(
     cfg: &WatchConfig,
     conns: &[Channel],
+    put_conns: &[Channel],
     errors: Arc<Errors>,
 ) -> Result<(Histogram<u64>, Duration)> {
-    if conns.is_empty() {
+    if conns.is_empty() || put_conns.is_empty() {
         return Err(anyhow!("no connections"));
     }
     let watchers = cfg.watchers.max(1);
@@ -153,7 +155,7 @@ pub async fn run(
     }
 
     // Put.
-    let mut kv = KvClient::new(conns[0].clone());
+    let mut kv = KvClient::new(put_conns[0].clone());
     let limiter = Arc::new(Limiter::new(cfg.put_rate));
     let start = Instant::now();
     let expected = watchers as u64;
@@ -174,7 +176,7 @@ pub async fn run(
         let mut putters = Vec::new();
         for p in 0..cfg.putters.max(1) {
             let (next, limiter, shared) = (next.clone(), limiter.clone(), shared.clone());
-            let mut kv = KvClient::new(conns[p % conns.len()].clone());
+            let mut kv = KvClient::new(put_conns[p % put_conns.len()].clone());
             let (key, total, val_size) = (cfg.key.clone(), cfg.put_total, cfg.val_size);
             putters.push(tokio::spawn(async move {
                 loop {
