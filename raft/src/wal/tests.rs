@@ -465,3 +465,39 @@ fn direct_appends_interleave_with_queued_ones_and_roll_over() {
     assert_eq!(indexes(&rec), (1..next).collect::<Vec<_>>());
     assert_eq!(rec.hard_state.commit, next - 1);
 }
+
+#[test]
+fn unsynced_hard_state_is_logged_and_recovered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = open(dir.path(), small());
+    wal.append_direct(
+        entries(1..=3, 2),
+        Some(HardState {
+            term: 2,
+            vote: 1,
+            commit: 1,
+        }),
+    )
+    .expect("append");
+    // Only the commit index moves: written without an fdatasync, across
+    // segment roll-overs too (the old segment is synced first).
+    for commit in 2..=3 {
+        wal.save_hard_state_unsynced(HardState {
+            term: 2,
+            vote: 1,
+            commit,
+        })
+        .expect("unsynced hard state");
+    }
+    fill(&wal, 4, 40, 300);
+    wal.save_hard_state_unsynced(HardState {
+        term: 2,
+        vote: 1,
+        commit: 40,
+    })
+    .expect("unsynced hard state");
+    wal.close().expect("close");
+    let (_wal, rec) = open(dir.path(), small());
+    assert_eq!(rec.hard_state.commit, 40);
+    assert_eq!(indexes(&rec), (1..=40).collect::<Vec<_>>());
+}

@@ -25,6 +25,9 @@ pub(crate) enum Request {
         /// Index range of `entries`, if any.
         range: Option<(u64, u64)>,
         hard_state: Option<HardState>,
+        /// False: written, not fdatasynced (a commit-only hard state, as
+        /// etcd's `MustSync`); it becomes durable with the next synced write.
+        sync: bool,
     },
     /// A snapshot mark.
     Snapshot(SnapshotMark),
@@ -78,6 +81,8 @@ pub(crate) struct Writer {
     fatal: Option<StdArc<WalError>>,
     disk_size: Arc<AtomicU64>,
     buf: Vec<u8>,
+    /// The live segment holds writes not yet fdatasynced.
+    unsynced: bool,
 }
 
 impl Writer {
@@ -102,6 +107,7 @@ impl Writer {
             fatal: None,
             disk_size,
             buf: Vec::new(),
+            unsynced: false,
         }
     }
 
@@ -119,6 +125,15 @@ impl Writer {
 
     /// Starts a new segment big enough for `need` more bytes.
     fn roll_over(&mut self, need: u64) -> Result<(), WalError> {
+        if self.unsynced {
+            // Later segments must never be durable ahead of this one:
+            // recovery takes damage before the last segment for corruption.
+            let path = self.live_path();
+            if let Err(e) = self.file.sync_data() {
+                return Err(self.stop(WalError::io("fdatasync", &path, e)));
+            }
+            self.unsynced = false;
+        }
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let pro = recovery::prologue(self.snapshot, self.hard_state);
         let start = HEADER_LEN + pro.len() as u64;
@@ -194,6 +209,7 @@ impl Sink<Request> for Writer {
         let mut max_entry: Option<u64> = None;
         let mut records: Vec<(usize, Encoded)> = Vec::new();
         let mut releases = Vec::new();
+        let mut need_sync = false;
         for (i, item) in items.into_iter().enumerate() {
             match item {
                 Request::Invalid(e) => results[i] = Err(e),
@@ -201,7 +217,9 @@ impl Sink<Request> for Writer {
                     entries,
                     range,
                     hard_state: hs,
+                    sync,
                 } => {
+                    need_sync |= sync;
                     if let Some((first, last)) = range {
                         if first > last_index + 1 {
                             results[i] = Err(WalError::InvalidAppend(format!(
@@ -219,6 +237,7 @@ impl Sink<Request> for Writer {
                     }
                 }
                 Request::Snapshot(m) => {
+                    need_sync = true;
                     if let Some(s) = snapshot {
                         if m.index < s.index {
                             results[i] = Err(WalError::InvalidAppend(format!(
@@ -272,6 +291,9 @@ impl Sink<Request> for Writer {
                 .write_all_at(&self.buf, batch_start)
                 .map_err(|e| WalError::io("write", &path, e))
                 .and_then(|()| {
+                    if !need_sync {
+                        return Ok(());
+                    }
                     if crate::failpoint::hit("wal::before_fsync") {
                         self.power_loss(batch_start);
                     }
@@ -283,7 +305,10 @@ impl Sink<Request> for Writer {
                 let e = self.stop(e);
                 return results.into_iter().map(|_| Err(e.clone())).collect();
             }
-            crate::failpoint::crash_point("wal::after_fsync");
+            self.unsynced = !need_sync;
+            if need_sync {
+                crate::failpoint::crash_point("wal::after_fsync");
+            }
             self.offset += total;
             if self.buf.capacity() > 2 * self.opts.max_batch_bytes {
                 self.buf = Vec::new();

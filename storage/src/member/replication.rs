@@ -126,11 +126,20 @@ enum Event {
     SnapshotSent { to: u64, ok: bool },
 }
 
-/// One Ready's durable part, for the persister.
+/// One Ready's durable part, for the persister, which handles batches
+/// strictly in order.
+#[derive(Default)]
 struct Batch {
     entries: Vec<Entry>,
+    /// A hard state that must be synced (new term or vote, or with entries).
     hard_state: Option<HardState>,
+    /// A hard state that moved only the commit index: written, not synced.
+    commit_only: Option<HardState>,
+    /// Sent once everything before them and the batch itself is durable.
     persisted_messages: Vec<Message>,
+    /// A snapshot from the leader to mark in the WAL (after everything
+    /// queued before it); the outcome goes back to the waiting driver.
+    snapshot: Option<(SnapshotMark, std_mpsc::SyncSender<Result<(), WalError>>)>,
 }
 
 /// Everything the driver needs to start.
@@ -174,7 +183,6 @@ pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
     let (transport, incoming) = parts.transport;
     let driver = Driver {
         node: parts.node,
-        wal: parts.wal,
         transport,
         persist_tx,
         apply_tx: parts.apply_tx,
@@ -185,7 +193,6 @@ pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
         reads: HashMap::new(),
         ev_tx,
         sent_hs: HardState::default(),
-        held_hs: None,
     };
     tokio::spawn(driver.run(rx, ev_rx, incoming, parts.tick));
     tx
@@ -193,7 +200,6 @@ pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
 
 struct Driver {
     node: RawNode,
-    wal: Arc<Wal>,
     transport: Transport,
     persist_tx: std_mpsc::Sender<Batch>,
     apply_tx: std_mpsc::Sender<ApplyItem>,
@@ -205,12 +211,8 @@ struct Driver {
     /// Pending linearizable reads, by context.
     reads: HashMap<Vec<u8>, oneshot::Sender<u64>>,
     ev_tx: mpsc::UnboundedSender<Event>,
-    /// The term and vote last handed to the persister.
+    /// The hard state last handed to the persister.
     sent_hs: HardState,
-    /// A newer hard state that changes only the commit index: not worth an
-    /// fdatasync (etcd's `MustSync`), it rides along with the next write.
-    /// After a crash the leader simply commits those entries again.
-    held_hs: Option<HardState>,
 }
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -472,22 +474,29 @@ impl Driver {
             self.shared.failed.store(true, Ordering::SeqCst);
         }
         send_all(&self.transport, messages);
-        if hard_state.is_some() {
-            self.held_hs = hard_state;
-        }
-        let must_sync = !entries.is_empty()
-            || self
-                .held_hs
-                .is_some_and(|hs| hs.term != self.sent_hs.term || hs.vote != self.sent_hs.vote);
-        let hard_state = if must_sync { self.held_hs.take() } else { None };
-        if let Some(hs) = hard_state {
+        // etcd's MustSync: a new term or vote, or entries, need an
+        // fdatasync; a hard state that only moves the commit index is
+        // written without one.
+        let (hard_state, commit_only) = match hard_state {
+            Some(hs) if hs.term == self.sent_hs.term && hs.vote == self.sent_hs.vote => {
+                (None, Some(hs))
+            }
+            hs => (hs, None),
+        };
+        if let Some(hs) = hard_state.or(commit_only) {
             self.sent_hs = hs;
         }
-        if must_sync || !persisted_messages.is_empty() {
+        if !entries.is_empty()
+            || hard_state.is_some()
+            || commit_only.is_some()
+            || !persisted_messages.is_empty()
+        {
             let batch = Batch {
                 entries,
                 hard_state,
+                commit_only,
                 persisted_messages,
+                snapshot: None,
             };
             if self.persist_tx.send(batch).is_err() {
                 self.shared.failed.store(true, Ordering::SeqCst);
@@ -546,11 +555,24 @@ impl Driver {
             .and_then(|()| std::fs::File::open(&self.snap_dir)?.sync_all())
             .map_err(|e| e.to_string())
             .and_then(|()| {
-                self.wal
-                    .save_snapshot_mark(SnapshotMark {
-                        index: meta.index,
-                        term: meta.term,
-                    })
+                // Through the persister, so that the mark lands after every
+                // batch queued before it (a batch of older entries written
+                // after the mark would break the log's order). Rare and
+                // short: block for it.
+                let (tx, rx) = std_mpsc::sync_channel(1);
+                let mark = SnapshotMark {
+                    index: meta.index,
+                    term: meta.term,
+                };
+                let batch = Batch {
+                    snapshot: Some((mark, tx)),
+                    ..Batch::default()
+                };
+                self.persist_tx
+                    .send(batch)
+                    .map_err(|_| "the persister stopped".to_string())?;
+                rx.recv()
+                    .map_err(|_| "the persister stopped".to_string())?
                     .map_err(|e| e.to_string())
             });
         if let Err(e) = durable {
@@ -567,9 +589,23 @@ impl Driver {
     }
 }
 
-/// The persister thread: group-commits queued batches (one WAL write and
-/// fdatasync for all of them, done on this thread: [`Wal::append_direct`]),
-/// then releases what waited on durability.
+/// What the persister writes in one go: contiguous entries and the newest
+/// hard state of a run of batches.
+#[derive(Default)]
+struct Group {
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+    must_sync: bool,
+    messages: Vec<Vec<Message>>,
+}
+
+/// The persister thread: takes the driver's batches in order and makes them
+/// durable, several at a time (one WAL write and fdatasync for a run of
+/// batches whose entries continue one another), on this thread
+/// ([`Wal::append_direct`]); then sends the messages that waited on them and
+/// reports what is durable. A batch that overwrites or jumps (a follower
+/// truncating a conflicting suffix, entries after a snapshot) starts a new
+/// write, so every acknowledgement stays true when it is sent.
 fn persister(
     rx: std_mpsc::Receiver<Batch>,
     wal: Arc<Wal>,
@@ -577,51 +613,89 @@ fn persister(
     shared: Arc<Shared>,
     ev_tx: mpsc::UnboundedSender<Event>,
 ) {
-    // The driver sends a hard state only when it must be synced (a new
-    // term or vote, or with entries); the newest one in a group wins.
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         while let Ok(more) = rx.try_recv() {
             batches.push(more);
         }
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut hard_state = None;
-        for b in &mut batches {
-            entries.append(&mut b.entries);
-            if b.hard_state.is_some() {
-                hard_state = b.hard_state;
-            }
-        }
-        let last = entries.last().map(|e| (e.index, e.term));
-        let must_sync = !entries.is_empty() || hard_state.is_some();
-        tracing::trace!(target: "keel::lat", idx = last.map_or(0, |l| l.0), "persist start");
-        let mut durable = !must_sync;
-        while !durable {
-            match wal.append_direct(entries.clone(), hard_state) {
-                Ok(()) => {
-                    shared.no_space.store(false, Ordering::SeqCst);
-                    durable = true;
-                }
-                Err(WalError::NoSpace { .. }) | Err(WalError::InvalidAppend(_)) => {
-                    // Nothing of it was written: retry until space returns.
-                    if !shared.no_space.swap(true, Ordering::SeqCst) {
-                        tracing::warn!("WAL: no space left; writes wait for space");
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "WAL write failed: stopping the member");
-                    shared.failed.store(true, Ordering::SeqCst);
+        let mut group = Group::default();
+        for b in batches {
+            if let Some((mark, reply)) = b.snapshot {
+                if !flush(&mut group, &wal, &transport, &shared, &ev_tx) {
+                    let _ = reply.send(Err(WalError::Closed));
                     return;
                 }
+                let _ = reply.send(wal.save_snapshot_mark(mark));
             }
+            let continues = match (group.entries.last(), b.entries.first()) {
+                (Some(l), Some(f)) => f.index == l.index + 1,
+                _ => true,
+            };
+            if !continues && !flush(&mut group, &wal, &transport, &shared, &ev_tx) {
+                return;
+            }
+            group.must_sync |= !b.entries.is_empty() || b.hard_state.is_some();
+            group.entries.extend(b.entries);
+            if let Some(hs) = b.hard_state.or(b.commit_only) {
+                group.hard_state = Some(hs);
+            }
+            group.messages.push(b.persisted_messages);
         }
-        tracing::trace!(target: "keel::lat", idx = last.map_or(0, |l| l.0), "persist end");
-        for b in batches {
-            send_all(&transport, b.persisted_messages);
-        }
-        if let Some((index, term)) = last {
-            let _ = ev_tx.send(Event::Persisted { index, term });
+        if !flush(&mut group, &wal, &transport, &shared, &ev_tx) {
+            return;
         }
     }
+}
+
+/// Writes `group` (synced if it must be), then sends its messages and
+/// reports its last entry durable. False if the WAL failed for good (the
+/// member must stop).
+fn flush(
+    group: &mut Group,
+    wal: &Wal,
+    transport: &Transport,
+    shared: &Shared,
+    ev_tx: &mpsc::UnboundedSender<Event>,
+) -> bool {
+    let Group {
+        entries,
+        hard_state,
+        must_sync,
+        messages,
+    } = std::mem::take(group);
+    let last = entries.last().map(|e| (e.index, e.term));
+    tracing::trace!(target: "keel::lat", idx = last.map_or(0, |l| l.0), "persist start");
+    loop {
+        let r = match (must_sync, hard_state) {
+            (true, _) => wal.append_direct(entries.clone(), hard_state),
+            (false, Some(hs)) => wal.save_hard_state_unsynced(hs),
+            (false, None) => Ok(()),
+        };
+        match r {
+            Ok(()) => {
+                shared.no_space.store(false, Ordering::SeqCst);
+                break;
+            }
+            Err(WalError::NoSpace { .. }) => {
+                // Nothing of it was written: retry until space returns.
+                if !shared.no_space.swap(true, Ordering::SeqCst) {
+                    tracing::warn!("WAL: no space left; writes wait for space");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "WAL write failed: stopping the member");
+                shared.failed.store(true, Ordering::SeqCst);
+                return false;
+            }
+        }
+    }
+    tracing::trace!(target: "keel::lat", idx = last.map_or(0, |l| l.0), "persist end");
+    for m in messages {
+        send_all(transport, m);
+    }
+    if let Some((index, term)) = last {
+        let _ = ev_tx.send(Event::Persisted { index, term });
+    }
+    true
 }
