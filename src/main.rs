@@ -7,6 +7,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use keel_storage::member::{restore_snapshot, Member, MemberConfig};
 
+/// mimalloc: less fragmentation than glibc's per-thread arenas under keel's
+/// many small, long-lived allocations (keys, values, index nodes).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `keel --version`: the crate version, marked when crash points are compiled in.
 const VERSION: &str = if keel_raft::failpoint::ENABLED {
     concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")

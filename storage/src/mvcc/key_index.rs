@@ -17,6 +17,8 @@
 //! generation left holding only its tombstone goes too. A key index left
 //! with one empty generation is removed from the tree.
 
+use smallvec::{smallvec, SmallVec};
+
 use super::revision::Revision;
 
 /// One life of a key, from a creation to a tombstone.
@@ -27,8 +29,9 @@ pub struct Generation {
     /// The revision that created the key in this generation.
     pub created: Revision,
     /// Every revision of the key in this generation, ascending; a closed
-    /// generation ends with its tombstone.
-    pub revs: Vec<Revision>,
+    /// generation ends with its tombstone. Inline while there is one (most
+    /// keys), so a key costs no allocation beyond its tree entry.
+    pub revs: SmallVec<[Revision; 1]>,
 }
 
 impl Generation {
@@ -53,15 +56,16 @@ pub struct KeyAt {
 pub struct KeyIndex {
     /// The latest revision of the key (put or tombstone).
     pub modified: Revision,
-    /// Oldest first; the last one is the current generation.
-    pub generations: Vec<Generation>,
+    /// Oldest first; the last one is the current generation. Inline while
+    /// there is one.
+    pub generations: SmallVec<[Generation; 1]>,
 }
 
 impl Default for KeyIndex {
     fn default() -> Self {
         KeyIndex {
             modified: Revision::default(),
-            generations: vec![Generation::default()],
+            generations: smallvec![Generation::default()],
         }
     }
 }
@@ -182,7 +186,7 @@ impl KeyIndex {
         let g = self.current_mut();
         g.created = created;
         g.ver = version;
-        g.revs = vec![modified];
+        g.revs = smallvec![modified];
         self.modified = modified;
     }
 }

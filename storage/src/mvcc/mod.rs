@@ -3,11 +3,13 @@
 //!
 //! - [`revision`]: `Revision {main, sub}`.
 //! - [`key_index`]: one key's history in generations.
+//! - [`rev_log`]: every retained change in revision order (append-only chunks).
 //! - [`tree_index`]: the B-tree of key indexes, and [`KeyRange`].
 //! - [`store`]: [`KvStore`], values by revision, reads at any retained
 //!   revision, write transactions, compaction, history for watches.
 
 pub mod key_index;
+pub mod rev_log;
 pub mod revision;
 pub mod store;
 pub mod tree_index;

@@ -6,10 +6,9 @@
 //! is plain data: callers serialise writes (one writer at a time holds
 //! `&mut KvStore`), readers share `&KvStore`.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 
+use super::rev_log::RevLog;
 use super::revision::Revision;
 use super::tree_index::{KeyRange, TreeIndex};
 use super::MvccError;
@@ -60,7 +59,7 @@ pub struct WriteResult {
 #[derive(Debug, Clone)]
 pub struct KvStore {
     index: TreeIndex,
-    revs: BTreeMap<Revision, Record>,
+    revs: RevLog<Record>,
     current_rev: i64,
     compact_rev: i64,
     size_bytes: u64,
@@ -70,7 +69,7 @@ impl Default for KvStore {
     fn default() -> Self {
         KvStore {
             index: TreeIndex::default(),
-            revs: BTreeMap::new(),
+            revs: RevLog::default(),
             current_rev: 1,
             compact_rev: -1,
             size_bytes: 0,
@@ -179,17 +178,13 @@ impl KvStore {
         // changes made *at* `rev` stay (tombstones included) so a watcher
         // starting at the compaction revision still sees its deletes (the
         // etcd bug of dropping a delete event at the compaction revision).
-        let below: Vec<Revision> = self
-            .revs
-            .range(..Revision::new(rev, 0))
-            .map(|(r, _)| *r)
-            .filter(|r| keep.binary_search(r).is_err())
-            .collect();
-        for r in below {
-            if let Some(rec) = self.revs.remove(&r) {
-                self.size_bytes = self.size_bytes.saturating_sub(record_cost(&rec));
-            }
-        }
+        let floor = Revision::new(rev, 0);
+        let mut freed = 0u64;
+        self.revs.retain(
+            |r, _| *r >= floor || keep.binary_search(r).is_ok(),
+            |rec| freed += record_cost(&rec),
+        );
+        self.size_bytes = self.size_bytes.saturating_sub(freed);
         Ok(())
     }
 
@@ -214,7 +209,7 @@ impl KvStore {
         }
         let mut last_main = None;
         let upper = Revision::new(to.saturating_add(1), 0);
-        for (r, rec) in self.revs.range(Revision::new(from, 0)..upper) {
+        for (r, rec) in self.revs.range(Revision::new(from, 0), upper) {
             // Stop at `max`, but never in the middle of one revision.
             if max > 0 && out.len() >= max && last_main != Some(r.main) {
                 break;
@@ -261,7 +256,10 @@ impl KvStore {
         let rev = if rev <= 0 { self.current_rev } else { rev };
         let mut h = crc32fast::Hasher::new();
         h.update(b"key");
-        for (r, rec) in self.revs.range(..Revision::new(rev + 1, 0)) {
+        for (r, rec) in self
+            .revs
+            .range(Revision::new(i64::MIN, 0), Revision::new(rev + 1, 0))
+        {
             h.update(&r.to_backend_key(rec.tombstone));
             h.update(&rec.kv.encode_to_vec());
         }
@@ -368,7 +366,8 @@ impl WriteTxn<'_> {
             tombstone: false,
         };
         self.store.size_bytes += record_cost(&rec);
-        self.store.revs.insert(rev, rec);
+        // next_rev() is above everything logged: the push cannot refuse.
+        let _ = self.store.revs.push(rev, rec);
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv),
@@ -398,7 +397,7 @@ impl WriteTxn<'_> {
                 tombstone: true,
             };
             self.store.size_bytes += record_cost(&rec);
-            self.store.revs.insert(rev, rec);
+            let _ = self.store.revs.push(rev, rec);
             self.events.push(Event {
                 r#type: EventType::Delete as i32,
                 kv: Some(kv),
