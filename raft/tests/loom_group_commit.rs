@@ -31,6 +31,21 @@ impl Sink<Id> for FakeSink {
     }
 }
 
+/// Panics unless `id` was written and its batch synced (checked when its
+/// appender is told so).
+fn assert_synced(written: &Mutex<Vec<Id>>, synced: &AtomicU64, id: Id) {
+    let pos = written
+        .lock()
+        .unwrap()
+        .iter()
+        .position(|&x| x == id)
+        .expect("acknowledged before being written");
+    assert!(
+        (pos as u64) < synced.load(Ordering::SeqCst),
+        "{id} acknowledged before its batch was synced"
+    );
+}
+
 /// `producers` threads push `per_producer` items each; with `direct`,
 /// producer 0 commits its items itself ([`commit_direct`]) instead.
 fn model(producers: u64, per_producer: u64, max_batch_bytes: usize, direct: bool) {
@@ -68,16 +83,7 @@ fn model(producers: u64, per_producer: u64, max_batch_bytes: usize, direct: bool
                         if direct && p == 0 {
                             let r = commit_direct(&*queue, &*sink, id, max_batch_bytes);
                             assert!(r.is_ok());
-                            let pos = written
-                                .lock()
-                                .unwrap()
-                                .iter()
-                                .position(|&x| x == id)
-                                .expect("direct commit returned before writing");
-                            assert!(
-                                (pos as u64) < synced.load(Ordering::SeqCst),
-                                "direct commit of {id} returned before the sync"
-                            );
+                            assert_synced(&written, &synced, id);
                             continue;
                         }
                         let (written, synced, called) =
@@ -87,16 +93,7 @@ fn model(producers: u64, per_producer: u64, max_batch_bytes: usize, direct: bool
                             1,
                             Box::new(move |r: Result<(), WalError>| {
                                 assert!(r.is_ok());
-                                let pos = written
-                                    .lock()
-                                    .unwrap()
-                                    .iter()
-                                    .position(|&x| x == id)
-                                    .expect("called back before being written");
-                                assert!(
-                                    (pos as u64) < synced.load(Ordering::SeqCst),
-                                    "callback for {id} before its batch was synced"
-                                );
+                                assert_synced(&written, &synced, id);
                                 called.lock().unwrap().push(id);
                             }),
                         );
