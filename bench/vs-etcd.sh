@@ -97,7 +97,8 @@ matrix() {
   b get-l-100c "get linearizable, 100 clients / 10 conns" --conns 10 --clients 100 --total "$(n 100000)" range foo --consistency l
   b get-s-100c "get serializable, 100 clients / 10 conns" --conns 10 --clients 100 --total "$(n 100000)" range foo --consistency s
   b txn-100c "txn-put (4 puts), 100 clients / 10 conns" --conns 10 --clients 100 --total "$(n 30000)" txn-put --txn-ops 4 --key-space-size 100000 --val-size 256
-  b lease-100c "lease keep-alive, 100 clients / 10 conns" --conns 10 --clients 100 --total "$(n 50000)" lease-keepalive
+  b lease-100c "lease keep-alive on a stream per client, 100 clients / 10 conns" --conns 10 --clients 100 --total "$(n 50000)" lease-keepalive
+  b lease-once-100c "lease keep-alive, new stream each (KeepAliveOnce), 100 clients / 10 conns" --conns 10 --clients 100 --total "$(n 30000)" lease-keepalive --once
   b watch-lat-100 "watch latency, 100 watchers / 10 streams, 100 puts/s" --conns 10 watch-latency --watchers 100 --streams 10 --put-rate 100 --put-total "$(n 1000)"
   b watch-lat-1000 "watch latency, 1000 watchers / 100 streams, 100 puts/s" --conns 10 watch-latency --watchers 1000 --streams 100 --put-rate 100 --put-total "$(n 1000)"
   b watch-fanout "watch fan-out, 10000 watchers / 100 streams, 10 putters (events/s)" --conns 10 --clients 10 watch --watchers 10000 --streams 100 --put-total "$(n 200)"

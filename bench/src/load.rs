@@ -207,17 +207,55 @@ impl Worker for TxnPutWorker {
     }
 }
 
-/// `lease-keepalive`: one keep-alive round trip on the client's own
-/// `LeaseKeepAlive` stream per request.
+/// `lease-keepalive`: one keep-alive round trip per request, on the client's
+/// own `LeaseKeepAlive` stream, or on a new stream each time with `once`
+/// (etcd's `benchmark lease-keepalive`, which calls `KeepAliveOnce`).
 pub struct KeepAliveWorker {
     id: i64,
-    tx: futures::channel::mpsc::UnboundedSender<LeaseKeepAliveRequest>,
-    rx: tonic::codec::Streaming<LeaseKeepAliveResponse>,
+    client: LeaseClient<Channel>,
+    once: bool,
+    stream: Option<KeepAliveStream>,
+}
+
+type KeepAliveStream = (
+    futures::channel::mpsc::UnboundedSender<LeaseKeepAliveRequest>,
+    tonic::codec::Streaming<LeaseKeepAliveResponse>,
+);
+
+/// Opens a keep-alive stream and does its first round trip.
+async fn open_keep_alive(
+    client: &mut LeaseClient<Channel>,
+    id: i64,
+) -> Result<(KeepAliveStream, LeaseKeepAliveResponse)> {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    // The server sends its response headers with its first response: send
+    // the keep-alive before waiting for the stream to open.
+    tx.unbounded_send(LeaseKeepAliveRequest { id })
+        .map_err(|_| anyhow!("keep-alive channel closed"))?;
+    let mut rx = client
+        .lease_keep_alive(rx)
+        .await
+        .context("LeaseKeepAlive")?
+        .into_inner();
+    let first = rx
+        .message()
+        .await?
+        .ok_or_else(|| anyhow!("keep-alive stream ended"))?;
+    Ok(((tx, rx), first))
+}
+
+fn check_ttl(r: &LeaseKeepAliveResponse) -> Result<()> {
+    if r.ttl > 0 {
+        Ok(())
+    } else {
+        Err(anyhow!("lease {} not found (ttl {})", r.id, r.ttl))
+    }
 }
 
 impl KeepAliveWorker {
-    /// Grants a lease of `ttl` seconds and opens its keep-alive stream.
-    pub async fn new(ch: Channel, ttl: i64) -> Result<KeepAliveWorker> {
+    /// Grants a lease of `ttl` seconds (and opens its keep-alive stream
+    /// unless `once`).
+    pub async fn new(ch: Channel, ttl: i64, once: bool) -> Result<KeepAliveWorker> {
         let mut client = LeaseClient::new(ch);
         let id = client
             .lease_grant(LeaseGrantRequest { ttl, id: 0 })
@@ -225,30 +263,35 @@ impl KeepAliveWorker {
             .context("LeaseGrant")?
             .into_inner()
             .id;
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        // The server sends its response headers with its first response:
-        // send one keep-alive before waiting for the stream to open.
-        tx.unbounded_send(LeaseKeepAliveRequest { id })
-            .map_err(|_| anyhow!("keep-alive channel closed"))?;
-        let mut rx = client
-            .lease_keep_alive(rx)
-            .await
-            .context("LeaseKeepAlive")?
-            .into_inner();
-        rx.message().await.context("first keep-alive")?;
-        Ok(KeepAliveWorker { id, tx, rx })
+        let stream = if once {
+            None
+        } else {
+            Some(open_keep_alive(&mut client, id).await?.0)
+        };
+        Ok(KeepAliveWorker {
+            id,
+            client,
+            once,
+            stream,
+        })
     }
 }
 
 impl Worker for KeepAliveWorker {
     fn call(&mut self, _i: u64) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.tx
-                .unbounded_send(LeaseKeepAliveRequest { id: self.id })
+            if self.once {
+                let (_, r) = open_keep_alive(&mut self.client, self.id).await?;
+                return check_ttl(&r);
+            }
+            let (tx, rx) = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| anyhow!("no keep-alive stream"))?;
+            tx.unbounded_send(LeaseKeepAliveRequest { id: self.id })
                 .map_err(|_| anyhow!("keep-alive stream closed"))?;
-            match self.rx.next().await {
-                Some(Ok(r)) if r.ttl > 0 => Ok(()),
-                Some(Ok(r)) => Err(anyhow!("lease {} not found (ttl {})", r.id, r.ttl)),
+            match rx.next().await {
+                Some(Ok(r)) => check_ttl(&r),
                 Some(Err(e)) => Err(e.into()),
                 None => Err(anyhow!("keep-alive stream ended")),
             }

@@ -104,7 +104,7 @@ enum Cmd {
         txn_ops: usize,
     },
     /// Latency from a put to each watcher's receipt of its event (puts one
-    /// at a time to one key).
+    /// at a time to one key; `--total` is not used).
     WatchLatency {
         /// Watchers in total.
         #[arg(long, default_value_t = 100)]
@@ -126,7 +126,7 @@ enum Cmd {
         val_size: usize,
     },
     /// Fan-out: many watchers on one prefix, `--clients` putters under it;
-    /// events/s delivered and per-event latency.
+    /// events/s delivered and per-event latency (`--total` is not used).
     Watch {
         /// Watchers in total.
         #[arg(long, default_value_t = 10_000)]
@@ -148,11 +148,15 @@ enum Cmd {
         val_size: usize,
     },
     /// Lease keep-alive round trips: each client keeps its own lease alive
-    /// on its own `LeaseKeepAlive` stream.
+    /// on its own `LeaseKeepAlive` stream (`--once`: a stream per request).
     LeaseKeepalive {
         /// The leases' TTL in seconds.
         #[arg(long, default_value_t = 60)]
         ttl: i64,
+        /// A new stream for every keep-alive (etcd's `KeepAliveOnce`, as
+        /// etcd's `benchmark lease-keepalive` does).
+        #[arg(long)]
+        once: bool,
     },
     /// The disk's floor: latency of a 4 KiB write + fdatasync in `--dir`
     /// (no server involved; `--total` rounds).
@@ -300,9 +304,11 @@ async fn run(
                 }));
             }
         }
-        Cmd::LeaseKeepalive { ttl } => {
+        Cmd::LeaseKeepalive { ttl, once } => {
             for c in 0..clients {
-                workers.push(Box::new(load::KeepAliveWorker::new(conn(c), *ttl).await?));
+                workers.push(Box::new(
+                    load::KeepAliveWorker::new(conn(c), *ttl, *once).await?,
+                ));
             }
         }
         Cmd::WatchLatency {
