@@ -130,3 +130,15 @@ RSS is VmRSS after it. The matrix took $((T1 - T0)) s for both systems.
 "
 $BENCH report --dir "$RES" --out "$OUT" --header "$HEADER" >&2
 cat "$OUT.md"
+# The full run's table goes into bench/RESULTS.md, between its markers.
+if [ "$MODE" = matrix ] && grep -q '<!-- latest:begin -->' bench/RESULTS.md; then
+  {
+    sed -n '1,/<!-- latest:begin -->/p' bench/RESULTS.md
+    sed "s#](\($DATE\.svg\))#](results/\1)#" "$OUT.md"
+    echo
+    echo "![latency distributions per workload, etcd (blue) and keel (red)](results/$DATE.svg)"
+    sed -n '/<!-- latest:end -->/,$p' bench/RESULTS.md
+  } > "$WORK/RESULTS.md"
+  cp "$WORK/RESULTS.md" bench/RESULTS.md
+  echo "updated bench/RESULTS.md" >&2
+fi
