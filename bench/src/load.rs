@@ -303,6 +303,32 @@ impl Worker for KeepAliveWorker {
 mod tests {
     use super::*;
 
+    /// Fails every third request.
+    struct Flaky;
+
+    impl Worker for Flaky {
+        fn call(&mut self, i: u64) -> BoxFuture<'_, Result<()>> {
+            Box::pin(async move {
+                if matches!(i % 3, 0) {
+                    Err(anyhow!("request {i} failed"))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn closed_loop_sends_total_and_counts_errors() {
+        let errors = Arc::new(Errors::default());
+        let workers: Vec<Box<dyn Worker>> = (0..4).map(|_| Box::new(Flaky) as _).collect();
+        let (h, _) = closed_loop(workers, 30, Limiter::new(100_000.0), errors.clone())
+            .await
+            .expect("runs");
+        assert_eq!(errors.get(), 10);
+        assert_eq!(h.len(), 20);
+    }
+
     #[test]
     fn keys_are_padded_and_keep_low_digits() {
         assert_eq!(key_bytes(42, 8), b"00000042");
