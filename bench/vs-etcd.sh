@@ -113,6 +113,9 @@ for SYS in etcd keel; do
   echo "3-member $SYS" >&2
   start_cluster "$SYS" 3 $([ "$SYS" = etcd ] && echo 23100 || echo 23200)
   sleep 1
+  # The leader first: 1-connection workloads talk to it, on both systems.
+  EPS=$($BENCH --endpoints "$EPS" leader)
+  echo "  endpoints, leader first: $EPS" >&2
   matrix
   stop_pids "$PIDS"
 done
@@ -124,7 +127,8 @@ HEADER="## keel vs etcd, 3 members each, $DATE
 
 Machine: $(machine).
 Command: \`bench/vs-etcd.sh$([ "$MODE" = --quick ] && echo " --quick")\` — etcd's 3 members, then keel's 3, on 127.0.0.1 with
-data dirs on the same disk; clients spread over all members round-robin; 8-byte keys and 256-byte values
+data dirs on the same disk; connections spread over all members round-robin, the leader's first
+(1-connection workloads talk to the leader); 8-byte keys and 256-byte values
 unless noted (watch: 32-byte keys and values); CPU is user+system time per member during the workload,
 RSS is VmRSS after it. The matrix took $((T1 - T0)) s for both systems.
 "

@@ -11,8 +11,9 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use keel_storage::proto::etcdserverpb::{
-    kv_client::KvClient, lease_client::LeaseClient, request_op, LeaseGrantRequest,
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    request_op, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest,
+    RangeRequest, RequestOp, StatusRequest, TxnRequest,
 };
 use tonic::transport::Channel;
 
@@ -35,6 +36,30 @@ pub async fn connect(endpoints: &[String], n: usize) -> Result<Vec<Channel>> {
         conns.push(ch);
     }
     Ok(conns)
+}
+
+/// `endpoints` with the one of the Raft leader first (as each member's
+/// Status reports it); the others keep their order.
+pub async fn leader_first(endpoints: &[String]) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    let mut leader = 0;
+    for ch in connect(endpoints, endpoints.len()).await? {
+        let st = MaintenanceClient::new(ch)
+            .status(StatusRequest {})
+            .await
+            .context("Status")?
+            .into_inner();
+        ids.push(st.header.map(|h| h.member_id).unwrap_or(0));
+        if st.leader != 0 {
+            leader = st.leader;
+        }
+    }
+    let mut out = endpoints.to_vec();
+    if let Some(i) = ids.iter().position(|&id| id == leader) {
+        let l = out.remove(i);
+        out.insert(0, l);
+    }
+    Ok(out)
 }
 
 /// The key of number `i`: decimal, zero-padded to `size` bytes.

@@ -172,6 +172,9 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// Prints `--endpoints` reordered with the Raft leader first (Status
+    /// RPC), so that single-connection workloads talk to the leader.
+    Leader,
     /// Turns a directory of `--json` results into `<out>.json`, `<out>.md`
     /// (keel/etcd ratios, targets met or missed) and `<out>.svg`.
     Report {
@@ -195,6 +198,10 @@ async fn main() -> Result<()> {
         println!("wrote {}.{{json,md,svg}}", out.display());
         return Ok(());
     }
+    if let Cmd::Leader = &cli.cmd {
+        println!("{}", load::leader_first(&endpoints(&cli)).await?.join(","));
+        return Ok(());
+    }
     let mut result = RunResult {
         id: cli.id.clone(),
         label: cli.label.clone(),
@@ -215,6 +222,15 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// The `--endpoints` list.
+fn endpoints(cli: &Cli) -> Vec<String> {
+    cli.endpoints
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 /// Runs the subcommand; returns the latency histogram (µs) and the wall time.
 async fn run(
     cli: &Cli,
@@ -231,6 +247,7 @@ async fn run(
         Cmd::Fsync { .. } => "fsync",
         Cmd::Rtt { .. } => "rtt",
         Cmd::Report { .. } => "report",
+        Cmd::Leader => "leader",
     };
     result.workload = name.into();
     match &cli.cmd {
@@ -241,12 +258,7 @@ async fn run(
         }
         _ => {}
     }
-    let endpoints: Vec<String> = cli
-        .endpoints
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let endpoints = endpoints(cli);
     let conns = load::connect(&endpoints, cli.conns).await?;
     let clients = cli.clients.max(1);
     let conn = |c: usize| conns[c % conns.len()].clone();
@@ -355,7 +367,9 @@ async fn run(
             let put_conns = load::connect(&endpoints, cfg.putters.min(cli.conns)).await?;
             return watch::run(&cfg, &conns, &put_conns, errors).await;
         }
-        Cmd::Fsync { .. } | Cmd::Rtt { .. } | Cmd::Report { .. } => unreachable!("handled above"),
+        Cmd::Fsync { .. } | Cmd::Rtt { .. } | Cmd::Report { .. } | Cmd::Leader => {
+            unreachable!("handled above")
+        }
     }
     load::closed_loop(workers, cli.total, Limiter::new(cli.rate), errors).await
 }
