@@ -106,6 +106,7 @@ matrix() {
 }
 
 T0=$(date +%s)
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "floor: fdatasync and loopback RTT" >&2
 $BENCH --system floor --id fsync --label "4 KiB write + fdatasync" --json "$RES/00-fsync-floor.json" --summary-name fsync --total "$(n 2000)" fsync --dir "$WORK" | grep '^SUMMARY' >&2
 $BENCH --system floor --id rtt --label "loopback TCP round trip, 64 B" --json "$RES/00-rtt-floor.json" --summary-name rtt --total "$(n 20000)" rtt | grep '^SUMMARY' >&2
@@ -120,6 +121,7 @@ for SYS in etcd keel; do
   stop_pids "$PIDS"
 done
 T1=$(date +%s)
+LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 
 DATE=$(date -u +%F)
 if [ "$MODE" = --quick ]; then OUT=$WORK/$DATE; else mkdir -p bench/results; OUT=bench/results/$DATE; fi
@@ -130,7 +132,8 @@ Command: \`bench/vs-etcd.sh$([ "$MODE" = --quick ] && echo " --quick")\` — etc
 data dirs on the same disk; connections spread over all members round-robin, the leader's first
 (1-connection workloads talk to the leader); 8-byte keys and 256-byte values
 unless noted (watch: 32-byte keys and values); CPU is user+system time per member during the workload,
-RSS is VmRSS after it. The matrix took $((T1 - T0)) s for both systems.
+RSS is VmRSS after it; keel-bench runs on the same 2 cores. The matrix took $((T1 - T0)) s for both systems;
+load average (1/5/15 min) before: $LOAD0, after: $LOAD1 (anything above the benchmark's own load is other work on the machine).
 "
 $BENCH report --dir "$RES" --out "$OUT" --header "$HEADER" >&2
 cat "$OUT.md"
