@@ -132,7 +132,7 @@ Command: \`bench/vs-etcd.sh$([ "$MODE" = --quick ] && echo " --quick")\` — etc
 data dirs on the same disk; connections spread over all members round-robin, the leader's first
 (1-connection workloads talk to the leader); 8-byte keys and 256-byte values
 unless noted (watch: 32-byte keys and values); CPU is user+system time per member during the workload,
-RSS is VmRSS after it; keel-bench runs on the same 2 cores. The matrix took $((T1 - T0)) s for both systems;
+RSS is VmRSS after it; keel-bench runs on the same cores. The matrix took $((T1 - T0)) s for both systems;
 load average (1/5/15 min) before: $LOAD0, after: $LOAD1 (anything above the benchmark's own load is other work on the machine).
 "
 $BENCH report --dir "$RES" --out "$OUT" --header "$HEADER" >&2
