@@ -103,6 +103,7 @@ pub async fn closed_loop(
     workers: Vec<Box<dyn Worker>>,
     total: u64,
     limiter: Option<Limiter>,
+    timeout: Duration,
     errors: Arc<Errors>,
 ) -> Result<(Histogram<u64>, Duration)> {
     let next = Arc::new(AtomicU64::new(0));
@@ -122,9 +123,10 @@ pub async fn closed_loop(
                     l.wait().await;
                 }
                 let t0 = Instant::now();
-                match w.call(i).await {
-                    Ok(()) => record(&mut h, t0.elapsed()),
-                    Err(e) => errors.add(format!("{e:#}")),
+                match tokio::time::timeout(timeout, w.call(i)).await {
+                    Ok(Ok(())) => record(&mut h, t0.elapsed()),
+                    Ok(Err(e)) => errors.add(format!("{e:#}")),
+                    Err(_) => errors.add(format!("request {i} timed out after {timeout:?}")),
                 }
             }
             h
@@ -347,9 +349,15 @@ mod tests {
     async fn closed_loop_sends_total_and_counts_errors() {
         let errors = Arc::new(Errors::default());
         let workers: Vec<Box<dyn Worker>> = (0..4).map(|_| Box::new(Flaky) as _).collect();
-        let (h, _) = closed_loop(workers, 30, Limiter::new(100_000.0), errors.clone())
-            .await
-            .expect("runs");
+        let (h, _) = closed_loop(
+            workers,
+            30,
+            Limiter::new(100_000.0),
+            Duration::from_secs(10),
+            errors.clone(),
+        )
+        .await
+        .expect("runs");
         assert_eq!(errors.get(), 10);
         assert_eq!(h.len(), 20);
     }

@@ -38,6 +38,9 @@ struct Cli {
     /// Maximum requests per second, all clients together (0: unlimited).
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// Seconds after which a request counts as failed.
+    #[arg(long, default_value_t = 30.0)]
+    request_timeout: f64,
     /// Print one machine-readable line
     /// (`SUMMARY <name> p50_us= p99_us= ops_per_s= errors=`).
     #[arg(long)]
@@ -371,5 +374,6 @@ async fn run(
             unreachable!("handled above")
         }
     }
-    load::closed_loop(workers, cli.total, Limiter::new(cli.rate), errors).await
+    let timeout = std::time::Duration::from_secs_f64(cli.request_timeout.max(0.001));
+    load::closed_loop(workers, cli.total, Limiter::new(cli.rate), timeout, errors).await
 }
