@@ -625,17 +625,26 @@ fn created_header_is_not_a_bookmark_and_start_from_now_works() {
 
 // ---------------------------------------------- revisions, reads, leases
 
+/// A status sample of member `a`, called at `call`, answered at `ret`.
+fn sample(call: u64, ret: u64, revision: i64) -> StatusSample {
+    StatusSample {
+        call_ns: call,
+        return_ns: ret,
+        member: "a".into(),
+        revision,
+        raft_term: 2,
+        raft_index: 0,
+    }
+}
+
 #[test]
 fn revision_going_backwards_after_crash_is_rejected() {
     let mut s = small_valid();
-    let sample = |t, rev| StatusSample {
-        time_ns: t,
-        member: "a".into(),
-        revision: rev,
-        raft_term: 2,
-        raft_index: 0,
-    };
-    s.h.status = vec![sample(100, 4), sample(300, 3), sample(400, 4)];
+    s.h.status = vec![
+        sample(100, 101, 4),
+        sample(300, 301, 3),
+        sample(400, 401, 4),
+    ];
     s.h.faults.push(FaultEvent {
         start_ns: 200,
         end_ns: None,
@@ -650,6 +659,21 @@ fn revision_going_backwards_after_crash_is_rejected() {
     // Without the dip it passes.
     s.h.status.remove(1);
     assert_all_pass(&s.history());
+}
+
+#[test]
+fn status_samples_are_ordered_by_call_and_return() {
+    // The second sample was called before the first answered: the member
+    // may have answered it first, so 4 then 3 is no anomaly.
+    let mut s = small_valid();
+    s.h.status = vec![sample(100, 200, 4), sample(150, 160, 3)];
+    assert_all_pass(&s.history());
+    // 70 µs apart, but in real-time order and no crash between: caught.
+    s.h.status = vec![sample(100_000, 110_000, 4), sample(180_000, 190_000, 3)];
+    let r = check_all(&s.history());
+    assert_verdict(&r, names::REVISION_MONOTONIC, Verdict::Fail);
+    let o = r.get(names::REVISION_MONOTONIC).unwrap();
+    assert!(!o.violations[0].message.contains("across a crash"), "{o:?}");
 }
 
 #[test]
@@ -770,6 +794,182 @@ fn lease_key_visible_after_revoke_is_rejected() {
         names::LEASE_KEYS_GONE,
         Verdict::Fail,
     );
+}
+
+// ------------------------------------------------------- lease expiry
+
+const SEC: u64 = 1_000_000_000;
+
+fn leased_put(k: &str, v: &str, lease: i64) -> Request {
+    Request::Put {
+        key: k.into(),
+        value: v.into(),
+        lease,
+    }
+}
+
+/// Lease 7 (TTL 2 s) granted at 0–5 ns, `l/a` put with it (rev 2), then
+/// `k` without a lease (rev 3).
+fn leased() -> Sim {
+    let mut s = Sim::new();
+    s.push(
+        1,
+        0,
+        Some(5),
+        Request::LeaseGrant { ttl: 2, id: 0 },
+        Response::Ok {
+            revision: 1,
+            result: OpResult::LeaseGrant { id: 7 },
+        },
+    );
+    s.exec(1, 10, 20, leased_put("l/a", "v", 7)); // rev 2
+    s.exec(2, 30, 40, put("k", "x")); // rev 3
+    s
+}
+
+/// Lease 7 is reported gone (`LeaseTimeToLive` -1) at `at`.
+fn ttl_gone(s: &mut Sim, at: u64, revision: i64) {
+    s.push(
+        1,
+        at,
+        Some(at + 10),
+        Request::LeaseTimeToLive { id: 7 },
+        Response::Ok {
+            revision,
+            result: OpResult::LeaseTimeToLive { ttl: -1 },
+        },
+    );
+}
+
+/// A full watch of `s` whose events from revision `from` on arrive at `at`
+/// (the expiry's deletes come seconds after the grant).
+fn watch_from(s: &Sim, from: i64, at: u64) -> WatchLog {
+    let mut w = s.full_watch(0, "");
+    for r in &mut w.records {
+        if let WatchRecord::Events {
+            time_ns,
+            header_revision,
+            ..
+        } = r
+        {
+            if *header_revision >= from {
+                *time_ns = at + *header_revision as u64;
+            }
+        }
+    }
+    w
+}
+
+fn leased_kv(k: &str, v: &str, m: i64) -> KeyValue {
+    KeyValue {
+        lease: 7,
+        ..kv(k, v, m, m, 1)
+    }
+}
+
+#[test]
+fn lease_expiry_deleting_its_keys_passes() {
+    let mut s = leased();
+    s.apply(&Request::LeaseExpire { id: 7 }); // rev 4, no client op
+    ttl_gone(&mut s, 3 * SEC, 4);
+    s.exec(1, 3 * SEC + 100, 3 * SEC + 200, get("l/a")); // gone
+    s.exec(2, 3 * SEC + 300, 3 * SEC + 400, put("k", "y")); // rev 5
+    let expiry_id = s.h.ops.len() as u64;
+    // No watch: the expiry has a deadline (the TTL answer) and falls in
+    // the revision gap before it.
+    let r = assert_all_pass(&s.history());
+    let lin = r.linearization.unwrap();
+    assert_eq!((lin.expiries.len(), lin.expiries_checked), (1, 1));
+    assert!(lin.order.contains(&expiry_id), "{:?}", lin.order);
+    // Without the TTL answer it may or may not have happened: the read
+    // that no longer sees the key places it.
+    let mut h = s.history();
+    h.ops.remove(3);
+    assert_all_pass(&h);
+    // A watch that saw the deletes pins it.
+    s.h.watches.push(watch_from(&s, 4, 2 * SEC));
+    let r = assert_all_pass(&s.history());
+    assert_eq!(r.linearization.unwrap().pinned_by_watch, 1);
+    // A lease that expires with no keys changes nothing: not searched.
+    let mut s = Sim::new();
+    s.h.ops = leased().h.ops[..1].to_vec();
+    s.exec(1, 10, 20, put("k", "x"));
+    let r = assert_all_pass(&s.history());
+    let lin = r.linearization.unwrap();
+    assert_eq!((lin.expiries.len(), lin.expiries_checked), (1, 0));
+}
+
+#[test]
+fn key_of_an_expired_lease_read_after_the_expiry_is_rejected() {
+    // Known gone by its TTL; the key is still read later.
+    let mut s = leased();
+    ttl_gone(&mut s, 3 * SEC, 3);
+    s.push(
+        2,
+        3 * SEC + 100,
+        Some(3 * SEC + 200),
+        get("l/a"),
+        ok_get(3, Some(leased_kv("l/a", "v", 2))),
+    );
+    let r = check_all(&s.history());
+    assert_verdict(&r, names::LINEARIZABLE, Verdict::Fail);
+    assert_verdict(&r, names::LEASE_KEYS_GONE, Verdict::Fail);
+    // Known gone by a watch that saw the deletes; a member still serves
+    // the key.
+    let mut s = leased();
+    s.apply(&Request::LeaseExpire { id: 7 }); // rev 4
+    s.h.watches.push(watch_from(&s, 4, 2 * SEC));
+    s.push(
+        2,
+        3 * SEC,
+        Some(3 * SEC + 100),
+        get("l/a"),
+        ok_get(4, Some(leased_kv("l/a", "v", 2))),
+    );
+    let r = check_all(&s.history());
+    assert_verdict(&r, names::LINEARIZABLE, Verdict::Fail);
+    assert_verdict(&r, names::LEASE_KEYS_GONE, Verdict::Fail);
+}
+
+#[test]
+fn expiry_deleting_a_key_not_on_the_lease_is_rejected() {
+    let mut s = leased();
+    s.apply(&Request::LeaseExpire { id: 7 }); // rev 4: deletes l/a
+    ttl_gone(&mut s, 3 * SEC, 4);
+    // ... but k (no lease) is gone too.
+    s.push(
+        2,
+        3 * SEC + 100,
+        Some(3 * SEC + 200),
+        get("k"),
+        ok_get(4, None),
+    );
+    assert_verdict(&check_all(&s.history()), names::LINEARIZABLE, Verdict::Fail);
+}
+
+#[test]
+fn put_with_an_expired_lease_is_rejected() {
+    // Lease 7 expires with no keys; later a put with it is acknowledged.
+    let mut s = Sim::new();
+    s.h.ops = leased().h.ops[..1].to_vec();
+    ttl_gone(&mut s, 3 * SEC, 1);
+    s.exec(1, 3 * SEC + 100, 3 * SEC + 200, leased_put("l/b", "w", 7)); // rev 2
+    assert_verdict(&check_all(&s.history()), names::LINEARIZABLE, Verdict::Fail);
+    // Before the lease was known gone, fine.
+    s.h.ops.swap(1, 2);
+    s.h.ops[1].call_ns = 100;
+    s.h.ops[1].return_ns = Some(200);
+    assert_all_pass(&s.history());
+}
+
+#[test]
+fn lease_gone_before_its_ttl_is_rejected() {
+    let mut s = leased();
+    ttl_gone(&mut s, SEC, 3); // TTL 2 s, granted at 0
+    let r = check_all(&s.history());
+    assert_verdict(&r, names::LEASE_KEYS_GONE, Verdict::Fail);
+    let o = r.get(names::LEASE_KEYS_GONE).unwrap();
+    assert!(o.violations[0].message.contains("before its TTL"), "{o:?}");
 }
 
 // ------------------------------------------------------------ randomized
@@ -1079,4 +1279,29 @@ fn lease_revoke_with_and_without_keys_passes() {
     assert!(matches!(h.ops[2].resp, Response::Ok { revision: 3, .. }));
     assert!(matches!(h.ops[3].resp, Response::Ok { revision: 4, .. }));
     assert_all_pass(&h);
+}
+
+/// Re-checks a kept run offline: `KEEL_JEPSEN_RECHECK=<run>/report cargo
+/// test -p keel-tests --test checkers recheck -- --nocapture` (does nothing
+/// without the variable).
+#[test]
+fn recheck_saved_history() {
+    let Ok(dir) = std::env::var("KEEL_JEPSEN_RECHECK") else {
+        return;
+    };
+    let dir = std::path::Path::new(&dir);
+    assert!(
+        dir.join("ops.jsonl").exists(),
+        "no ops.jsonl in {}",
+        dir.display()
+    );
+    let h = History::load(dir).unwrap();
+    let started = std::time::Instant::now();
+    let r = check_all(&h);
+    println!(
+        "{} ops checked in {:?}\n{}",
+        h.ops.len(),
+        started.elapsed(),
+        r.summary()
+    );
 }

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use super::expiry::lease_expiries;
 use super::history::{
     EventKind, History, KeyValue, Op, OpResult, Request, Response, TxnOp, TxnOpResult, WatchEvent,
     WatchLog, WatchRecord,
@@ -117,13 +118,13 @@ impl KvEvents {
     pub fn build(h: &History, lin: &Linearization, initial_revision: i64) -> KvEvents {
         let mut ev = KvEvents::default();
         for o in h.ops.iter().filter(|o| !o.is_fail()) {
-            for (k, v) in put_pairs(&o.req) {
-                ev.puts.insert((k, v));
+            for (k, v, _) in o.req.puts() {
+                ev.puts.insert((k.into(), v.into()));
             }
         }
         if lin.verdict == Verdict::Pass {
             ev.full = true;
-            let by_id: HashMap<u64, &Op> = h.ops.iter().map(|o| (o.id, o)).collect();
+            let by_id = lin.ops_by_id(h);
             let mut state = KvState::new(initial_revision);
             for id in &lin.order {
                 if let Some((applied, _)) = state.apply(&by_id[id].req) {
@@ -226,23 +227,6 @@ impl KvEvents {
         let kv_ok = exp.kind == EventKind::Delete || exp.kv == got.kv;
         let prev_ok = got.prev_kv.is_none() || got.prev_kv == exp.prev_kv;
         kv_ok && prev_ok
-    }
-}
-
-fn put_pairs(req: &Request) -> Vec<(String, String)> {
-    match req {
-        Request::Put { key, value, .. } => vec![(key.clone(), value.clone())],
-        Request::Txn {
-            success, failure, ..
-        } => success
-            .iter()
-            .chain(failure)
-            .filter_map(|op| match op {
-                TxnOp::Put { key, value, .. } => Some((key.clone(), value.clone())),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
     }
 }
 
@@ -648,7 +632,7 @@ pub fn check_revision_monotonic(h: &History) -> CheckOutcome {
         groups
             .entry(format!("member {}", s.member))
             .or_default()
-            .push((s.time_ns, s.time_ns, s.revision, None));
+            .push((s.call_ns, s.returned_ns(), s.revision, None));
     }
     let kills: Vec<(u64, &[String])> = h
         .faults
@@ -763,7 +747,7 @@ pub fn check_serializable_reads(
         };
     }
     reads.sort_by_key(|(t, o)| (*t, o.id));
-    let by_id: HashMap<u64, &Op> = h.ops.iter().map(|o| (o.id, o)).collect();
+    let by_id = lin.ops_by_id(h);
     let mut state = KvState::new(initial_revision);
     let mut violations = Vec::new();
     let mut order = lin.order.iter().peekable();
@@ -821,11 +805,36 @@ pub fn check_serializable_reads(
 }
 
 /// After a lease is revoked (an acknowledged `LeaseRevoke`) or seen gone (a
-/// `LeaseTimeToLive` with ttl -1), no read called later returns a key
-/// attached to it (by its `lease` field, or by a value put with that lease).
+/// `LeaseTimeToLive` with ttl -1, or a watch event deleting a key only its
+/// expiry can delete, see [`super::expiry`]), no read called later returns a
+/// key attached to it (by its `lease` field, or by a value put with that
+/// lease). And no lease is gone, unrevoked, before its TTL could run out.
 pub fn check_lease_keys_gone(h: &History) -> CheckOutcome {
-    // lease → (time it was known gone, revision if known, op id)
-    let mut gone: BTreeMap<i64, (u64, Option<i64>, u64)> = BTreeMap::new();
+    let mut violations = Vec::new();
+    // lease → (time it was known gone, revision if known, op id if any)
+    let mut gone: BTreeMap<i64, (u64, Option<i64>, Option<u64>)> = BTreeMap::new();
+    let mut note_gone = |id: i64, at: (u64, Option<i64>, Option<u64>)| {
+        let e = gone.entry(id).or_insert(at);
+        if at.0 < e.0 {
+            *e = at;
+        }
+    };
+    for e in lease_expiries(h, true) {
+        if e.early() {
+            violations.push(Violation::ops(
+                format!(
+                    "lease {:x} gone at {} ns, before its TTL could run out ({} ns), and not revoked",
+                    e.lease,
+                    e.deadline_ns.unwrap_or(0),
+                    e.earliest_ns
+                ),
+                e.proof.into_iter().collect(),
+            ));
+        }
+        if let (Some(rev), Some(t)) = (e.pin, e.deadline_ns) {
+            note_gone(e.lease, (t, Some(rev), e.proof));
+        }
+    }
     for o in &h.ops {
         let (Some(ret), Response::Ok { revision, result }) = (o.return_ns, &o.resp) else {
             continue;
@@ -835,35 +844,17 @@ pub fn check_lease_keys_gone(h: &History) -> CheckOutcome {
             (Request::LeaseTimeToLive { id }, OpResult::LeaseTimeToLive { ttl: -1 }) => (*id, None),
             _ => continue,
         };
-        let e = gone.entry(id).or_insert((ret, rev, o.id));
-        if ret < e.0 {
-            *e = (ret, rev, o.id);
-        }
+        note_gone(id, (ret, rev, Some(o.id)));
     }
     // Values put with each lease.
-    let mut lease_values: HashMap<(String, String), i64> = HashMap::new();
+    let mut lease_values: HashMap<(&str, &str), i64> = HashMap::new();
     for o in h.ops.iter().filter(|o| !o.is_fail()) {
-        let puts: Vec<(&String, &String, i64)> = match &o.req {
-            Request::Put { key, value, lease } => vec![(key, value, *lease)],
-            Request::Txn {
-                success, failure, ..
-            } => success
-                .iter()
-                .chain(failure)
-                .filter_map(|op| match op {
-                    TxnOp::Put { key, value, lease } => Some((key, value, *lease)),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        for (k, v, l) in puts {
+        for (k, v, l) in o.req.puts() {
             if l != 0 {
-                lease_values.insert((k.clone(), v.clone()), l);
+                lease_values.insert((k, v), l);
             }
         }
     }
-    let mut violations = Vec::new();
     let mut checked = 0;
     for o in &h.ops {
         let Some(hdr) = o.ok_revision() else { continue };
@@ -904,7 +895,7 @@ pub fn check_lease_keys_gone(h: &History) -> CheckOutcome {
             let lease = if kv.lease != 0 {
                 kv.lease
             } else {
-                match lease_values.get(&(kv.key.clone(), kv.value.clone())) {
+                match lease_values.get(&(kv.key.as_str(), kv.value.as_str())) {
                     Some(l) => *l,
                     None => continue,
                 }
@@ -919,12 +910,14 @@ pub fn check_lease_keys_gone(h: &History) -> CheckOutcome {
                 o.call_ns > *t
             };
             if after {
+                let by_what =
+                    by.map_or("a watch saw its keys deleted".into(), |b| format!("op {b}"));
                 violations.push(Violation::ops(
                     format!(
-                        "{} (lease {lease:x}) read after the lease was gone (op {by})",
+                        "{} (lease {lease:x}) read after the lease was gone ({by_what})",
                         kv.key
                     ),
-                    vec![*by, o.id],
+                    by.iter().copied().chain([o.id]).collect(),
                 ));
             }
         }

@@ -153,6 +153,14 @@ pub enum Request {
         /// The lease.
         id: i64,
     },
+    /// A lease's expiry: never sent by a client, but synthesized by the
+    /// checkers (see `super::expiry`), one per granted lease, as an op of
+    /// unknown outcome. Its effect is a revoke's: every key attached to the
+    /// lease is deleted in one revision (the primary proposes a revoke).
+    LeaseExpire {
+        /// The lease.
+        id: i64,
+    },
 }
 
 impl Request {
@@ -164,11 +172,53 @@ impl Request {
             | Request::LeaseKeepAlive { .. }
             | Request::LeaseTimeToLive { .. }
             | Request::LeaseGrant { .. } => false,
-            Request::Put { .. } | Request::Delete { .. } | Request::LeaseRevoke { .. } => true,
+            Request::Put { .. }
+            | Request::Delete { .. }
+            | Request::LeaseRevoke { .. }
+            | Request::LeaseExpire { .. } => true,
             Request::Txn {
                 success, failure, ..
             } => success.iter().chain(failure).any(TxnOp::is_write),
         }
+    }
+
+    /// The ops of both branches of a txn; empty for other requests.
+    fn txn_ops(&self) -> impl Iterator<Item = &TxnOp> {
+        let (success, failure): (&[TxnOp], &[TxnOp]) = match self {
+            Request::Txn {
+                success, failure, ..
+            } => (success, failure),
+            _ => (&[], &[]),
+        };
+        success.iter().chain(failure)
+    }
+
+    /// The `(key, value, lease)` of every put the request may do (a txn's
+    /// in either branch).
+    pub fn puts(&self) -> Vec<(&str, &str, i64)> {
+        if let Request::Put { key, value, lease } = self {
+            return vec![(key, value, *lease)];
+        }
+        self.txn_ops()
+            .filter_map(|op| match op {
+                TxnOp::Put { key, value, lease } => Some((key.as_str(), value.as_str(), *lease)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The keys the request may delete by name (a txn's in either branch;
+    /// not the keys of a revoked or expired lease).
+    pub fn deletes(&self) -> Vec<&str> {
+        if let Request::Delete { key } = self {
+            return vec![key];
+        }
+        self.txn_ops()
+            .filter_map(|op| match op {
+                TxnOp::Delete { key } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -489,10 +539,20 @@ pub struct FaultEvent {
 }
 
 /// One `Maintenance.Status` (or similar) sample of a member's state.
+///
+/// The member answered somewhere between `call_ns` and `return_ns`: two
+/// samples are only ordered in real time if one returned before the other
+/// was called.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusSample {
-    /// When the response arrived.
-    pub time_ns: u64,
+    /// When the request was sent (files written before `return_ns` existed
+    /// have one `time_ns`: the call time, of an answer within 5 ms).
+    #[serde(alias = "time_ns")]
+    pub call_ns: u64,
+    /// When the response arrived; 0 in older files (read as `call_ns`, see
+    /// [`StatusSample::returned_ns`]).
+    #[serde(default)]
+    pub return_ns: u64,
     /// The member sampled.
     pub member: String,
     /// Its header revision.
@@ -503,6 +563,14 @@ pub struct StatusSample {
     /// Its raft applied index, if known (0 otherwise).
     #[serde(default)]
     pub raft_index: u64,
+}
+
+impl StatusSample {
+    /// When the response arrived (`call_ns` for samples of older files,
+    /// which recorded one time).
+    pub fn returned_ns(&self) -> u64 {
+        self.return_ns.max(self.call_ns)
+    }
 }
 
 /// A whole run: operations, watch logs, faults and status samples.
@@ -557,7 +625,7 @@ impl History {
     pub fn end_ns(&self) -> u64 {
         let ops = self.ops.iter().map(|o| o.return_ns.unwrap_or(o.call_ns));
         let faults = self.faults.iter().map(|f| f.end_ns.unwrap_or(f.start_ns));
-        let status = self.status.iter().map(|s| s.time_ns);
+        let status = self.status.iter().map(StatusSample::returned_ns);
         let watches = self.watches.iter().flat_map(|w| {
             w.records.iter().map(|r| match r {
                 WatchRecord::Start { time_ns, .. }
@@ -678,7 +746,8 @@ mod tests {
                 description: "SIGSTOP b".into(),
             }],
             status: vec![StatusSample {
-                time_ns: 30,
+                call_ns: 25,
+                return_ns: 30,
                 member: "a".into(),
                 revision: 2,
                 raft_term: 2,
@@ -690,5 +759,13 @@ mod tests {
         let back = History::load(dir.path()).unwrap();
         assert_eq!(h, back);
         assert_eq!(back.end_ns(), 30);
+    }
+
+    #[test]
+    fn old_status_samples_load() {
+        // Before return_ns: one time, the call's.
+        let line = r#"{"time_ns":7,"member":"a","revision":3,"raft_term":2,"raft_index":9}"#;
+        let s: StatusSample = serde_json::from_str(line).unwrap();
+        assert_eq!((s.call_ns, s.return_ns, s.returned_ns()), (7, 0, 7));
     }
 }

@@ -31,6 +31,18 @@
 //!   revision past the last acknowledged one never took effect (if the
 //!   watcher dropped it, the watch checks report that).
 //!
+//! Lease expiries are ops too ([`super::expiry`]): one synthetic
+//! [`Request::LeaseExpire`] per granted lease not certainly revoked, of
+//! unknown outcome, called at the earliest time the lease may expire. Like
+//! an unknown write it may take effect in any revision gap after its call,
+//! or never; unlike one, it has a return when the lease is known gone (a
+//! `LeaseTimeToLive` of -1, or a watch event deleting a key only it can
+//! delete): then it must be placed before that, even if it deletes nothing.
+//! A watch event pins it at its revision; one of a lease with no keys, or
+//! whose keys complete watchers never saw deleted, is dropped (it changed
+//! nothing before the last acknowledged revision). `LeaseExpire` ops in the
+//! history itself are ignored: the checker makes its own.
+//!
 //! Serializable reads and reads at an old revision are not linearizable by
 //! design; `checks` validates them against the order found here.
 
@@ -38,8 +50,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::expiry::{lease_expiries, LeaseKeys};
 use super::history::{
-    EventKind, History, KeyValue, OpResult, Request, Response, TxnOp, TxnOpResult, WatchRecord,
+    EventKind, History, KeyValue, Op, OpResult, Request, Response, TxnOp, TxnOpResult, WatchRecord,
 };
 use super::model::{Applied, KvState, Undo};
 use super::result::Verdict;
@@ -95,10 +108,30 @@ pub struct Linearization {
     pub pinned_by_watch: usize,
     /// Unknown-outcome writes dropped because a complete watch never saw them.
     pub dropped_by_watch: usize,
+    /// The synthetic lease-expiry ops (ids after the history's): `order`,
+    /// `stuck` and `candidates` may name them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expiries: Vec<Op>,
+    /// How many of `expiries` were in the search (the others changed
+    /// nothing: no keys, or none seen deleted by a complete watch).
+    #[serde(default)]
+    pub expiries_checked: usize,
     /// Search steps taken.
     pub steps: u64,
     /// One line for the summary.
     pub message: String,
+}
+
+impl Linearization {
+    /// Every op the search may name, by id: the history's and the
+    /// synthetic lease expiries.
+    pub fn ops_by_id<'a>(&'a self, h: &'a History) -> HashMap<u64, &'a Op> {
+        h.ops
+            .iter()
+            .chain(&self.expiries)
+            .map(|o| (o.id, o))
+            .collect()
+    }
 }
 
 /// What the search knows about an op's outcome.
@@ -106,10 +139,17 @@ enum Outcome<'a> {
     /// Acknowledged: must produce exactly this.
     Known { revision: i64, result: &'a OpResult },
     /// May or may not have happened; if `pin` is set it did, at that
-    /// revision, writing that put.
-    Unknown {
-        pin: Option<(i64, &'a str, &'a str)>,
-    },
+    /// revision, with that effect.
+    Unknown { pin: Option<Pin<'a>> },
+}
+
+/// Where a watch saw an unknown op take effect.
+#[derive(Clone, Copy)]
+struct Pin<'a> {
+    /// The revision it created.
+    rev: i64,
+    /// The `(key, value)` it put; `None` for an expiry (it deleted keys).
+    put: Option<(&'a str, &'a str)>,
 }
 
 struct Prepared<'a> {
@@ -123,6 +163,9 @@ struct Prepared<'a> {
     /// An acknowledged op that may or may not have created its revision
     /// (a lease revoke: it deletes the lease's keys, if any).
     maybe_change: bool,
+    /// An unknown op that certainly happened before its (finite) return: a
+    /// lease expiry known to be gone. It is placed even if it changes nothing.
+    must: bool,
     /// Random hashes for the linearized-set fingerprint.
     ha: u64,
     hb: u64,
@@ -148,40 +191,23 @@ fn splitmix(mut x: u64) -> u64 {
 
 /// The `(key, value)` pairs an op may put, in any branch.
 fn puts_of(req: &Request) -> Vec<(&str, &str)> {
-    match req {
-        Request::Put { key, value, .. } => vec![(key, value)],
-        Request::Txn {
-            success, failure, ..
-        } => success
-            .iter()
-            .chain(failure)
-            .filter_map(|op| match op {
-                TxnOp::Put { key, value, .. } => Some((key.as_str(), value.as_str())),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
+    req.puts().into_iter().map(|(k, v, _)| (k, v)).collect()
 }
 
 /// True if the op may delete something (so a watch cannot prove it absent).
 fn may_delete(req: &Request) -> bool {
-    match req {
-        Request::Delete { .. } | Request::LeaseRevoke { .. } => true,
-        Request::Txn {
-            success, failure, ..
-        } => success
-            .iter()
-            .chain(failure)
-            .any(|op| matches!(op, TxnOp::Delete { .. })),
-        _ => false,
-    }
+    matches!(
+        req,
+        Request::LeaseRevoke { .. } | Request::LeaseExpire { .. }
+    ) || !req.deletes().is_empty()
 }
 
 /// Watch facts used to refine unknown writes.
 struct WatchFacts<'a> {
     /// `(key, value)` → revision of a put event carrying it.
     seen_puts: HashMap<(&'a str, &'a str), i64>,
+    /// Keys some watcher saw deleted.
+    deleted: HashSet<&'a str>,
     /// Watchers that cover from the start to at least `last_ack`:
     /// `(key, prefix)`.
     complete: Vec<(&'a str, bool)>,
@@ -194,6 +220,7 @@ fn watch_facts<'a>(
     use_watches: bool,
 ) -> WatchFacts<'a> {
     let mut seen_puts = HashMap::new();
+    let mut deleted = HashSet::new();
     let mut complete = Vec::new();
     // Acknowledged reads name the revision that wrote what they return.
     let mut seen = |kv: &'a KeyValue| {
@@ -243,6 +270,8 @@ fn watch_facts<'a>(
                             seen_puts
                                 .entry((e.kv.key.as_str(), e.kv.value.as_str()))
                                 .or_insert(e.kv.mod_revision);
+                        } else {
+                            deleted.insert(e.kv.key.as_str());
                         }
                         last_event = last_event.max(e.kv.mod_revision);
                     }
@@ -259,6 +288,7 @@ fn watch_facts<'a>(
     }
     WatchFacts {
         seen_puts,
+        deleted,
         complete,
     }
 }
@@ -282,12 +312,7 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
         .filter_map(|o| o.ok_revision())
         .max()
         .unwrap_or(0);
-    let facts = Some(watch_facts(
-        h,
-        opts.initial_revision,
-        last_ack,
-        opts.use_watches,
-    ));
+    let facts = watch_facts(h, opts.initial_revision, last_ack, opts.use_watches);
     // How many ops put each (key, value): pins need a unique writer.
     let mut writers: HashMap<(&str, &str), usize> = HashMap::new();
     for o in &h.ops {
@@ -297,11 +322,27 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
             }
         }
     }
+    // The synthetic expiry ops, numbered after the history's.
+    let first_expiry = h.ops.iter().map(|o| o.id + 1).max().unwrap_or(0);
+    let expiries = lease_expiries(h, opts.use_watches);
+    lin.expiries = (0..)
+        .zip(&expiries)
+        .map(|(i, e)| e.op(first_expiry + i))
+        .collect();
+    let lease_keys = LeaseKeys::of(h);
+    let expiry_ops = lin.expiries.clone();
 
     // Prepare the ops and their entries.
     let mut ops: Vec<Prepared> = Vec::new();
     let mut times: Vec<(u64, bool, usize)> = Vec::new(); // (time, is_return, op)
-    for o in &h.ops {
+    let real = h
+        .ops
+        .iter()
+        .filter(|o| !matches!(o.req, Request::LeaseExpire { .. }));
+    for (o, expiry) in real
+        .map(|o| (o, None))
+        .chain(expiry_ops.iter().zip(&expiries).map(|(o, e)| (o, Some(e))))
+    {
         let model_kind = matches!(
             o.req,
             Request::Get { revision: 0, .. }
@@ -310,6 +351,7 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
                 | Request::Delete { .. }
                 | Request::Txn { .. }
                 | Request::LeaseRevoke { .. }
+                | Request::LeaseExpire { .. }
         );
         let stale_read = matches!(
             o.req,
@@ -324,8 +366,27 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
         if !model_kind || stale_read || o.is_fail() {
             continue;
         }
-        let (outcome, bound) = match (&o.resp, o.return_ns) {
-            (Response::Ok { revision, result }, Some(_)) => (
+        let (outcome, bound) = match (&o.resp, o.return_ns, expiry) {
+            (_, _, Some(e)) => {
+                if let Some(rev) = e.pin {
+                    lin.pinned_by_watch += 1;
+                    let pin = Pin { rev, put: None };
+                    (Outcome::Unknown { pin: Some(pin) }, Some(rev - 1))
+                } else {
+                    // Nothing to delete, or nothing seen deleted by
+                    // watches that would have seen it: it changed nothing
+                    // (a known-gone lease must still die, for later puts).
+                    let void = lease_keys.keys.get(&e.lease).is_none_or(|ks| {
+                        ks.iter()
+                            .all(|k| covers(&facts.complete, k) && !facts.deleted.contains(k))
+                    });
+                    if void && e.deadline_ns.is_none() {
+                        continue;
+                    }
+                    (Outcome::Unknown { pin: None }, None)
+                }
+            }
+            (Response::Ok { revision, result }, Some(_), None) => (
                 Outcome::Known {
                     revision: *revision,
                     result,
@@ -336,44 +397,49 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
             _ if !o.req.is_write() => continue, // an unknown read has no effect
             _ => {
                 let mut pin = None;
-                if let Some(f) = &facts {
-                    let puts = puts_of(&o.req);
-                    for (k, v) in &puts {
-                        if writers.get(&(*k, *v)) == Some(&1) {
-                            if let Some(rev) = f.seen_puts.get(&(*k, *v)) {
-                                pin = Some((*rev, *k, *v));
-                            }
+                let puts = puts_of(&o.req);
+                for &(k, v) in &puts {
+                    if writers.get(&(k, v)) == Some(&1) {
+                        if let Some(&rev) = facts.seen_puts.get(&(k, v)) {
+                            pin = Some(Pin {
+                                rev,
+                                put: Some((k, v)),
+                            });
                         }
                     }
-                    if pin.is_some() {
-                        lin.pinned_by_watch += 1;
-                    } else if !puts.is_empty()
-                        && !may_delete(&o.req)
-                        && puts.iter().all(|(k, v)| {
-                            writers.get(&(*k, *v)) == Some(&1) && covers(&f.complete, k)
-                        })
-                    {
-                        lin.dropped_by_watch += 1;
-                        continue;
-                    }
                 }
-                (Outcome::Unknown { pin }, pin.map(|p| p.0 - 1))
+                if pin.is_some() {
+                    lin.pinned_by_watch += 1;
+                } else if !puts.is_empty()
+                    && !may_delete(&o.req)
+                    && puts.iter().all(|(k, v)| {
+                        writers.get(&(*k, *v)) == Some(&1) && covers(&facts.complete, k)
+                    })
+                {
+                    lin.dropped_by_watch += 1;
+                    continue;
+                }
+                (Outcome::Unknown { pin }, pin.map(|p| p.rev - 1))
             }
         };
+        // Acknowledged ops return when they did; an expiry when the lease
+        // was known gone; other unknown ops never.
+        let ret = match (&o.resp, o.return_ns, expiry) {
+            (Response::Ok { .. }, Some(t), _) | (_, Some(t), Some(_)) => t,
+            _ => u64::MAX,
+        };
+        lin.expiries_checked += usize::from(expiry.is_some());
         let i = ops.len();
         ops.push(Prepared {
             id: o.id,
             req: &o.req,
+            must: expiry.is_some() && ret != u64::MAX,
             outcome,
             bound,
             maybe_change: matches!(o.req, Request::LeaseRevoke { .. }),
             ha: splitmix(o.id.wrapping_mul(2)),
             hb: splitmix(o.id.wrapping_mul(2).wrapping_add(1) ^ 0x5555),
         });
-        let ret = match (&o.resp, o.return_ns) {
-            (Response::Ok { .. }, Some(t)) => t,
-            _ => u64::MAX,
-        };
         times.push((o.call_ns, false, i));
         times.push((ret, true, i));
     }
@@ -443,6 +509,8 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
             let plausible = match p.bound {
                 Some(b) if p.maybe_change => state.revision() == b || state.revision() == b - 1,
                 Some(b) => state.revision() == b,
+                // One that must happen may change nothing.
+                None if p.must => state.revision() <= min_bound_without(&bounds, None),
                 None => state.revision() < min_bound_without(&bounds, None),
             };
             if !plausible {
@@ -524,8 +592,13 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
             lin.candidates.clear();
             lin.state_at_stuck.clear();
             lin.message = format!(
-                "linearizable: {} ops ({} pinned, {} dropped by watches), {} steps",
-                lin.ops_checked, lin.pinned_by_watch, lin.dropped_by_watch, lin.steps
+                "linearizable: {} ops ({} pinned, {} dropped by watches; {} of {} lease expiries), {} steps",
+                lin.ops_checked,
+                lin.pinned_by_watch,
+                lin.dropped_by_watch,
+                lin.expiries_checked,
+                lin.expiries.len(),
+                lin.steps
             );
         }
         Verdict::Fail => {
@@ -578,16 +651,17 @@ fn accepts(p: &Prepared, applied: &Applied) -> bool {
             applied.revision == *revision && applied.result == **result
         }
         // Taking effect without changing anything is the same as never
-        // taking effect; skipping it keeps such ops out of the search.
-        Outcome::Unknown { pin: None } => !applied.events.is_empty(),
-        Outcome::Unknown {
-            pin: Some((rev, key, value)),
-        } => {
-            applied.revision == *rev
-                && applied
-                    .events
-                    .iter()
-                    .any(|e| e.kind == EventKind::Put && e.kv.key == *key && e.kv.value == *value)
+        // taking effect; skipping it keeps such ops out of the search
+        // (unless it must take effect: a known-gone lease's expiry).
+        Outcome::Unknown { pin: None } => p.must || !applied.events.is_empty(),
+        Outcome::Unknown { pin: Some(pin) } => {
+            applied.revision == pin.rev
+                && match pin.put {
+                    Some((key, value)) => applied.events.iter().any(|e| {
+                        e.kind == EventKind::Put && e.kv.key == key && e.kv.value == value
+                    }),
+                    None => !applied.events.is_empty(),
+                }
         }
     }
 }

@@ -8,6 +8,8 @@
 /// Watch guarantees, revision monotonicity, serializable reads, leases;
 /// `check_all` runs every checker.
 pub mod checks;
+/// Lease expiries as synthetic ops of unknown outcome, with time windows.
+pub mod expiry;
 /// The recorded history of a run and its on-disk (JSON lines) form.
 pub mod history;
 /// Linearizability of the KV ops (Wing–Gong/Lowe search with memoization).

@@ -9,18 +9,23 @@
 //!   (+1 per put) and `lease`; a delete of a missing key changes nothing;
 //! - a txn's compares see the state before it, its ops run in order and each
 //!   sees the earlier ones; a value compare on a missing key is false;
-//! - `LeaseRevoke` deletes every key attached to the lease in one revision.
+//! - `LeaseRevoke` and `LeaseExpire` (the synthetic op of an expiry, which
+//!   the primary carries out as a revoke) delete every key attached to the
+//!   lease in one revision (none if it has no keys);
+//! - a lease that was revoked or expired is gone: a revoke, an expiry or a
+//!   put (or a txn branch putting) with it is refused (`apply` gives
+//!   `None`: etcd's `ErrLeaseNotFound`, so nothing happens).
 //!
-//! Lease grant, keep-alive and expiry are not modelled: keys only lose their
-//! lease by revoke. A workload checked for linearizability must not let a
-//! lease expire while keys are attached (long TTLs or keep-alives).
+//! Grants and keep-alives are not modelled: a lease is alive until it is
+//! revoked or expires; when it may expire is the search's business (the
+//! expiry op's time window, see `super::expiry`).
 //!
 //! [`KvState::apply`] mutates in place and returns an [`Undo`], so the
 //! linearizability search can step and step back without cloning the store;
 //! [`KvState::fingerprint`] is maintained incrementally for its memo cache.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 
 use super::history::{
@@ -33,8 +38,11 @@ use super::history::{
 pub struct KvState {
     revision: i64,
     kvs: BTreeMap<String, KeyValue>,
-    /// XOR of `hash_kv` over all keys (the revision is mixed in on read).
+    /// XOR of `hash_kv` over all keys and `hash_lease` over all dead leases
+    /// (the revision is mixed in on read).
     kv_hash: u64,
+    /// Leases revoked or expired.
+    dead: BTreeSet<i64>,
 }
 
 /// What [`KvState::apply`] did: the response it implies and the watch events.
@@ -55,11 +63,19 @@ pub struct Undo {
     kv_hash: u64,
     /// Each changed key with its value before the apply (first change only).
     old: Vec<(String, Option<KeyValue>)>,
+    /// The lease the apply revoked or expired.
+    killed: Option<i64>,
 }
 
 fn hash_kv(kv: &KeyValue) -> u64 {
     let mut h = DefaultHasher::new();
     kv.hash(&mut h);
+    h.finish()
+}
+
+fn hash_lease(id: i64) -> u64 {
+    let mut h = DefaultHasher::new();
+    (0x1ea5e_u32, id).hash(&mut h);
     h.finish()
 }
 
@@ -70,6 +86,7 @@ impl KvState {
             revision,
             kvs: BTreeMap::new(),
             kv_hash: 0,
+            dead: BTreeSet::new(),
         }
     }
 
@@ -92,8 +109,14 @@ impl KvState {
             .collect()
     }
 
-    /// A hash of the whole state (revision and every key-value), kept up to
-    /// date incrementally; equal states have equal fingerprints.
+    /// True if the lease was revoked or expired.
+    pub fn lease_gone(&self, id: i64) -> bool {
+        self.dead.contains(&id)
+    }
+
+    /// A hash of the whole state (revision, every key-value and the dead
+    /// leases), kept up to date incrementally; equal states have equal
+    /// fingerprints.
     pub fn fingerprint(&self) -> u64 {
         let mut h = DefaultHasher::new();
         self.revision.hash(&mut h);
@@ -110,17 +133,23 @@ impl KvState {
                 kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.version, kv.lease
             ));
         }
+        if !self.dead.is_empty() {
+            let dead: Vec<String> = self.dead.iter().map(|l| format!("{l:x}")).collect();
+            s.push_str(&format!("\n  leases gone: {}", dead.join(" ")));
+        }
         s
     }
 
     /// Applies `req` and returns the response etcd would give plus an undo
     /// record. `None` for requests outside the model (reads at an old
-    /// revision, lease grant / keep-alive / time-to-live).
+    /// revision, lease grant / keep-alive / time-to-live) and for requests
+    /// etcd refuses, changing nothing (anything with a dead lease).
     pub fn apply(&mut self, req: &Request) -> Option<(Applied, Undo)> {
         let mut undo = Undo {
             revision: self.revision,
             kv_hash: self.kv_hash,
             old: Vec::new(),
+            killed: None,
         };
         let next = self.revision + 1;
         let mut events = Vec::new();
@@ -144,6 +173,9 @@ impl KvState {
                 }
             }
             Request::Put { key, value, lease } => {
+                if self.lease_gone(*lease) {
+                    return None;
+                }
                 self.put(key, value, *lease, next, &mut undo, &mut events);
                 OpResult::Put
             }
@@ -157,6 +189,11 @@ impl KvState {
             } => {
                 let succeeded = compares.iter().all(|c| self.compare(c));
                 let branch = if succeeded { success } else { failure };
+                let dead_lease =
+                    |op: &TxnOp| matches!(op, TxnOp::Put { lease, .. } if self.lease_gone(*lease));
+                if branch.iter().any(dead_lease) {
+                    return None;
+                }
                 let mut results = Vec::with_capacity(branch.len());
                 for op in branch {
                     results.push(match op {
@@ -174,7 +211,12 @@ impl KvState {
                 }
                 OpResult::Txn { succeeded, results }
             }
-            Request::LeaseRevoke { id } => {
+            Request::LeaseRevoke { id } | Request::LeaseExpire { id } => {
+                if *id == 0 || !self.dead.insert(*id) {
+                    return None;
+                }
+                self.kv_hash ^= hash_lease(*id);
+                undo.killed = Some(*id);
                 let keys: Vec<String> = self
                     .kvs
                     .values()
@@ -215,6 +257,9 @@ impl KvState {
                     self.kvs.remove(&key);
                 }
             }
+        }
+        if let Some(id) = undo.killed {
+            self.dead.remove(&id);
         }
         self.revision = undo.revision;
         self.kv_hash = undo.kv_hash;
@@ -366,5 +411,35 @@ mod tests {
         assert_eq!(t, empty);
         assert_eq!(t.fingerprint(), fp0);
         drop(u1);
+    }
+
+    #[test]
+    fn expiry_deletes_the_lease_keys_and_kills_the_lease() {
+        let mut s = KvState::new(1);
+        let leased = |k: &str, l| Request::Put {
+            key: k.into(),
+            value: "v".into(),
+            lease: l,
+        };
+        s.apply(&leased("a", 5)).unwrap(); // rev 2
+        s.apply(&leased("b", 5)).unwrap(); // rev 3
+        s.apply(&leased("c", 0)).unwrap(); // rev 4
+        let before = (s.clone(), s.fingerprint());
+        let (a, u) = s.apply(&Request::LeaseExpire { id: 5 }).unwrap();
+        assert_eq!(a.revision, 5);
+        assert_eq!(a.events.len(), 2);
+        assert!(s.get("a").is_none() && s.get("c").is_some());
+        // Gone: no second expiry, no revoke, no put with it.
+        assert!(s.apply(&Request::LeaseExpire { id: 5 }).is_none());
+        assert!(s.apply(&Request::LeaseRevoke { id: 5 }).is_none());
+        assert!(s.apply(&leased("d", 5)).is_none());
+        assert_eq!(s.revision(), 5);
+        s.undo(u);
+        assert_eq!((s.clone(), s.fingerprint()), before);
+        // A lease without keys dies without a revision.
+        let (a, _) = s.apply(&Request::LeaseExpire { id: 6 }).unwrap();
+        assert_eq!((a.revision, a.events.len()), (4, 0));
+        assert!(s.lease_gone(6));
+        assert_ne!(s.fingerprint(), before.1);
     }
 }

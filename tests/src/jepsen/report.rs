@@ -92,6 +92,7 @@ pub fn describe_request(req: &Request) -> String {
         Request::LeaseRevoke { id } => format!("lease revoke {id:x}"),
         Request::LeaseKeepAlive { id } => format!("lease keepalive {id:x}"),
         Request::LeaseTimeToLive { id } => format!("lease ttl {id:x}"),
+        Request::LeaseExpire { id } => format!("lease {id:x} expires (synthetic)"),
     }
 }
 
@@ -231,7 +232,7 @@ fn html(h: &History, r: &CheckResult) -> String {
 
     let mut linsec = String::new();
     if let Some(l) = lin {
-        let by_id: HashMap<u64, &Op> = h.ops.iter().map(|o| (o.id, o)).collect();
+        let by_id = l.ops_by_id(h);
         let _ = write!(linsec, "<p>{}</p>", esc(&l.message));
         if let Some(s) = l.stuck {
             let _ = write!(

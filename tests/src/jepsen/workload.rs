@@ -452,6 +452,9 @@ pub async fn execute(ch: Channel, req: &Request) -> Response {
         ))
         .await
         .map(|r| (rev(&r.header), OpResult::LeaseTimeToLive { ttl: r.ttl })),
+        Request::LeaseExpire { .. } => Err(tonic::Status::invalid_argument(
+            "LeaseExpire is synthetic: the checkers make it, nobody sends it",
+        )),
     };
     match res {
         Ok((revision, result)) => Response::Ok { revision, result },
@@ -681,17 +684,18 @@ pub async fn list_append_client(ctx: Ctx, seed: u64) {
     }
 }
 
-/// Whether keys are attached to leases that are left to expire. The
-/// linearizability model does not model expiry (a server-side delete with
-/// no client op), so this stays off until it takes expiry deletes from the
-/// watch logs; revoked leases always carry a key.
-pub const EXPIRE_WITH_KEYS: bool = false;
+/// Whether keys are attached to leases that are left to expire (revoked
+/// leases always carry a key). The checkers model an expiry as a synthetic
+/// op of unknown outcome per lease (`super::expiry`), placed by the watch
+/// events of its deletes or before the `LeaseTimeToLive` that finds the
+/// lease gone.
+pub const EXPIRE_WITH_KEYS: bool = true;
 
 /// A lease client. Half the leases get a key and are revoked (TTL 30 s,
-/// the revoke retried until it is known to have happened, so the key never
-/// expires unseen); the other half are short (2–3 s), kept alive once and
-/// left to expire. Finally it asks the lease's TTL and reads the key (which
-/// must be gone once the TTL says -1).
+/// the revoke retried until it is known to have happened); the other half
+/// are short (2–3 s), get a key too if [`EXPIRE_WITH_KEYS`], are kept alive
+/// once and left to expire. Finally it asks the lease's TTL and reads the
+/// key (which must be gone once the TTL says -1).
 pub async fn lease_client(ctx: Ctx, seed: u64) {
     let c = ctx.next_client.fetch_add(1, Ordering::Relaxed);
     let mut rng = StdRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x1ea5));
@@ -992,15 +996,13 @@ pub async fn status_sampler(ctx: Ctx, every: Duration) {
                 MaintenanceClient::new(ch).status(pb::StatusRequest {}),
             )
             .await;
-            // A sample is one point in time, but the member answered
-            // somewhere between call and return: keep only quick answers,
-            // stamped with the call time, so that ops returning before it
-            // really came first.
-            let quick = ctx.rec.now() - call < 5_000_000;
-            if let (Ok(Ok(r)), true) = (r, quick) {
+            // The member answered somewhere between call and return: the
+            // checks order samples by both.
+            if let Ok(Ok(r)) = r {
                 let r = r.into_inner();
                 ctx.rec.status(StatusSample {
-                    time_ns: call,
+                    call_ns: call,
+                    return_ns: ctx.rec.now(),
                     member: name,
                     revision: rev(&r.header),
                     raft_term: r.raft_term,
