@@ -121,6 +121,14 @@ fn put(k: &str, v: &str) -> Request {
     }
 }
 
+fn leased_put(k: &str, v: &str, lease: i64) -> Request {
+    Request::Put {
+        key: k.into(),
+        value: v.into(),
+        lease,
+    }
+}
+
 fn get(k: &str) -> Request {
     Request::Get {
         key: k.into(),
@@ -203,6 +211,21 @@ fn small_valid() -> Sim {
     s.exec(3, 15, 40, put("k", "b")); // rev 4
     s.exec(2, 25, 50, get("k"));
     s.exec(1, 45, 60, get("j"));
+    s
+}
+
+/// Client 1 puts k=a (rev 2) at 0–10 ns, then k=b (rev 3) at 20–30.
+fn a_then_b() -> Sim {
+    let mut s = Sim::new();
+    s.exec(1, 0, 10, put("k", "a")); // rev 2
+    s.exec(1, 20, 30, put("k", "b")); // rev 3
+    s
+}
+
+/// [`small_valid`], then client 1 reads at 70–80 ns with `resp`.
+fn late_read(req: Request, resp: Response) -> Sim {
+    let mut s = small_valid();
+    s.push(1, 70, Some(80), req, resp);
     s
 }
 
@@ -300,10 +323,8 @@ fn cas_and_failed_cas_pass() {
 
 #[test]
 fn serializable_reads_of_the_past_pass() {
-    let mut s = Sim::new();
-    s.exec(1, 0, 10, put("k", "a")); // rev 2
-    s.exec(1, 20, 30, put("k", "b")); // rev 3
-                                      // A lagging member answers a serializable read at revision 2.
+    let mut s = a_then_b();
+    // A lagging member answers a serializable read at revision 2.
     s.push(
         2,
         40,
@@ -323,25 +344,11 @@ fn serializable_reads_of_the_past_pass() {
 
 #[test]
 fn stale_read_is_rejected() {
-    let mut s = small_valid();
     // Client 1 reads k after put k=b (rev 4) returned at 40, but sees a@2.
-    s.push(
-        1,
-        70,
-        Some(80),
-        get("k"),
-        ok_get(3, Some(kv("k", "a", 2, 2, 1))),
-    );
+    let s = late_read(get("k"), ok_get(3, Some(kv("k", "a", 2, 2, 1))));
     assert_verdict(&check_all(&s.history()), names::LINEARIZABLE, Verdict::Fail);
     // Even claiming the current revision does not help.
-    let mut s = small_valid();
-    s.push(
-        1,
-        70,
-        Some(80),
-        get("k"),
-        ok_get(4, Some(kv("k", "a", 2, 2, 1))),
-    );
+    let s = late_read(get("k"), ok_get(4, Some(kv("k", "a", 2, 2, 1))));
     assert_verdict(&check_all(&s.history()), names::LINEARIZABLE, Verdict::Fail);
 }
 
@@ -376,23 +383,14 @@ fn write_applied_twice_is_rejected() {
 
 #[test]
 fn read_of_a_value_never_written_is_rejected() {
-    let mut s = small_valid();
-    s.push(
-        1,
-        70,
-        Some(80),
-        get("k"),
-        ok_get(4, Some(kv("k", "zzz", 4, 2, 2))),
-    );
+    let s = late_read(get("k"), ok_get(4, Some(kv("k", "zzz", 4, 2, 2))));
     assert_verdict(&check_all(&s.history()), names::LINEARIZABLE, Verdict::Fail);
 }
 
 #[test]
 fn cas_against_stale_mod_revision_is_rejected() {
-    let mut s = Sim::new();
-    s.exec(1, 0, 10, put("k", "a")); // rev 2
-    s.exec(1, 20, 30, put("k", "b")); // rev 3
-                                      // CAS(mod_revision == 2) claims success at rev 4.
+    let mut s = a_then_b();
+    // CAS(mod_revision == 2) claims success at rev 4.
     s.push(
         2,
         40,
@@ -700,24 +698,13 @@ fn revision_going_backwards_on_a_member_is_rejected() {
 
 #[test]
 fn serializable_read_inconsistent_with_history_is_rejected() {
-    let mut s = small_valid();
     // At revision 3, k was a@2, not b.
-    s.push(
-        1,
-        70,
-        Some(80),
-        sget("k"),
-        ok_get(3, Some(kv("k", "b", 4, 2, 2))),
-    );
+    let s = late_read(sget("k"), ok_get(3, Some(kv("k", "b", 4, 2, 2))));
     let r = check_all(&s.history());
     assert_verdict(&r, names::SERIALIZABLE_READS, Verdict::Fail);
     assert_verdict(&r, names::LINEARIZABLE, Verdict::Pass);
     // A read at an old revision, too.
-    let mut s = small_valid();
-    s.push(
-        1,
-        70,
-        Some(80),
+    let s = late_read(
         Request::Get {
             key: "k".into(),
             serializable: false,
@@ -735,26 +722,8 @@ fn serializable_read_inconsistent_with_history_is_rejected() {
 #[test]
 fn lease_key_visible_after_revoke_is_rejected() {
     let mut s = Sim::new();
-    s.push(
-        1,
-        0,
-        Some(5),
-        Request::LeaseGrant { ttl: 60, id: 0 },
-        Response::Ok {
-            revision: 1,
-            result: OpResult::LeaseGrant { id: 7 },
-        },
-    );
-    s.exec(
-        1,
-        10,
-        20,
-        Request::Put {
-            key: "l".into(),
-            value: "leased".into(),
-            lease: 7,
-        },
-    ); // rev 2
+    grant(&mut s, 60, 7);
+    s.exec(1, 10, 20, leased_put("l", "leased", 7)); // rev 2
     s.exec(1, 30, 40, Request::LeaseRevoke { id: 7 }); // rev 3, deletes l
     s.exec(2, 50, 60, get("l"));
     assert_all_pass(&s.history());
@@ -767,26 +736,8 @@ fn lease_key_visible_after_revoke_is_rejected() {
     // Also when the lease is only known expired, and the recorder did not
     // fill the lease field.
     let mut s = Sim::new();
-    s.exec(
-        1,
-        10,
-        20,
-        Request::Put {
-            key: "l".into(),
-            value: "leased".into(),
-            lease: 9,
-        },
-    );
-    s.push(
-        1,
-        30,
-        Some(40),
-        Request::LeaseTimeToLive { id: 9 },
-        Response::Ok {
-            revision: 3,
-            result: OpResult::LeaseTimeToLive { ttl: -1 },
-        },
-    );
+    s.exec(1, 10, 20, leased_put("l", "leased", 9));
+    ttl_gone(&mut s, 9, 30, 3);
     leased.lease = 0;
     s.push(2, 50, Some(60), get("l"), ok_get(2, Some(leased)));
     assert_verdict(
@@ -800,40 +751,37 @@ fn lease_key_visible_after_revoke_is_rejected() {
 
 const SEC: u64 = 1_000_000_000;
 
-fn leased_put(k: &str, v: &str, lease: i64) -> Request {
-    Request::Put {
-        key: k.into(),
-        value: v.into(),
-        lease,
-    }
-}
-
 /// Lease 7 (TTL 2 s) granted at 0–5 ns, `l/a` put with it (rev 2), then
 /// `k` without a lease (rev 3).
 fn leased() -> Sim {
     let mut s = Sim::new();
-    s.push(
-        1,
-        0,
-        Some(5),
-        Request::LeaseGrant { ttl: 2, id: 0 },
-        Response::Ok {
-            revision: 1,
-            result: OpResult::LeaseGrant { id: 7 },
-        },
-    );
+    grant(&mut s, 2, 7);
     s.exec(1, 10, 20, leased_put("l/a", "v", 7)); // rev 2
     s.exec(2, 30, 40, put("k", "x")); // rev 3
     s
 }
 
-/// Lease 7 is reported gone (`LeaseTimeToLive` -1) at `at`.
-fn ttl_gone(s: &mut Sim, at: u64, revision: i64) {
+/// Client 1 is granted lease `id` for `ttl` s at 0–5 ns.
+fn grant(s: &mut Sim, ttl: i64, id: i64) {
+    s.push(
+        1,
+        0,
+        Some(5),
+        Request::LeaseGrant { ttl, id: 0 },
+        Response::Ok {
+            revision: 1,
+            result: OpResult::LeaseGrant { id },
+        },
+    );
+}
+
+/// Lease `id` is reported gone (`LeaseTimeToLive` -1) at `at`–`at + 10`.
+fn ttl_gone(s: &mut Sim, id: i64, at: u64, revision: i64) {
     s.push(
         1,
         at,
         Some(at + 10),
-        Request::LeaseTimeToLive { id: 7 },
+        Request::LeaseTimeToLive { id },
         Response::Ok {
             revision,
             result: OpResult::LeaseTimeToLive { ttl: -1 },
@@ -871,7 +819,7 @@ fn leased_kv(k: &str, v: &str, m: i64) -> KeyValue {
 fn lease_expiry_deleting_its_keys_passes() {
     let mut s = leased();
     s.apply(&Request::LeaseExpire { id: 7 }); // rev 4, no client op
-    ttl_gone(&mut s, 3 * SEC, 4);
+    ttl_gone(&mut s, 7, 3 * SEC, 4);
     s.exec(1, 3 * SEC + 100, 3 * SEC + 200, get("l/a")); // gone
     s.exec(2, 3 * SEC + 300, 3 * SEC + 400, put("k", "y")); // rev 5
     let expiry_id = s.h.ops.len() as u64;
@@ -892,7 +840,7 @@ fn lease_expiry_deleting_its_keys_passes() {
     assert_eq!(r.linearization.unwrap().pinned_by_watch, 1);
     // A lease that expires with no keys changes nothing: not searched.
     let mut s = Sim::new();
-    s.h.ops = leased().h.ops[..1].to_vec();
+    grant(&mut s, 2, 7);
     s.exec(1, 10, 20, put("k", "x"));
     let r = assert_all_pass(&s.history());
     let lin = r.linearization.unwrap();
@@ -903,7 +851,7 @@ fn lease_expiry_deleting_its_keys_passes() {
 fn key_of_an_expired_lease_read_after_the_expiry_is_rejected() {
     // Known gone by its TTL; the key is still read later.
     let mut s = leased();
-    ttl_gone(&mut s, 3 * SEC, 3);
+    ttl_gone(&mut s, 7, 3 * SEC, 3);
     s.push(
         2,
         3 * SEC + 100,
@@ -935,7 +883,7 @@ fn key_of_an_expired_lease_read_after_the_expiry_is_rejected() {
 fn expiry_deleting_a_key_not_on_the_lease_is_rejected() {
     let mut s = leased();
     s.apply(&Request::LeaseExpire { id: 7 }); // rev 4: deletes l/a
-    ttl_gone(&mut s, 3 * SEC, 4);
+    ttl_gone(&mut s, 7, 3 * SEC, 4);
     // ... but k (no lease) is gone too.
     s.push(
         2,
@@ -951,8 +899,8 @@ fn expiry_deleting_a_key_not_on_the_lease_is_rejected() {
 fn put_with_an_expired_lease_is_rejected() {
     // Lease 7 expires with no keys; later a put with it is acknowledged.
     let mut s = Sim::new();
-    s.h.ops = leased().h.ops[..1].to_vec();
-    ttl_gone(&mut s, 3 * SEC, 1);
+    grant(&mut s, 2, 7);
+    ttl_gone(&mut s, 7, 3 * SEC, 1);
     s.exec(1, 3 * SEC + 100, 3 * SEC + 200, leased_put("l/b", "w", 7)); // rev 2
     assert_verdict(&check_all(&s.history()), names::LINEARIZABLE, Verdict::Fail);
     // Before the lease was known gone, fine.
@@ -965,7 +913,7 @@ fn put_with_an_expired_lease_is_rejected() {
 #[test]
 fn lease_gone_before_its_ttl_is_rejected() {
     let mut s = leased();
-    ttl_gone(&mut s, SEC, 3); // TTL 2 s, granted at 0
+    ttl_gone(&mut s, 7, SEC, 3); // TTL 2 s, granted at 0
     let r = check_all(&s.history());
     assert_verdict(&r, names::LEASE_KEYS_GONE, Verdict::Fail);
     let o = r.get(names::LEASE_KEYS_GONE).unwrap();
@@ -1192,14 +1140,7 @@ fn random_mutations_are_detected() {
 
 #[test]
 fn report_is_written_and_history_reloads() {
-    let mut s = small_valid();
-    s.push(
-        1,
-        70,
-        Some(80),
-        get("k"),
-        ok_get(3, Some(kv("k", "a", 2, 2, 1))),
-    );
+    let mut s = late_read(get("k"), ok_get(3, Some(kv("k", "a", 2, 2, 1))));
     s.h.faults.push(FaultEvent {
         start_ns: 32,
         end_ns: Some(48),
@@ -1255,13 +1196,8 @@ fn big_history_with_unknown_writes_and_no_watch_help_is_decided() {
 #[test]
 fn lease_revoke_with_and_without_keys_passes() {
     let mut s = Sim::new();
-    let leased = |k: &str, v: &str, l| Request::Put {
-        key: k.into(),
-        value: v.into(),
-        lease: l,
-    };
-    s.exec(1, 0, 10, leased("l1", "a", 5)); // rev 2
-    s.exec(2, 5, 15, leased("l2", "b", 5)); // rev 3
+    s.exec(1, 0, 10, leased_put("l1", "a", 5)); // rev 2
+    s.exec(2, 5, 15, leased_put("l2", "b", 5)); // rev 3
     s.exec(1, 20, 30, Request::LeaseRevoke { id: 6 }); // no keys: rev stays 3
     s.exec(2, 25, 35, Request::LeaseRevoke { id: 5 }); // deletes both: rev 4
     s.exec(
