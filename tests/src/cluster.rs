@@ -20,7 +20,7 @@ use keel_storage::proto::etcdserverpb::cluster_client::ClusterClient;
 use keel_storage::proto::etcdserverpb::kv_client::KvClient;
 use keel_storage::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_storage::proto::etcdserverpb::{
-    HashKvRequest, MemberAddRequest, PutRequest, RangeRequest, StatusRequest,
+    HashKvRequest, MemberAddRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
 };
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
@@ -88,6 +88,21 @@ pub struct Status {
     pub applied_index: u64,
     /// True for a learner.
     pub is_learner: bool,
+}
+
+impl From<StatusResponse> for Status {
+    fn from(r: StatusResponse) -> Status {
+        let h = r.header.unwrap_or_default();
+        Status {
+            member_id: h.member_id,
+            leader: r.leader,
+            revision: h.revision,
+            raft_term: r.raft_term,
+            raft_index: r.raft_index,
+            applied_index: r.raft_applied_index,
+            is_learner: r.is_learner,
+        }
+    }
 }
 
 /// One store value as read back: key → (value, mod_revision).
@@ -790,16 +805,7 @@ async fn status_of(url: &str, timeout: Duration) -> Result<Status> {
         .await
         .map_err(|_| anyhow!("status {url}: timed out"))??
         .into_inner();
-    let h = r.header.unwrap_or_default();
-    Ok(Status {
-        member_id: h.member_id,
-        leader: r.leader,
-        revision: h.revision,
-        raft_term: r.raft_term,
-        raft_index: r.raft_index,
-        applied_index: r.raft_applied_index,
-        is_learner: r.is_learner,
-    })
+    Ok(r.into())
 }
 
 /// The range end of a prefix.

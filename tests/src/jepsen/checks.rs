@@ -611,17 +611,7 @@ pub fn check_revision_monotonic(h: &History) -> CheckOutcome {
                 Some(o.id),
             ));
         }
-        let serializable = matches!(
-            o.req,
-            Request::Get {
-                serializable: true,
-                ..
-            } | Request::Range {
-                serializable: true,
-                ..
-            }
-        );
-        if !serializable {
+        if !o.req.is_serializable_read() {
             groups
                 .entry(format!("client {}", o.client))
                 .or_default()
@@ -708,25 +698,9 @@ pub fn check_serializable_reads(
     let mut reads: Vec<(i64, &Op)> = Vec::new();
     for o in &h.ops {
         let Some(hdr) = o.ok_revision() else { continue };
-        let target = match &o.req {
-            Request::Get {
-                serializable,
-                revision,
-                ..
-            }
-            | Request::Range {
-                serializable,
-                revision,
-                ..
-            } => {
-                if *revision != 0 {
-                    *revision
-                } else if *serializable {
-                    hdr
-                } else {
-                    continue;
-                }
-            }
+        let target = match o.req.read_options() {
+            Some((_, revision)) if revision != 0 => revision,
+            Some((true, _)) => hdr,
             _ => continue,
         };
         reads.push((target, o));
@@ -861,18 +835,9 @@ pub fn check_lease_keys_gone(h: &History) -> CheckOutcome {
         let Response::Ok { result, .. } = &o.resp else {
             continue;
         };
-        let (serializable, at_rev) = match &o.req {
-            Request::Get {
-                serializable,
-                revision,
-                ..
-            }
-            | Request::Range {
-                serializable,
-                revision,
-                ..
-            } => (*serializable, *revision),
-            Request::Txn { .. } => (false, 0),
+        let (serializable, at_rev) = match (&o.req, o.req.read_options()) {
+            (_, Some(options)) => options,
+            (Request::Txn { .. }, _) => (false, 0),
             _ => continue,
         };
         if at_rev != 0 {

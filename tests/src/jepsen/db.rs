@@ -354,16 +354,7 @@ impl Db {
             .await
             .map_err(|_| anyhow!("status of {}: timed out", self.nodes[i].name))??
             .into_inner();
-        let h = r.header.unwrap_or_default();
-        Ok(Status {
-            member_id: h.member_id,
-            leader: r.leader,
-            revision: h.revision,
-            raft_term: r.raft_term,
-            raft_index: r.raft_index,
-            applied_index: r.raft_applied_index,
-            is_learner: r.is_learner,
-        })
+        Ok(r.into())
     }
 
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {

@@ -182,6 +182,29 @@ impl Request {
         }
     }
 
+    /// For a `Get` or `Range`: `(serializable, revision)`.
+    pub fn read_options(&self) -> Option<(bool, i64)> {
+        match self {
+            Request::Get {
+                serializable,
+                revision,
+                ..
+            }
+            | Request::Range {
+                serializable,
+                revision,
+                ..
+            } => Some((*serializable, *revision)),
+            _ => None,
+        }
+    }
+
+    /// True for a serializable `Get` or `Range` (served from a member's
+    /// local state, maybe stale).
+    pub fn is_serializable_read(&self) -> bool {
+        self.read_options().is_some_and(|(s, _)| s)
+    }
+
     /// The ops of both branches of a txn; empty for other requests.
     fn txn_ops(&self) -> impl Iterator<Item = &TxnOp> {
         let (success, failure): (&[TxnOp], &[TxnOp]) = match self {

@@ -353,17 +353,7 @@ pub fn check_linearizable(h: &History, opts: &LinearizableOpts) -> Linearization
                 | Request::LeaseRevoke { .. }
                 | Request::LeaseExpire { .. }
         );
-        let stale_read = matches!(
-            o.req,
-            Request::Get {
-                serializable: true,
-                ..
-            } | Request::Range {
-                serializable: true,
-                ..
-            }
-        );
-        if !model_kind || stale_read || o.is_fail() {
+        if !model_kind || o.req.is_serializable_read() || o.is_fail() {
             continue;
         }
         let (outcome, bound) = match (&o.resp, o.return_ns, expiry) {

@@ -357,41 +357,25 @@ pub async fn execute(ch: Channel, req: &Request) -> Response {
             key,
             serializable,
             revision,
-        } => timed(kv.range(pb::RangeRequest {
-            key: Bytes::from(key.clone()),
-            serializable: *serializable,
-            revision: *revision,
-            ..Default::default()
-        }))
-        .await
-        .map(|r| {
-            (
-                rev(&r.header),
-                OpResult::Get {
-                    kv: r.kvs.first().map(kv_of),
-                },
-            )
-        }),
+        } => {
+            let key = Bytes::from(key.clone());
+            range(&mut kv, key, Bytes::new(), *serializable, *revision)
+                .await
+                .map(|(r, kvs)| {
+                    let kv = kvs.into_iter().next();
+                    (r, OpResult::Get { kv })
+                })
+        }
         Request::Range {
             prefix,
             serializable,
             revision,
-        } => timed(kv.range(pb::RangeRequest {
-            key: prefix_key(prefix),
-            range_end: prefix_end(prefix),
-            serializable: *serializable,
-            revision: *revision,
-            ..Default::default()
-        }))
-        .await
-        .map(|r| {
-            (
-                rev(&r.header),
-                OpResult::Range {
-                    kvs: r.kvs.iter().map(kv_of).collect(),
-                },
-            )
-        }),
+        } => {
+            let (key, end) = (prefix_key(prefix), prefix_end(prefix));
+            range(&mut kv, key, end, *serializable, *revision)
+                .await
+                .map(|(r, kvs)| (r, OpResult::Range { kvs }))
+        }
         Request::Put { key, value, lease } => timed(kv.put(pb::PutRequest {
             key: Bytes::from(key.clone()),
             value: Bytes::from(value.clone()),
@@ -460,6 +444,25 @@ pub async fn execute(ch: Channel, req: &Request) -> Response {
         Ok((revision, result)) => Response::Ok { revision, result },
         Err(e) => classify(&e, write),
     }
+}
+
+/// One `Range` call: the header revision and the key-values.
+async fn range(
+    kv: &mut KvClient<Channel>,
+    key: Bytes,
+    range_end: Bytes,
+    serializable: bool,
+    revision: i64,
+) -> Result<(i64, Vec<KeyValue>), tonic::Status> {
+    timed(kv.range(pb::RangeRequest {
+        key,
+        range_end,
+        serializable,
+        revision,
+        ..Default::default()
+    }))
+    .await
+    .map(|r| (rev(&r.header), r.kvs.iter().map(kv_of).collect()))
 }
 
 async fn keepalive_once(ch: Channel, id: i64) -> Result<pb::LeaseKeepAliveResponse, tonic::Status> {
