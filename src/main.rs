@@ -41,6 +41,10 @@ enum Cmd {
     },
     /// Run one store member; flags mirror etcd's.
     Store(Box<StoreArgs>),
+    /// Run the Kubernetes API server on a store; flags mirror kube-apiserver's.
+    Apiserver(ApiserverArgs),
+    /// Write a kubeconfig (embedded CA, admin client certificate) for an apiserver.
+    Kubeconfig(KubeconfigArgs),
     /// Snapshot tools.
     Snapshot {
         #[command(subcommand)]
@@ -70,6 +74,40 @@ enum SnapshotCmd {
         #[arg(long, default_value = "etcd-cluster")]
         initial_cluster_token: String,
     },
+}
+
+/// `keel apiserver` flags, named as kube-apiserver's.
+#[derive(Args, Debug, Clone)]
+struct ApiserverArgs {
+    /// Store client URLs (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    etcd_servers: String,
+    /// The HTTPS port.
+    #[arg(long, default_value_t = 6443)]
+    secure_port: u16,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_address: std::net::IpAddr,
+    /// Where the CA and serving certificate live (created on first start).
+    #[arg(long, default_value = "./keel-pki")]
+    cert_dir: PathBuf,
+    /// Log level (`error`, `warn`, `info`, `debug`).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+/// `keel kubeconfig` flags.
+#[derive(Args, Debug, Clone)]
+struct KubeconfigArgs {
+    /// The apiserver's cert dir (its CA signs the admin certificate).
+    #[arg(long, default_value = "./keel-pki")]
+    cert_dir: PathBuf,
+    /// The apiserver URL.
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    server: String,
+    /// Where to write the kubeconfig (`-`: stdout).
+    #[arg(long, short, default_value = "-")]
+    output: String,
 }
 
 /// `keel store`'s flags alone, to build them from `keel up`'s defaults.
@@ -368,8 +406,46 @@ async fn run_store(args: StoreArgs) -> Result<()> {
     run_until_stopped(vec![running]).await
 }
 
+/// Runs an apiserver until `stop` fires.
+async fn run_apiserver(
+    args: &ApiserverArgs,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let cfg = keel_apiserver::Config {
+        etcd_servers: split_urls(&args.etcd_servers),
+        bind_address: args.bind_address,
+        secure_port: args.secure_port,
+        cert_dir: args.cert_dir.clone(),
+    };
+    let server = keel_apiserver::Server::bind(&cfg)
+        .await
+        .context("starting the apiserver")?;
+    let addr = server
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%addr, store = %args.etcd_servers, "apiserver serving HTTPS");
+    server.serve(stop).await.context("serving the API")
+}
+
+/// `keel kubeconfig`.
+fn write_kubeconfig(args: &KubeconfigArgs) -> Result<()> {
+    keel_apiserver::tls::ensure_pki(&args.cert_dir, &[])
+        .with_context(|| format!("cert dir {}", args.cert_dir.display()))?;
+    if args.output == "-" {
+        print!(
+            "{}",
+            keel_apiserver::tls::kubeconfig(&args.cert_dir, &args.server)?
+        );
+    } else {
+        keel_apiserver::tls::write_kubeconfig(&args.cert_dir, &args.server, args.output.as_ref())?;
+    }
+    Ok(())
+}
+
 /// `keel up`: a 3-member store cluster in this process (separate data
-/// dirs, real QUIC between the members).
+/// dirs, real QUIC between the members) and an apiserver on
+/// https://127.0.0.1:6443 against it.
 async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
     let names = ["keel-1", "keel-2", "keel-3"];
     let port = |i: usize, peer: bool| client_port + 100 * i as u16 + u16::from(peer);
@@ -406,12 +482,39 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         running.push(start_member(&args).await?);
         endpoints.push(client);
     }
+    let api = ApiserverArgs {
+        etcd_servers: endpoints.join(","),
+        secure_port: 6443,
+        bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
+        cert_dir: data_dir.join("pki"),
+        log_level: "info".into(),
+    };
+    let kubeconfig = data_dir.join("kubeconfig");
+    keel_apiserver::tls::ensure_pki(&api.cert_dir, &[]).context("creating the cluster CA")?;
+    keel_apiserver::tls::write_kubeconfig(&api.cert_dir, "https://127.0.0.1:6443", &kubeconfig)
+        .context("writing the kubeconfig")?;
+    let (api_stop, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api_task = tokio::spawn(async move {
+        run_apiserver(&api, async {
+            let _ = api_stop_rx.await;
+        })
+        .await
+    });
+    let kubeconfig_abs = std::fs::canonicalize(&kubeconfig).unwrap_or(kubeconfig);
     println!(
-        "keel up: a 3-member store cluster, data in {}\n  ETCDCTL_API=3 etcdctl --endpoints={} endpoint status -w table\n(Ctrl-C stops it)",
+        "keel up: a 3-member store cluster, data in {}\n  ETCDCTL_API=3 etcdctl --endpoints={} endpoint status -w table\nAPI server on https://127.0.0.1:6443:\n  export KUBECONFIG={}\n  kubectl get ns\n(Ctrl-C stops it)",
         data_dir.display(),
-        endpoints.join(",")
+        endpoints.join(","),
+        kubeconfig_abs.display()
     );
-    run_until_stopped(running).await
+    let result = run_until_stopped(running).await;
+    let _ = api_stop.send(());
+    match tokio::time::timeout(Duration::from_secs(5), api_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "apiserver"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "apiserver task"),
+        _ => {}
+    }
+    result
 }
 
 fn init_logs(level: &str) {
@@ -436,6 +539,11 @@ fn main() -> Result<()> {
             init_logs(&args.log_level);
             rt.block_on(run_store(*args))
         }
+        Cmd::Apiserver(args) => {
+            init_logs(&args.log_level);
+            rt.block_on(run_apiserver(&args, shutdown_signal()))
+        }
+        Cmd::Kubeconfig(args) => write_kubeconfig(&args),
         Cmd::Up {
             data_dir,
             client_port,

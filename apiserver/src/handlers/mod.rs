@@ -1,0 +1,358 @@
+//! Request handling: path parsing into a [`Target`], the verb dispatch and
+//! the request log line. The verbs live in [`read`] and [`write`]; watches
+//! in [`crate::watch`].
+
+pub mod read;
+pub mod write;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keel_storage::proto::mvccpb::KeyValue;
+use serde_json::Value;
+
+use crate::auth::User;
+use crate::registry::{self, ResourceInfo};
+use crate::status::{ApiError, ApiResult, ErrorReason};
+use crate::store::{Store, StoreError};
+use crate::{discovery, object, openapi};
+
+/// Largest request body accepted (Kubernetes' limit).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Shared state of the server.
+#[derive(Debug)]
+pub struct App {
+    /// The store.
+    pub store: Store,
+    /// `host:port` clients reach this server at (for `/api`).
+    pub server_address: String,
+    /// The default namespaces exist (`/readyz`).
+    pub ready: AtomicBool,
+}
+
+/// The object(s) a request is about.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The resource type.
+    pub res: &'static ResourceInfo,
+    /// The namespace from the path (`None`: cluster-scoped or all namespaces).
+    pub namespace: Option<String>,
+    /// The object name (`None`: the collection).
+    pub name: Option<String>,
+    /// The subresource (`status`).
+    pub sub: Option<String>,
+}
+
+impl Target {
+    /// The store key of the named object.
+    pub fn key(&self) -> String {
+        self.res.key(
+            self.namespace.as_deref(),
+            self.name.as_deref().unwrap_or(""),
+        )
+    }
+}
+
+/// Everything a verb handler needs about its request.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The target.
+    pub target: Target,
+    /// Query parameters (last value wins).
+    pub query: HashMap<String, String>,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// The body (at most [`MAX_BODY`]).
+    pub body: Bytes,
+}
+
+impl Ctx {
+    /// A query parameter.
+    pub fn q(&self, k: &str) -> Option<&str> {
+        self.query.get(k).map(String::as_str)
+    }
+
+    /// A header as a string.
+    pub fn header(&self, h: header::HeaderName) -> Option<&str> {
+        self.headers.get(h).and_then(|v| v.to_str().ok())
+    }
+
+    /// `?dryRun=All` (any other value is a 400).
+    pub fn dry_run(&self) -> ApiResult<bool> {
+        match self.q("dryRun") {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(v) => Err(ApiError::bad_request(format!(
+                "dryRun: Unsupported value: {v:?}: supported values: \"All\""
+            ))),
+        }
+    }
+}
+
+/// Maps a store failure to a Status.
+pub fn store_err(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Compacted(_) => {
+            ApiError::expired("The resourceVersion for the provided list is too old.")
+        }
+        StoreError::FutureRevision => ApiError::new(
+            504,
+            "Timeout",
+            "Too large resource version: the store has not reached it yet",
+        ),
+        other => ApiError::unavailable(other.to_string()),
+    }
+}
+
+/// Decodes a stored object and stamps its `resourceVersion`.
+pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
+    let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::internal(format!(
+            "undecodable object at {}: {e}",
+            String::from_utf8_lossy(&kv.key)
+        ))
+    })?;
+    object::set_resource_version(&mut v, kv.mod_revision);
+    Ok(v)
+}
+
+/// A JSON response.
+pub fn json_response(code: StatusCode, v: &Value) -> Response {
+    (code, axum::Json(v)).into_response()
+}
+
+/// What the request log line says about a request.
+#[derive(Debug, Default)]
+struct Info {
+    verb: &'static str,
+    resource: String,
+}
+
+/// The single axum handler: routes by path, runs the verb, logs the request.
+pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    let start = Instant::now();
+    let user = req
+        .extensions()
+        .get::<User>()
+        .cloned()
+        .unwrap_or_else(User::anonymous);
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut info = Info::default();
+    let resp = match route(&app, &user, req, &mut info).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    let status = resp.status().as_u16();
+    let reason = resp
+        .extensions()
+        .get::<ErrorReason>()
+        .map(|r| r.0)
+        .unwrap_or("");
+    tracing::info!(
+        user = %user.name,
+        verb = info.verb,
+        resource = %info.resource,
+        method = %method,
+        path = %path,
+        status,
+        reason,
+        latency_ms = format!("{:.2}", start.elapsed().as_secs_f64() * 1000.0),
+        "request"
+    );
+    resp
+}
+
+/// Public endpoints anonymous clients may read.
+fn public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+}
+
+async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResult<Response> {
+    let path = req.uri().path().to_string();
+    if !user.authenticated && !public(&path) {
+        return Err(ApiError::unauthorized());
+    }
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let get_only = |v: Value| -> ApiResult<Response> {
+        if method != Method::GET {
+            return Err(ApiError::method_not_allowed(&path));
+        }
+        Ok(json_response(StatusCode::OK, &v))
+    };
+    info.verb = "get";
+    match segs.as_slice() {
+        ["healthz"] | ["livez"] => return Ok((StatusCode::OK, "ok").into_response()),
+        ["readyz"] => {
+            return Ok(if app.ready.load(Ordering::Acquire) {
+                (StatusCode::OK, "ok").into_response()
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "not ready: bootstrapping").into_response()
+            })
+        }
+        ["version"] => return get_only(discovery::version()),
+        ["api"] => {
+            discovery::require_plain_json(accept.as_deref())?;
+            return get_only(discovery::api_versions(&app.server_address));
+        }
+        ["apis"] => {
+            discovery::require_plain_json(accept.as_deref())?;
+            return get_only(discovery::api_groups());
+        }
+        ["apis", g] => {
+            return match discovery::api_group(g) {
+                Some(v) => get_only(v),
+                None => Err(ApiError::no_route(&path)),
+            }
+        }
+        ["api", v] | ["apis", _, v] => {
+            let g = if segs[0] == "api" { "" } else { segs[1] };
+            discovery::require_plain_json(accept.as_deref())?;
+            return match discovery::resource_list(g, v) {
+                Some(l) => get_only(l),
+                None => Err(ApiError::no_route(&path)),
+            };
+        }
+        ["openapi", "v3"] => return get_only(openapi::index()),
+        ["openapi", "v3", "api", v] => {
+            return openapi::document("", v)
+                .map_or_else(|| Err(ApiError::no_route(&path)), get_only)
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            return openapi::document(g, v).map_or_else(|| Err(ApiError::no_route(&path)), get_only)
+        }
+        _ => {}
+    }
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(ApiError::no_route(&path)),
+    };
+    let target = parse_target(group, version, rest).ok_or_else(|| ApiError::no_route(&path))?;
+    info.resource = match &target.sub {
+        Some(s) => format!("{}/{s}", target.res.qualified()),
+        None => target.res.qualified(),
+    };
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    info.verb = match (&method, target.name.is_some()) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) => "list",
+        (&Method::POST, false) => "create",
+        (&Method::PUT, true) => "update",
+        (&Method::PATCH, true) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => return Err(ApiError::method_not_allowed(&path)),
+    };
+    if let Some(sub) = &target.sub {
+        if sub != "status" || !target.res.status || !matches!(info.verb, "get" | "update" | "patch")
+        {
+            return Err(ApiError::no_route(&path));
+        }
+    }
+    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| ApiError::too_large(MAX_BODY))?;
+    let ctx = Ctx {
+        target,
+        query,
+        headers,
+        body,
+    };
+    match info.verb {
+        "watch" => crate::watch::watch(app, &ctx).await,
+        "get" => read::get(app, &ctx).await,
+        "list" => read::list(app, &ctx).await,
+        "create" => write::create(app, &ctx).await,
+        "update" => write::update(app, &ctx).await,
+        "patch" => write::patch(app, &ctx).await,
+        "delete" => write::delete(app, &ctx).await,
+        _ => write::delete_collection(app, &ctx).await,
+    }
+}
+
+/// Parses the part of a resource path after `/api/v1` or `/apis/<g>/<v>`.
+pub fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let namespaced_path = rest.first() == Some(&"namespaces")
+        && rest.len() >= 3
+        && !(rest.len() == 3 && matches!(rest[2], "status" | "finalize"));
+    let (namespace, rest) = if namespaced_path {
+        (Some(rest[1].to_string()), &rest[2..])
+    } else {
+        (None, rest)
+    };
+    let (plural, name, sub) = match rest {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
+        _ => return None,
+    };
+    let res = registry::lookup(group, version, plural)?;
+    if namespace.is_some() && !res.namespaced {
+        return None;
+    }
+    if res.namespaced && namespace.is_none() && name.is_some() {
+        return None;
+    }
+    Some(Target {
+        res,
+        namespace,
+        name,
+        sub,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_target;
+
+    #[test]
+    fn paths() {
+        let t = parse_target("", "v1", &["namespaces", "default", "pods", "a", "status"])
+            .expect("pod status");
+        assert_eq!(
+            (
+                t.res.plural,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.sub.as_deref()
+            ),
+            ("pods", Some("default"), Some("a"), Some("status"))
+        );
+        let t = parse_target("", "v1", &["namespaces", "x"]).expect("namespace");
+        assert_eq!((t.res.plural, t.name.as_deref()), ("namespaces", Some("x")));
+        let t = parse_target("", "v1", &["namespaces", "x", "status"]).expect("namespace status");
+        assert_eq!(
+            (t.res.plural, t.sub.as_deref()),
+            ("namespaces", Some("status"))
+        );
+        let t = parse_target("", "v1", &["pods"]).expect("all pods");
+        assert!(t.namespace.is_none() && t.name.is_none());
+        assert!(parse_target("", "v1", &["pods", "a"]).is_none());
+        assert!(parse_target("", "v1", &["namespaces", "x", "nodes"]).is_none());
+        assert!(parse_target("apps", "v1", &["pods"]).is_none());
+    }
+}

@@ -1,0 +1,513 @@
+//! create, update (PUT), patch, delete and deletecollection: every write is
+//! a compare-and-swap on the store (create: `create_revision == 0`; the
+//! others: `mod_revision == resourceVersion`).
+
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::read::{read_object, select};
+use super::{json_response, store_err, App, Ctx};
+use crate::object::{self, meta_mut, meta_str};
+use crate::patch::{self, PatchType};
+use crate::registry::{self, ResourceInfo};
+use crate::status::{ApiError, ApiResult};
+use crate::store::Cas;
+
+/// How often a write without a client precondition is retried on a conflict.
+const RETRIES: usize = 5;
+
+/// Namespaces that exist from the start and cannot be deleted (but the last).
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// The bytes stored for an object (no `resourceVersion`: that is the key's mod revision).
+fn to_store(obj: &Value) -> ApiResult<Vec<u8>> {
+    let mut o = obj.clone();
+    meta_mut(&mut o).remove("resourceVersion");
+    serde_json::to_vec(&o).map_err(|e| ApiError::internal(format!("encoding object: {e}")))
+}
+
+fn require_json(ctx: &Ctx) -> ApiResult<()> {
+    match ctx.header(header::CONTENT_TYPE) {
+        None => Ok(()),
+        Some(ct) if ct.split(';').next().map(str::trim) == Some("application/json") => Ok(()),
+        Some(ct) => Err(ApiError::unsupported_media_type(ct)),
+    }
+}
+
+fn parse_body(ctx: &Ctx) -> ApiResult<Value> {
+    let v: Value = serde_json::from_slice(&ctx.body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+/// Checks `kind`/`apiVersion` against the URL and fills them in if missing.
+fn type_meta(obj: &mut Value, res: &ResourceInfo) -> ApiResult<()> {
+    let gv = res.group_version();
+    if let Some(k) = obj.get("kind").and_then(Value::as_str) {
+        if k != res.kind {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the body ({k}) does not match the kind of the URL ({})",
+                res.kind
+            )));
+        }
+    }
+    if let Some(v) = obj.get("apiVersion").and_then(Value::as_str) {
+        if v != gv {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({gv})"
+            )));
+        }
+    }
+    obj["kind"] = json!(res.kind);
+    obj["apiVersion"] = json!(gv);
+    Ok(())
+}
+
+/// Checks `metadata.namespace` against the URL and sets it (clears it for
+/// cluster-scoped kinds).
+fn namespace_meta(obj: &mut Value, ctx: &Ctx) -> ApiResult<()> {
+    let t = &ctx.target;
+    let m = meta_mut(obj);
+    if !t.res.namespaced {
+        m.remove("namespace");
+        return Ok(());
+    }
+    let Some(ns) = t.namespace.as_deref() else {
+        return Err(ApiError::bad_request(
+            "a namespaced object must be written under /namespaces/<namespace>/",
+        ));
+    };
+    match m.get("namespace").and_then(Value::as_str) {
+        Some(b) if !b.is_empty() && b != ns => Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
+        _ => {
+            m.insert("namespace".into(), json!(ns));
+            Ok(())
+        }
+    }
+}
+
+fn tracks_generation(res: &ResourceInfo, obj: &Value) -> bool {
+    res.status || obj.get("spec").is_some()
+}
+
+async fn require_namespace(app: &App, ctx: &Ctx) -> ApiResult<()> {
+    let Some(ns) = ctx
+        .target
+        .namespace
+        .as_deref()
+        .filter(|_| ctx.target.res.namespaced)
+    else {
+        return Ok(());
+    };
+    let nsres = registry::lookup("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
+    match read_object(app, &nsres.key(None, ns)).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(nsres, ns)),
+    }
+}
+
+/// POST to a collection.
+pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
+    let res = ctx.target.res;
+    require_json(ctx)?;
+    let dry = ctx.dry_run()?;
+    let mut obj = parse_body(ctx)?;
+    type_meta(&mut obj, res)?;
+    namespace_meta(&mut obj, ctx)?;
+    let generate = meta_str(&obj, "generateName").unwrap_or("").to_string();
+    let mut name = meta_str(&obj, "name").unwrap_or("").to_string();
+    if name.is_empty() && generate.is_empty() {
+        return Err(ApiError::invalid(
+            res,
+            "",
+            vec![crate::status::Cause {
+                reason: "FieldValueRequired",
+                message: "Required value: name or generateName is required".into(),
+                field: "metadata.name".into(),
+            }],
+        ));
+    }
+    let generated = name.is_empty();
+    if generated {
+        name = format!("{generate}{}", object::random_suffix(5));
+    }
+    if let Some(cause) = object::validate_name(&name, res.dns_label_names) {
+        return Err(ApiError::invalid(res, &name, vec![cause]));
+    }
+    object::clear_server_fields(&mut obj);
+    let tracked = tracks_generation(res, &obj);
+    {
+        let m = meta_mut(&mut obj);
+        m.insert("name".into(), json!(name));
+        m.insert("uid".into(), json!(object::new_uid()));
+        m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
+        if tracked {
+            m.insert("generation".into(), json!(1));
+        }
+    }
+    if res.status {
+        obj["status"] = object::initial_status(res.kind);
+    }
+    require_namespace(app, ctx).await?;
+    if dry {
+        return Ok(json_response(StatusCode::CREATED, &obj));
+    }
+    let ns = ctx.target.namespace.as_deref();
+    for _ in 0..RETRIES {
+        let key = res.key(ns, &name);
+        match app
+            .store
+            .create(&key, to_store(&obj)?)
+            .await
+            .map_err(store_err)?
+        {
+            Cas::Done(rev) => {
+                object::set_resource_version(&mut obj, rev);
+                return Ok(json_response(StatusCode::CREATED, &obj));
+            }
+            Cas::Failed(_) if generated => {
+                name = format!("{generate}{}", object::random_suffix(5));
+                meta_mut(&mut obj).insert("name".into(), json!(name));
+            }
+            Cas::Failed(_) => return Err(ApiError::already_exists(res, &name)),
+        }
+    }
+    Err(ApiError::new(
+        500,
+        "AlreadyExists",
+        format!("could not generate a unique name for prefix {generate:?}"),
+    ))
+}
+
+/// The object to store when `new` replaces `old` (server fields kept;
+/// the main resource keeps the old status, `/status` changes only status).
+fn merge_update(res: &ResourceInfo, old: &Value, mut new: Value, status_sub: bool) -> Value {
+    if status_sub {
+        let mut out = old.clone();
+        match new.get_mut("status").map(Value::take) {
+            Some(s) => out["status"] = s,
+            None => {
+                if let Some(m) = out.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+        return out;
+    }
+    object::keep_server_fields(old, &mut new);
+    if res.status {
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
+    if tracks_generation(res, &new) && object::spec_changed(old, &new) {
+        let g = object::generation(old) + 1;
+        meta_mut(&mut new).insert("generation".into(), json!(g));
+    }
+    new
+}
+
+/// Writes `new` over the object at `ctx`'s key if it is still at `rev`.
+/// `Ok(None)`: the precondition failed.
+async fn write_if(
+    app: &App,
+    ctx: &Ctx,
+    old: &Value,
+    new: Value,
+    rev: i64,
+) -> ApiResult<Option<Value>> {
+    let mut new = new;
+    let unchanged = {
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            meta_mut(&mut v).remove("resourceVersion");
+            v
+        };
+        strip(old) == strip(&new)
+    };
+    if unchanged || ctx.dry_run()? {
+        object::set_resource_version(&mut new, rev);
+        return Ok(Some(new));
+    }
+    match app
+        .store
+        .update(&ctx.target.key(), to_store(&new)?, rev)
+        .await
+        .map_err(store_err)?
+    {
+        Cas::Done(r) => {
+            object::set_resource_version(&mut new, r);
+            Ok(Some(new))
+        }
+        Cas::Failed(None) => Err(ApiError::not_found(
+            ctx.target.res,
+            ctx.target.name.as_deref().unwrap_or(""),
+        )),
+        Cas::Failed(Some(_)) => Ok(None),
+    }
+}
+
+fn conflict(ctx: &Ctx) -> ApiError {
+    ApiError::conflict(
+        ctx.target.res,
+        ctx.target.name.as_deref().unwrap_or(""),
+        "the object has been modified; please apply your changes to the latest version and try again",
+    )
+}
+
+fn check_name(obj: &Value, ctx: &Ctx) -> ApiResult<()> {
+    let url = ctx.target.name.as_deref().unwrap_or("");
+    match meta_str(obj, "name") {
+        Some(n) if n == url => Ok(()),
+        Some("") | None => Err(ApiError::bad_request(
+            "metadata.name is required in the body",
+        )),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({url})"
+        ))),
+    }
+}
+
+fn parse_body_rv(obj: &Value) -> ApiResult<Option<i64>> {
+    super::read::parse_rv(meta_str(obj, "resourceVersion"))
+}
+
+/// PUT of an object or its status.
+pub async fn update(app: &App, ctx: &Ctx) -> ApiResult<Response> {
+    let t = &ctx.target;
+    require_json(ctx)?;
+    ctx.dry_run()?;
+    let mut body = parse_body(ctx)?;
+    type_meta(&mut body, t.res)?;
+    namespace_meta(&mut body, ctx)?;
+    check_name(&body, ctx)?;
+    let expected = parse_body_rv(&body)?;
+    let name = t.name.as_deref().unwrap_or("");
+    for _ in 0..RETRIES {
+        let (old, rev) = read_object(app, &t.key())
+            .await?
+            .ok_or_else(|| ApiError::not_found(t.res, name))?;
+        if expected.is_some_and(|e| e != rev) {
+            return Err(conflict(ctx));
+        }
+        let new = merge_update(t.res, &old, body.clone(), t.sub.is_some());
+        match write_if(app, ctx, &old, new, rev).await? {
+            Some(done) => return Ok(json_response(StatusCode::OK, &done)),
+            None if expected.is_some() => return Err(conflict(ctx)),
+            None => continue,
+        }
+    }
+    Err(conflict(ctx))
+}
+
+/// PATCH of an object or its status.
+pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
+    let t = &ctx.target;
+    let pt = PatchType::from_content_type(ctx.header(header::CONTENT_TYPE).unwrap_or(""))?;
+    ctx.dry_run()?;
+    let name = t.name.as_deref().unwrap_or("");
+    for _ in 0..RETRIES {
+        let (old, rev) = read_object(app, &t.key())
+            .await?
+            .ok_or_else(|| ApiError::not_found(t.res, name))?;
+        let mut new = patch::apply(pt, &old, &ctx.body)?;
+        if !new.is_object() {
+            return Err(ApiError::bad_request(
+                "the patched object is not a JSON object",
+            ));
+        }
+        type_meta(&mut new, t.res)?;
+        namespace_meta(&mut new, ctx)?;
+        check_name(&new, ctx)?;
+        // A resourceVersion the patch sets is a precondition.
+        let precondition = match parse_body_rv(&new)? {
+            Some(r) if r != rev => return Err(conflict(ctx)),
+            Some(r) => Some(r),
+            None => None,
+        };
+        let merged = merge_update(t.res, &old, new, t.sub.is_some());
+        match write_if(app, ctx, &old, merged, rev).await? {
+            Some(done) => return Ok(json_response(StatusCode::OK, &done)),
+            None if precondition.is_some() => return Err(conflict(ctx)),
+            None => continue,
+        }
+    }
+    Err(conflict(ctx))
+}
+
+/// `DeleteOptions` from the body and query.
+struct DeleteOptions {
+    uid: Option<String>,
+    resource_version: Option<i64>,
+    dry_run: bool,
+}
+
+fn delete_options(ctx: &Ctx) -> ApiResult<DeleteOptions> {
+    let mut dry_run = ctx.dry_run()?;
+    let body: Value = if ctx.body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&ctx.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+    };
+    if let Some(dr) = body.get("dryRun").and_then(Value::as_array) {
+        for v in dr {
+            match v.as_str() {
+                Some("All") => dry_run = true,
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "dryRun: Unsupported value: {other:?}"
+                    )))
+                }
+            }
+        }
+    }
+    let uid = body
+        .pointer("/preconditions/uid")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let resource_version = super::read::parse_rv(
+        body.pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str),
+    )?;
+    Ok(DeleteOptions {
+        uid,
+        resource_version,
+        dry_run,
+    })
+}
+
+/// DELETE of one object. Deleting a namespace deletes everything in it at
+/// once (there is no namespace controller yet to do it in the background).
+pub async fn delete(app: &App, ctx: &Ctx) -> ApiResult<Response> {
+    let t = &ctx.target;
+    let opts = delete_options(ctx)?;
+    let name = t.name.as_deref().unwrap_or("");
+    let is_namespace = t.res.kind == "Namespace";
+    if is_namespace && matches!(name, "default" | "kube-system" | "kube-public") {
+        return Err(ApiError {
+            details: Some(json!({"name": name, "kind": "namespaces"})),
+            ..ApiError::new(
+                403,
+                "Forbidden",
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            )
+        });
+    }
+    for _ in 0..RETRIES {
+        let (obj, rev) = read_object(app, &t.key())
+            .await?
+            .ok_or_else(|| ApiError::not_found(t.res, name))?;
+        if let Some(uid) = &opts.uid {
+            let actual = meta_str(&obj, "uid").unwrap_or("");
+            if uid != actual {
+                return Err(ApiError::conflict(t.res, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}")));
+            }
+        }
+        if let Some(want) = opts.resource_version {
+            if want != rev {
+                return Err(ApiError::conflict(t.res, name, &format!("Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}")));
+            }
+        }
+        if opts.dry_run {
+            return Ok(json_response(StatusCode::OK, &obj));
+        }
+        if is_namespace {
+            for r in registry::RESOURCES.iter().filter(|r| r.namespaced) {
+                app.store
+                    .delete_prefix(&r.prefix(Some(name)))
+                    .await
+                    .map_err(store_err)?;
+            }
+        }
+        match app.store.delete(&t.key(), rev).await.map_err(store_err)? {
+            Cas::Done(_) => return Ok(json_response(StatusCode::OK, &obj)),
+            Cas::Failed(None) => return Err(ApiError::not_found(t.res, name)),
+            Cas::Failed(Some(_)) if opts.resource_version.is_some() => return Err(conflict(ctx)),
+            Cas::Failed(Some(_)) => continue,
+        }
+    }
+    Err(conflict(ctx))
+}
+
+/// DELETE of a collection (with the list's selectors): the deleted objects.
+pub async fn delete_collection(app: &App, ctx: &Ctx) -> ApiResult<Response> {
+    let opts = delete_options(ctx)?;
+    let listing = select(app, ctx).await?;
+    let res = ctx.target.res;
+    let mut deleted = Vec::new();
+    for obj in listing.items {
+        let ns = meta_str(&obj, "namespace");
+        let name = meta_str(&obj, "name").unwrap_or("");
+        if res.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
+            continue;
+        }
+        let rev = super::read::parse_rv(meta_str(&obj, "resourceVersion"))?.unwrap_or(0);
+        if !opts.dry_run {
+            if res.kind == "Namespace" {
+                for r in registry::RESOURCES.iter().filter(|r| r.namespaced) {
+                    app.store
+                        .delete_prefix(&r.prefix(Some(name)))
+                        .await
+                        .map_err(store_err)?;
+                }
+            }
+            if let Cas::Failed(_) = app
+                .store
+                .delete(&res.key(ns, name), rev)
+                .await
+                .map_err(store_err)?
+            {
+                continue;
+            }
+        }
+        deleted.push(obj);
+    }
+    let body = json!({
+        "kind": format!("{}List", res.kind),
+        "apiVersion": res.group_version(),
+        "metadata": {"resourceVersion": listing.revision.to_string()},
+        "items": deleted,
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// Creates the system namespaces that do not exist yet.
+pub async fn bootstrap(app: &App) -> ApiResult<()> {
+    let nsres = registry::lookup("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
+    for ns in SYSTEM_NAMESPACES {
+        let obj = json!({
+            "kind": "Namespace",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": ns,
+                "uid": object::new_uid(),
+                "creationTimestamp": object::now_rfc3339(),
+                "labels": {"kubernetes.io/metadata.name": ns},
+            },
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        });
+        app.store
+            .create(&nsres.key(None, ns), to_store(&obj)?)
+            .await
+            .map_err(store_err)?;
+    }
+    Ok(())
+}

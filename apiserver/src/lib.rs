@@ -1,0 +1,52 @@
+//! keel-apiserver: the Kubernetes REST API on the store, for the stock kubectl.
+//!
+//! Table of contents:
+//! - [`server`]: HTTPS (rustls), client-certificate users, the accept loop.
+//! - [`tls`]: the cluster CA, serving and client certificates, kubeconfig files.
+//! - [`auth`]: the user of a client certificate (CN = user, O = groups).
+//! - [`handlers`]: path routing and the verbs (get, list, create, update,
+//!   patch, delete, deletecollection); [`watch`]: watch streams.
+//! - [`registry`]: the table of resource types everything else reads.
+//! - [`discovery`], [`openapi`], [`table`]: what kubectl reads besides objects.
+//! - [`selectors`], [`patch`], [`object`]: label/field selectors, the three
+//!   patch types, metadata rules.
+//! - [`store`]: the store client (etcd v3 gRPC for now; the native QUIC
+//!   client is a later step).
+//! - [`status`]: Kubernetes `Status` errors.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod discovery;
+pub mod handlers;
+pub mod object;
+pub mod openapi;
+pub mod patch;
+pub mod registry;
+pub mod selectors;
+pub mod server;
+pub mod status;
+pub mod store;
+pub mod table;
+pub mod tls;
+pub mod watch;
+
+pub use server::{Config, Server};
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Certificates or the TLS config.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The store client.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Binding the listening socket.
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}

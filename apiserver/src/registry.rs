@@ -1,0 +1,395 @@
+//! The resource registry: one table row per resource type. Everything generic
+//! (routing, storage keys, discovery, OpenAPI, tables) reads this table.
+
+/// The verbs every resource supports.
+pub const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// One resource type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceInfo {
+    /// API group (`""` for core).
+    pub group: &'static str,
+    /// API version.
+    pub version: &'static str,
+    /// Kind (`Pod`).
+    pub kind: &'static str,
+    /// Plural resource name (`pods`), also the store key segment.
+    pub plural: &'static str,
+    /// Singular name (`pod`).
+    pub singular: &'static str,
+    /// Namespaced (else cluster-scoped).
+    pub namespaced: bool,
+    /// Short names (`po`).
+    pub short_names: &'static [&'static str],
+    /// Has a `/status` subresource.
+    pub status: bool,
+    /// Discovery categories (`all`).
+    pub categories: &'static [&'static str],
+    /// Names must be DNS labels (≤ 63, no dots) rather than DNS subdomains.
+    pub dns_label_names: bool,
+}
+
+impl ResourceInfo {
+    /// `group/version`, or `version` for core.
+    pub fn group_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `plural.group` (`deployments.apps`), or `plural` for core.
+    pub fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// The store key of one object.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/{name}", self.plural),
+            _ => format!("/registry/{}/{name}", self.plural),
+        }
+    }
+
+    /// The store key prefix of a collection (one namespace, or all).
+    pub fn prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/", self.plural),
+            _ => format!("/registry/{}/", self.plural),
+        }
+    }
+}
+
+const ALL: &[&str] = &["all"];
+const NONE: &[&str] = &[];
+
+#[allow(clippy::too_many_arguments)]
+const fn r(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    status: bool,
+    categories: &'static [&'static str],
+) -> ResourceInfo {
+    ResourceInfo {
+        group,
+        version,
+        kind,
+        plural,
+        singular,
+        namespaced,
+        short_names,
+        status,
+        categories,
+        dns_label_names: false,
+    }
+}
+
+/// Every resource type served.
+pub const RESOURCES: &[ResourceInfo] = &[
+    ResourceInfo {
+        dns_label_names: true,
+        ..r(
+            "",
+            "v1",
+            "Namespace",
+            "namespaces",
+            "namespace",
+            false,
+            &["ns"],
+            true,
+            NONE,
+        )
+    },
+    r("", "v1", "Pod", "pods", "pod", true, &["po"], true, ALL),
+    r(
+        "",
+        "v1",
+        "Node",
+        "nodes",
+        "node",
+        false,
+        &["no"],
+        true,
+        NONE,
+    ),
+    ResourceInfo {
+        dns_label_names: true,
+        ..r(
+            "",
+            "v1",
+            "Service",
+            "services",
+            "service",
+            true,
+            &["svc"],
+            true,
+            ALL,
+        )
+    },
+    r(
+        "",
+        "v1",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        false,
+        NONE,
+    ),
+    r(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        &["cm"],
+        false,
+        NONE,
+    ),
+    r(
+        "", "v1", "Secret", "secrets", "secret", true, NONE, false, NONE,
+    ),
+    r(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+        false,
+        NONE,
+    ),
+    r(
+        "",
+        "v1",
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        false,
+        NONE,
+    ),
+    r(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        "persistentvolume",
+        false,
+        &["pv"],
+        true,
+        NONE,
+    ),
+    r(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        true,
+        &["pvc"],
+        true,
+        NONE,
+    ),
+    r(
+        "",
+        "v1",
+        "LimitRange",
+        "limitranges",
+        "limitrange",
+        true,
+        &["limits"],
+        false,
+        NONE,
+    ),
+    r(
+        "",
+        "v1",
+        "ResourceQuota",
+        "resourcequotas",
+        "resourcequota",
+        true,
+        &["quota"],
+        true,
+        NONE,
+    ),
+    r(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        &["deploy"],
+        true,
+        ALL,
+    ),
+    r(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        true,
+        &["rs"],
+        true,
+        ALL,
+    ),
+    r(
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        "statefulset",
+        true,
+        &["sts"],
+        true,
+        ALL,
+    ),
+    r(
+        "apps",
+        "v1",
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        true,
+        &["ds"],
+        true,
+        ALL,
+    ),
+    r("batch", "v1", "Job", "jobs", "job", true, NONE, true, ALL),
+    r(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        "cronjob",
+        true,
+        &["cj"],
+        true,
+        ALL,
+    ),
+    r(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        "lease",
+        true,
+        NONE,
+        false,
+        NONE,
+    ),
+    r(
+        "autoscaling",
+        "v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        true,
+        &["hpa"],
+        true,
+        ALL,
+    ),
+    r(
+        "networking.k8s.io",
+        "v1",
+        "Ingress",
+        "ingresses",
+        "ingress",
+        true,
+        &["ing"],
+        true,
+        NONE,
+    ),
+];
+
+/// The resource `plural` of `group/version`, if served.
+pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The resource of a kind in `group/version`, if served.
+pub fn by_kind(group: &str, version: &str, kind: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.kind == kind)
+}
+
+/// The served group-versions, core first, each once, in table order.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in RESOURCES {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+/// The resources of one group-version.
+pub fn resources_of<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static ResourceInfo> + 'a {
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_registry_layout() {
+        let pods = lookup("", "v1", "pods").expect("pods");
+        assert_eq!(pods.key(Some("default"), "a"), "/registry/pods/default/a");
+        assert_eq!(pods.prefix(None), "/registry/pods/");
+        let ns = lookup("", "v1", "namespaces").expect("namespaces");
+        assert_eq!(
+            ns.key(Some("ignored"), "kube-system"),
+            "/registry/namespaces/kube-system"
+        );
+        assert_eq!(
+            lookup("apps", "v1", "deployments")
+                .map(|r| r.qualified())
+                .as_deref(),
+            Some("deployments.apps")
+        );
+    }
+
+    #[test]
+    fn plurals_are_unique_store_segments() {
+        for (i, a) in RESOURCES.iter().enumerate() {
+            for b in &RESOURCES[i + 1..] {
+                assert_ne!(a.plural, b.plural);
+            }
+        }
+    }
+}

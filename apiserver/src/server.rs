@@ -1,0 +1,141 @@
+//! The HTTPS server: TLS (rustls) with optional client certificates, the
+//! user of each connection, HTTP/1.1 and HTTP/2 (hyper), one axum handler.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{user_from_der, User};
+use crate::handlers::{self, App};
+use crate::store::Store;
+use crate::tls;
+use crate::Error;
+
+/// `keel apiserver` settings (named after kube-apiserver's flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--etcd-servers`: store client URLs.
+    pub etcd_servers: Vec<String>,
+    /// `--bind-address`.
+    pub bind_address: IpAddr,
+    /// `--secure-port` (0: any free port).
+    pub secure_port: u16,
+    /// `--cert-dir`: the CA and serving certificate (created if missing).
+    pub cert_dir: PathBuf,
+}
+
+/// A bound, not yet serving API server.
+pub struct Server {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Creates the PKI if needed, connects (lazily) to the store and binds the port.
+    pub async fn bind(cfg: &Config) -> Result<Server, Error> {
+        tls::ensure_pki(&cfg.cert_dir, &[cfg.bind_address.to_string()])?;
+        let tls_cfg = tls::server_config(&cfg.cert_dir)?;
+        let store = Store::connect(&cfg.etcd_servers)?;
+        let addr = SocketAddr::new(cfg.bind_address, cfg.secure_port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        Ok(Server {
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(tls_cfg)),
+            app: Arc::new(App {
+                store,
+                server_address: local.to_string(),
+                ready: Default::default(),
+            }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` resolves. Creates the system namespaces in the
+    /// background as soon as the store answers (`/readyz` turns 200 then).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            loop {
+                match handlers::write::bootstrap(&app).await {
+                    Ok(()) => {
+                        app.ready.store(true, Ordering::Release);
+                        tracing::info!("system namespaces ready");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "waiting for the store");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        let router: Router = Router::new()
+            .fallback(handlers::handle)
+            .with_state(self.app.clone());
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = self.acceptor.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|der| user_from_der(der))
+                    .unwrap_or_else(User::anonymous);
+                let svc = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(user.clone());
+                        tower::ServiceExt::oneshot(router.clone(), req.map(Body::new))
+                    },
+                );
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                }
+            });
+        }
+    }
+}

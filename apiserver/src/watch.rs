@@ -1,0 +1,235 @@
+//! `?watch=true`: newline-delimited JSON watch events (`ADDED`, `MODIFIED`,
+//! `DELETED`, `BOOKMARK`, `ERROR`) from a resourceVersion, fed by one store
+//! watch per HTTP watch (a shared watch cache per resource is a later step).
+//!
+//! - `resourceVersion` unset or `0`: synthetic `ADDED` events for the current
+//!   state first, then changes after it.
+//! - `resourceVersion=R`: changes after R, nothing older replayed.
+//! - A compacted R: one `ERROR` event carrying a 410 `Expired` Status.
+//! - Selectors: an object that stops matching is sent as `DELETED`, one that
+//!   starts matching as `ADDED`, as Kubernetes does.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use keel_storage::proto::mvccpb::{event::EventType, KeyValue};
+use serde_json::{json, Value};
+
+use crate::handlers::read::parse_rv;
+use crate::handlers::{decode, store_err, App, Ctx};
+use crate::registry::ResourceInfo;
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, ApiResult};
+use crate::table::{self, IncludeObject};
+
+/// A watch without `timeoutSeconds` ends after this long (Kubernetes picks
+/// 30–60 minutes); clients re-watch from their last resourceVersion.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// How often a watch with `allowWatchBookmarks=true` asks the store for progress.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
+
+/// Filters and formats events for one HTTP watch.
+struct Filter {
+    res: &'static ResourceInfo,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    table: Option<IncludeObject>,
+}
+
+impl Filter {
+    fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches(obj.pointer("/metadata/labels")) && self.fields.matches(obj)
+    }
+
+    fn line(&self, kind: &str, mut obj: Value) -> Bytes {
+        if obj.is_object() && kind != "ERROR" && kind != "BOOKMARK" {
+            obj["kind"] = json!(self.res.kind);
+            obj["apiVersion"] = json!(self.res.group_version());
+        }
+        if let (Some(include), "ADDED" | "MODIFIED" | "DELETED") = (self.table, kind) {
+            let meta = json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)});
+            obj = table::table(self.res, &[obj], meta, include);
+        }
+        let mut s = json!({"type": kind, "object": obj}).to_string();
+        s.push('\n');
+        Bytes::from(s)
+    }
+
+    fn bookmark(&self, rev: i64) -> Bytes {
+        self.line(
+            "BOOKMARK",
+            json!({"kind": self.res.kind, "apiVersion": self.res.group_version(),
+                   "metadata": {"resourceVersion": rev.to_string()}}),
+        )
+    }
+
+    /// The event lines for one store event.
+    fn event(&self, put: bool, kv: &KeyValue, prev: Option<&KeyValue>) -> Vec<Bytes> {
+        let old = prev
+            .and_then(|p| decode(p).ok())
+            .filter(|o| self.matches(o));
+        if !put {
+            return match old {
+                Some(mut o) => {
+                    crate::object::set_resource_version(&mut o, kv.mod_revision);
+                    vec![self.line("DELETED", o)]
+                }
+                None => vec![],
+            };
+        }
+        let Ok(new) = decode(kv) else {
+            return vec![self.line(
+                "ERROR",
+                ApiError::internal(format!(
+                    "undecodable object at {}",
+                    String::from_utf8_lossy(&kv.key)
+                ))
+                .to_status(),
+            )];
+        };
+        match (old.is_some(), self.matches(&new)) {
+            (true, true) => vec![self.line("MODIFIED", new)],
+            (false, true) => vec![self.line("ADDED", new)],
+            (true, false) => vec![self.line("DELETED", new)],
+            (false, false) => vec![],
+        }
+    }
+}
+
+fn expired(rev: i64) -> Value {
+    ApiError::expired(format!("too old resource version: {rev}")).to_status()
+}
+
+/// Serves a watch request.
+pub async fn watch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
+    let res = ctx.target.res;
+    let filter = Filter {
+        res,
+        labels: LabelSelector::parse(ctx.q("labelSelector").unwrap_or(""))?,
+        fields: FieldSelector::parse(ctx.q("fieldSelector").unwrap_or(""), res.kind)?,
+        table: table::wants_table(ctx.header(header::ACCEPT))
+            .then(|| IncludeObject::parse(ctx.q("includeObject"))),
+    };
+    // A watch on one object (`/pods/x?watch=true`) is a watch on its key.
+    let prefix = match &ctx.target.name {
+        Some(_) => ctx.target.key(),
+        None => res.prefix(ctx.target.namespace.as_deref()),
+    };
+    let timeout = match ctx.q("timeoutSeconds") {
+        None | Some("") => DEFAULT_TIMEOUT,
+        Some(t) => Duration::from_secs(
+            t.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?,
+        ),
+    };
+    let bookmarks = ctx.q("allowWatchBookmarks") == Some("true");
+    let mut initial = Vec::new();
+    let start = match parse_rv(ctx.q("resourceVersion"))? {
+        Some(rv) => rv + 1,
+        None => {
+            let end = crate::store::prefix_end(prefix.as_bytes());
+            let page = app
+                .store
+                .range(prefix.as_bytes(), &end, 0, 0)
+                .await
+                .map_err(store_err)?;
+            for kv in &page.kvs {
+                let obj = decode(kv)?;
+                if filter.matches(&obj)
+                    && (ctx.target.name.is_none() || kv.key.as_ref() == prefix.as_bytes())
+                {
+                    initial.push(filter.line("ADDED", obj));
+                }
+            }
+            page.revision + 1
+        }
+    };
+    let exact = ctx.target.name.is_some();
+    let store_stream = app
+        .store
+        .watch_prefix(&prefix, start, bookmarks.then_some(BOOKMARK_EVERY))
+        .await
+        .map_err(store_err)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        for line in initial {
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut stream = store_stream;
+        loop {
+            let resp = tokio::select! {
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                r = stream.next() => r,
+            };
+            let resp = match resp {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    let _ = tx
+                        .send(filter.line("ERROR", store_err(e).to_status()))
+                        .await;
+                    return;
+                }
+                None => return,
+            };
+            if resp.canceled || resp.compact_revision > 0 {
+                let status = if resp.compact_revision > 0 {
+                    expired(start - 1)
+                } else {
+                    ApiError::unavailable(format!(
+                        "the store cancelled the watch: {}",
+                        resp.cancel_reason
+                    ))
+                    .to_status()
+                };
+                let _ = tx.send(filter.line("ERROR", status)).await;
+                return;
+            }
+            if resp.created {
+                continue;
+            }
+            if resp.events.is_empty() {
+                if bookmarks {
+                    let rev = resp.header.map(|h| h.revision).unwrap_or(0);
+                    if tx.send(filter.bookmark(rev)).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            for ev in &resp.events {
+                let Some(kv) = &ev.kv else { continue };
+                if exact && kv.key.as_ref() != prefix.as_bytes() {
+                    continue;
+                }
+                let put = ev.r#type == EventType::Put as i32;
+                for line in filter.event(put, kv, ev.prev_kv.as_ref()) {
+                    if tx.send(line).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let body = Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
+    );
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache, private"),
+        ],
+        body,
+    )
+        .into_response())
+}
