@@ -54,8 +54,6 @@ pub struct KeyAt {
 /// All the revisions of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyIndex {
-    /// The latest revision of the key (put or tombstone).
-    pub modified: Revision,
     /// Oldest first; the last one is the current generation. Inline while
     /// there is one.
     pub generations: SmallVec<[Generation; 1]>,
@@ -64,7 +62,6 @@ pub struct KeyIndex {
 impl Default for KeyIndex {
     fn default() -> Self {
         KeyIndex {
-            modified: Revision::default(),
             generations: smallvec![Generation::default()],
         }
     }
@@ -73,14 +70,13 @@ impl Default for KeyIndex {
 impl KeyIndex {
     /// Records a put at `rev`.
     pub fn put(&mut self, rev: Revision) {
-        debug_assert!(rev > self.modified || self.modified == Revision::default());
+        debug_assert!(self.modified().is_none_or(|m| rev > m));
         let g = self.current_mut();
         if g.revs.is_empty() {
             g.created = rev;
         }
         g.revs.push(rev);
         g.ver += 1;
-        self.modified = rev;
     }
 
     /// Records a deletion at `rev`: the tombstone closes the current
@@ -168,6 +164,14 @@ impl KeyIndex {
         self.generations.drain(..gen_idx);
     }
 
+    /// The latest revision of the key (put or tombstone), if any is left.
+    pub fn modified(&self) -> Option<Revision> {
+        self.generations
+            .iter()
+            .rev()
+            .find_map(|g| g.revs.last().copied())
+    }
+
     fn current(&self) -> &Generation {
         // Invariant: there is always at least one generation.
         &self.generations[self.generations.len() - 1]
@@ -187,7 +191,6 @@ impl KeyIndex {
         g.created = created;
         g.ver = version;
         g.revs = smallvec![modified];
-        self.modified = modified;
     }
 }
 

@@ -2,12 +2,14 @@
 //! `server/storage/mvcc`.
 //!
 //! - [`revision`]: `Revision {main, sub}`.
+//! - [`chunk_map`]: the ordered map (sorted chunks) the key index lives in.
 //! - [`key_index`]: one key's history in generations.
 //! - [`rev_log`]: every retained change in revision order (append-only chunks).
 //! - [`tree_index`]: the B-tree of key indexes, and [`KeyRange`].
 //! - [`store`]: [`KvStore`], values by revision, reads at any retained
 //!   revision, write transactions, compaction, history for watches.
 
+pub mod chunk_map;
 pub mod key_index;
 pub mod rev_log;
 pub mod revision;

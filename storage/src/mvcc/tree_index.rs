@@ -1,10 +1,10 @@
 //! The in-memory B-tree from key to its revision history (etcd's `treeIndex`).
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::Bytes;
 
+use super::chunk_map::ChunkMap;
 use super::key_index::{KeyAt, KeyIndex};
 use super::revision::Revision;
 
@@ -71,7 +71,7 @@ impl KeyRange {
 /// Key -> [`KeyIndex`], ordered by key.
 #[derive(Debug, Default, Clone)]
 pub struct TreeIndex {
-    tree: BTreeMap<Bytes, KeyIndex>,
+    tree: ChunkMap<KeyIndex>,
 }
 
 impl TreeIndex {
@@ -107,7 +107,12 @@ impl TreeIndex {
             }
             return;
         }
-        let ki = self.tree.entry(key.clone()).or_default();
+        if self.tree.get(key.as_ref()).is_none() {
+            self.tree.insert(key.clone(), KeyIndex::default());
+        }
+        let Some(ki) = self.tree.get_mut(key.as_ref()) else {
+            return;
+        };
         if ki.is_alive() || version == 1 {
             ki.put(rev);
         } else {
@@ -131,7 +136,7 @@ impl TreeIndex {
         let Some(bounds) = range.bounds() else {
             return;
         };
-        for (k, ki) in self.tree.range::<[u8], _>(bounds) {
+        for (k, ki) in self.tree.range(bounds) {
             if let Some(s) = ki.get(at) {
                 if !f(k, s) {
                     return;
@@ -146,7 +151,7 @@ impl TreeIndex {
             return Vec::new();
         };
         self.tree
-            .range::<[u8], _>(bounds)
+            .range(bounds)
             .filter(|(_, ki)| ki.is_alive())
             .map(|(k, _)| k.clone())
             .collect()

@@ -1,0 +1,231 @@
+//! An ordered map from key bytes to `V` kept as a list of sorted chunks: the
+//! key index's container.
+//!
+//! std's `BTreeMap` leaves its leaves about half full when keys arrive in
+//! order (the common case: sequential or time-ordered keys), which costs
+//! about 90 bytes per key here. Chunks that fill up completely when keys
+//! arrive in order, and split in half otherwise, keep the same O(log n)
+//! lookups with a fraction of the overhead. A chunk is found by binary
+//! search over the chunks' last keys, then a key by binary search inside it.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+/// Entries per chunk: an insert moves at most this many entries.
+const CHUNK: usize = 128;
+
+/// The ordered map. See the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkMap<V> {
+    chunks: Vec<Vec<(Bytes, V)>>,
+    len: usize,
+}
+
+impl<V> ChunkMap<V> {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The chunk that holds `key` or would: the first whose last key is
+    /// `>= key`, else the last chunk.
+    fn chunk_for(&self, key: &[u8]) -> usize {
+        let ci = self
+            .chunks
+            .partition_point(|c| c.last().is_some_and(|(k, _)| k.as_ref() < key));
+        ci.min(self.chunks.len().saturating_sub(1))
+    }
+
+    fn find(&self, key: &[u8]) -> Option<(usize, usize)> {
+        let ci = self.chunk_for(key);
+        let c = self.chunks.get(ci)?;
+        c.binary_search_by(|(k, _)| k.as_ref().cmp(key))
+            .ok()
+            .map(|i| (ci, i))
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&V> {
+        self.find(key).map(|(ci, i)| &self.chunks[ci][i].1)
+    }
+
+    /// The value of `key`, mutably.
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        self.find(key).map(|(ci, i)| &mut self.chunks[ci][i].1)
+    }
+
+    /// Inserts `key` = `value` (replacing an existing value).
+    pub fn insert(&mut self, key: Bytes, value: V) {
+        if self.chunks.is_empty() {
+            let mut c = Vec::with_capacity(CHUNK);
+            c.push((key, value));
+            self.chunks.push(c);
+            self.len = 1;
+            return;
+        }
+        let ci = self.chunk_for(&key);
+        let last_chunk = ci + 1 == self.chunks.len();
+        let c = &mut self.chunks[ci];
+        match c.binary_search_by(|(k, _)| k.as_ref().cmp(key.as_ref())) {
+            Ok(i) => c[i].1 = value,
+            Err(i) => {
+                let append = last_chunk && i == c.len();
+                if c.len() < CHUNK {
+                    c.insert(i, (key, value));
+                } else if append {
+                    // Keys arriving in order: leave this chunk full.
+                    let mut n = Vec::with_capacity(CHUNK);
+                    n.push((key, value));
+                    self.chunks.push(n);
+                } else {
+                    let mut tail = Vec::with_capacity(CHUNK);
+                    tail.extend(c.drain(CHUNK / 2..));
+                    if i <= c.len() {
+                        c.insert(i, (key, value));
+                    } else {
+                        tail.insert(i - CHUNK / 2, (key, value));
+                    }
+                    self.chunks.insert(ci + 1, tail);
+                }
+                self.len += 1;
+            }
+        }
+    }
+
+    /// The position of the first entry whose key is inside `start`.
+    fn lower(&self, start: Bound<&[u8]>) -> (usize, usize) {
+        let (key, inclusive) = match start {
+            Bound::Unbounded => return (0, 0),
+            Bound::Included(k) => (k, true),
+            Bound::Excluded(k) => (k, false),
+        };
+        let ci = self
+            .chunks
+            .partition_point(|c| c.last().is_some_and(|(k, _)| k.as_ref() < key));
+        let Some(c) = self.chunks.get(ci) else {
+            return (ci, 0);
+        };
+        let i = c.partition_point(|(k, _)| {
+            if inclusive {
+                k.as_ref() < key
+            } else {
+                k.as_ref() <= key
+            }
+        });
+        (ci, i)
+    }
+
+    /// Entries with keys within `(start, end)`, in key order.
+    pub fn range<'a>(
+        &'a self,
+        (start, end): (Bound<&'a [u8]>, Bound<&'a [u8]>),
+    ) -> impl Iterator<Item = (&'a Bytes, &'a V)> + 'a {
+        let (ci, i) = self.lower(start);
+        self.chunks
+            .iter()
+            .skip(ci)
+            .enumerate()
+            .flat_map(move |(n, c)| c[if n == 0 { i.min(c.len()) } else { 0 }..].iter())
+            .take_while(move |(k, _)| match end {
+                Bound::Unbounded => true,
+                Bound::Included(e) => k.as_ref() <= e,
+                Bound::Excluded(e) => k.as_ref() < e,
+            })
+            .map(|(k, v)| (k, v))
+    }
+
+    /// Every entry, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &V)> {
+        self.chunks.iter().flatten().map(|(k, v)| (k, v))
+    }
+
+    /// Keeps the entries `f` says yes to (it may change them), dropping
+    /// chunks left empty.
+    pub fn retain(&mut self, mut f: impl FnMut(&Bytes, &mut V) -> bool) {
+        for c in &mut self.chunks {
+            c.retain_mut(|(k, v)| f(k, v));
+        }
+        self.chunks.retain(|c| !c.is_empty());
+        self.len = self.chunks.iter().map(Vec::len).sum();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn key(n: u16) -> Bytes {
+        Bytes::from(format!("{n:05}").into_bytes())
+    }
+
+    fn check(m: &ChunkMap<u32>, model: &BTreeMap<Bytes, u32>, probes: &[u16]) {
+        assert_eq!(m.len(), model.len());
+        assert!(m
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .eq(model.iter().map(|(k, v)| (k.clone(), *v))));
+        for &p in probes {
+            let k = key(p);
+            assert_eq!(m.get(&k), model.get(&k));
+            let hi = key(p.saturating_add(37));
+            for b in [
+                (Bound::Included(k.as_ref()), Bound::Excluded(hi.as_ref())),
+                (Bound::Excluded(k.as_ref()), Bound::Included(hi.as_ref())),
+                (Bound::Included(k.as_ref()), Bound::Unbounded),
+                (Bound::Unbounded, Bound::Excluded(k.as_ref())),
+            ] {
+                let got: Vec<u32> = m.range(b).map(|(_, v)| *v).collect();
+                let want: Vec<u32> = if matches!((b.0, b.1), (Bound::Excluded(a), Bound::Included(z)) if a > z)
+                {
+                    Vec::new()
+                } else {
+                    model.range::<[u8], _>(b).map(|(_, v)| *v).collect()
+                };
+                assert_eq!(got, want);
+            }
+        }
+    }
+
+    #[test]
+    fn sequential_inserts_fill_chunks() {
+        let mut m = ChunkMap::default();
+        for n in 0..(CHUNK as u16 * 5) {
+            m.insert(key(n), u32::from(n));
+        }
+        assert_eq!(m.chunks.len(), 5);
+        assert!(m.chunks.iter().all(|c| c.len() == CHUNK));
+    }
+
+    proptest! {
+        #[test]
+        fn matches_a_btreemap(ops in proptest::collection::vec((0u8..4, 0u16..2000, any::<u32>()), 1..3000)) {
+            let mut m = ChunkMap::default();
+            let mut model = BTreeMap::new();
+            let mut probes = Vec::new();
+            for (op, k, v) in ops {
+                match op {
+                    0 | 1 => { m.insert(key(k), v); model.insert(key(k), v); }
+                    2 => {
+                        if let Some(x) = m.get_mut(&key(k)) { *x = v; }
+                        if let Some(x) = model.get_mut(key(k).as_ref()) { *x = v; }
+                    }
+                    _ => {
+                        m.retain(|_, x| *x % 7 != v % 7);
+                        model.retain(|_, x| *x % 7 != v % 7);
+                    }
+                }
+                probes.push(k);
+            }
+            probes.truncate(50);
+            check(&m, &model, &probes);
+        }
+    }
+}
