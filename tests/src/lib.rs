@@ -134,3 +134,4 @@ macro_rules! e2e_test {
 pub mod cluster;
 pub mod diff;
 pub mod jepsen;
+pub mod kube;

@@ -158,7 +158,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .unwrap_or("");
     tracing::info!(
         user = %user.name,
-        verb = info.verb,
+        verb = %info.verb,
         resource = %info.resource,
         method = %method,
         path = %path,

@@ -28,17 +28,18 @@ fn to_store(obj: &Value) -> ApiResult<Vec<u8>> {
     serde_json::to_vec(&o).map_err(|e| ApiError::internal(format!("encoding object: {e}")))
 }
 
-fn require_json(ctx: &Ctx) -> ApiResult<()> {
-    match ctx.header(header::CONTENT_TYPE) {
-        None => Ok(()),
-        Some(ct) if ct.split(';').next().map(str::trim) == Some("application/json") => Ok(()),
-        Some(ct) => Err(ApiError::unsupported_media_type(ct)),
-    }
-}
-
+/// The request body as JSON: `application/json` (or no type), or a
+/// Kubernetes protobuf body converted to JSON; anything else is a 415.
 fn parse_body(ctx: &Ctx) -> ApiResult<Value> {
-    let v: Value = serde_json::from_slice(&ctx.body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    let ct = ctx.header(header::CONTENT_TYPE).unwrap_or("");
+    let base = ct.split(';').next().map(str::trim).unwrap_or("");
+    let v: Value = match base {
+        "" | "application/json" => serde_json::from_slice(&ctx.body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?,
+        crate::protobuf::CONTENT_TYPE => crate::protobuf::to_json(&ctx.body)?,
+        _ => return Err(ApiError::unsupported_media_type(ct)),
+    };
     if !v.is_object() {
         return Err(ApiError::bad_request(
             "the request body must be a JSON object",
@@ -119,7 +120,6 @@ async fn require_namespace(app: &App, ctx: &Ctx) -> ApiResult<()> {
 /// POST to a collection.
 pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let res = ctx.target.res;
-    require_json(ctx)?;
     let dry = ctx.dry_run()?;
     let mut obj = parse_body(ctx)?;
     type_meta(&mut obj, res)?;
@@ -290,7 +290,6 @@ fn parse_body_rv(obj: &Value) -> ApiResult<Option<i64>> {
 /// PUT of an object or its status.
 pub async fn update(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let t = &ctx.target;
-    require_json(ctx)?;
     ctx.dry_run()?;
     let mut body = parse_body(ctx)?;
     type_meta(&mut body, t.res)?;
@@ -362,8 +361,7 @@ fn delete_options(ctx: &Ctx) -> ApiResult<DeleteOptions> {
     let body: Value = if ctx.body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(&ctx.body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        parse_body(ctx)?
     };
     if let Some(dr) = body.get("dryRun").and_then(Value::as_array) {
         for v in dr {

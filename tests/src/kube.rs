@@ -1,0 +1,210 @@
+//! An API server for end-to-end tests: a `keel store` member plus a
+//! `keel apiserver` process against it, a kubeconfig written by
+//! `keel kubeconfig`, and [`KubeApi::kubectl`] to drive the real kubectl.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use tempfile::TempDir;
+
+use crate::{free_port, keel_bin, Backend, CtlOutput, Member, MemberOpts};
+
+/// The kubectl the tests drive (`$KUBECTL_BIN` overrides `/usr/bin/kubectl`).
+pub fn kubectl_bin() -> PathBuf {
+    std::env::var_os("KUBECTL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"))
+}
+
+/// How long [`KubeApi::start`] waits for `/readyz`.
+pub const API_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A store member and an apiserver process on it. Dropping it kills both
+/// (printing the apiserver log's tail if the thread is panicking).
+pub struct KubeApi {
+    store: Member,
+    dir: TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl KubeApi {
+    /// Starts a single-member `keel store` and `keel apiserver` on free
+    /// ports, writes the kubeconfig and waits until `/readyz` answers.
+    pub fn start() -> KubeApi {
+        Self::try_start().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Like [`KubeApi::start`] but returns the error.
+    pub fn try_start() -> Result<KubeApi> {
+        let store = Member::try_start(Backend::Keel, MemberOpts::default())?;
+        let dir = tempfile::Builder::new()
+            .prefix("keel-kube-")
+            .tempdir()
+            .context("create apiserver temp dir")?;
+        let mut api = KubeApi {
+            store,
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        api.launch()?;
+        let out = Command::new(keel_bin())
+            .args(["kubeconfig", "--cert-dir"])
+            .arg(api.cert_dir())
+            .args(["--server", &api.url(), "--output"])
+            .arg(api.kubeconfig())
+            .output()
+            .context("run keel kubeconfig")?;
+        if !out.status.success() {
+            return Err(anyhow!(
+                "keel kubeconfig failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        api.wait_ready()?;
+        Ok(api)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .context("open apiserver log")?;
+        let err = log.try_clone().context("clone log fd")?;
+        let child = Command::new(keel_bin())
+            .arg("apiserver")
+            .args(["--etcd-servers", &self.store.client_url()])
+            .args(["--secure-port", &self.port.to_string()])
+            .args(["--bind-address", "127.0.0.1", "--cert-dir"])
+            .arg(self.cert_dir())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .context("spawn keel apiserver")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + API_READY_TIMEOUT;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(anyhow!(
+                        "keel apiserver exited with {status}\n{}",
+                        self.log()
+                    ));
+                }
+            }
+            let out = self.kubectl(&["get", "--raw", "/readyz"]);
+            if out.success() && out.stdout.trim() == "ok" {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(anyhow!(
+                    "apiserver not ready after {API_READY_TIMEOUT:?}: {out}\n{}",
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+    /// The `--cert-dir` (CA, serving certificate).
+    pub fn cert_dir(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+    /// A scratch dir that lives as long as this server.
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+    /// The store member.
+    pub fn store(&self) -> &Member {
+        &self.store
+    }
+    /// The apiserver log path.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("apiserver.log")
+    }
+    /// The apiserver log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A kubectl command with this server's kubeconfig (not yet run).
+    pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(kubectl_bin());
+        cmd.env("KUBECONFIG", self.kubeconfig())
+            .env_remove("KUBECTL_EXTERNAL_DIFF")
+            .arg("--request-timeout=20s")
+            .args(args);
+        cmd
+    }
+
+    /// Runs kubectl with `args` (and `stdin`, if any).
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> CtlOutput {
+        let mut cmd = self.kubectl_cmd(args);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn kubectl");
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes())
+                .expect("write kubectl stdin");
+        }
+        let out = child.wait_with_output().expect("wait for kubectl");
+        CtlOutput {
+            cmdline: format!("kubectl {}", args.join(" ")),
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs kubectl with `args`.
+    pub fn kubectl(&self, args: &[&str]) -> CtlOutput {
+        self.kubectl_stdin(args, None)
+    }
+
+    /// Runs kubectl, asserting success; returns stdout.
+    #[track_caller]
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        self.kubectl(args).ok()
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "----- apiserver log (last 60 lines) -----\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! kubectl end-to-end: a real `keel store` and `keel apiserver` started as
+//! processes, a kubeconfig from `keel kubeconfig`, and the real kubectl
+//! (`/usr/bin/kubectl`, `$KUBECTL_BIN` overrides) driving them.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use keel_tests::kube::KubeApi;
+use serde_json::Value;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn get_json(api: &KubeApi, args: &[&str]) -> Value {
+    let mut a = vec!["get"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-o", "json"]);
+    json(&api.kubectl_ok(&a))
+}
+
+/// `kubectl get ns`, `create ns`, `create configmap` (a protobuf body),
+/// `get -o json`, `label`, `annotate`, selectors, `--chunk-size`,
+/// `--dry-run=server`, `delete`, and the errors kubectl users see.
+#[test]
+fn namespaces_and_configmaps() {
+    let api = KubeApi::start();
+    let ns = api.kubectl_ok(&["get", "ns"]);
+    for system in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.contains(system), "{ns}");
+    }
+    assert!(ns.starts_with("NAME") && ns.contains("Active"), "{ns}");
+    assert_eq!(
+        api.kubectl_ok(&["create", "ns", "demo"]),
+        "namespace/demo created\n"
+    );
+    api.kubectl(&["create", "ns", "demo"])
+        .fails_with("namespaces \"demo\" already exists");
+
+    let cm = "configmap/c1 created\n";
+    assert_eq!(
+        api.kubectl_ok(&[
+            "-n",
+            "demo",
+            "create",
+            "configmap",
+            "c1",
+            "--from-literal=a=b"
+        ]),
+        cm
+    );
+    let obj = get_json(&api, &["-n", "demo", "cm", "c1"]);
+    assert_eq!(obj["data"]["a"], "b");
+    assert_eq!(obj["kind"], "ConfigMap");
+    assert_eq!(obj["metadata"]["namespace"], "demo");
+    let rv: i64 = obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("resourceVersion");
+    assert!(rv > 0);
+    assert_eq!(obj["metadata"]["uid"].as_str().map(str::len), Some(36));
+    assert!(obj["metadata"]["creationTimestamp"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+
+    assert_eq!(
+        api.kubectl_ok(&["-n", "demo", "label", "cm", "c1", "tier=web"]),
+        "configmap/c1 labeled\n"
+    );
+    assert_eq!(
+        api.kubectl_ok(&["-n", "demo", "annotate", "cm", "c1", "note=hi"]),
+        "configmap/c1 annotated\n"
+    );
+    api.kubectl_ok(&["-n", "demo", "create", "configmap", "c2"]);
+    api.kubectl_ok(&["-n", "demo", "create", "configmap", "c3"]);
+    let names = |sel: &str| api.kubectl_ok(&["-n", "demo", "get", "cm", "-l", sel, "-o", "name"]);
+    assert_eq!(names("tier=web"), "configmap/c1\n");
+    assert_eq!(names("tier!=web"), "configmap/c2\nconfigmap/c3\n");
+    assert_eq!(names("tier in (web,db)"), "configmap/c1\n");
+    assert_eq!(names("!tier"), "configmap/c2\nconfigmap/c3\n");
+    let obj = get_json(&api, &["-n", "demo", "cm", "c1"]);
+    assert_eq!(obj["metadata"]["annotations"]["note"], "hi");
+    // limit/continue, one object per page.
+    let chunked = api.kubectl_ok(&["-n", "demo", "get", "cm", "--chunk-size=1", "-o", "name"]);
+    assert_eq!(chunked, "configmap/c1\nconfigmap/c2\nconfigmap/c3\n");
+    let by_field = api.kubectl_ok(&[
+        "get",
+        "cm",
+        "-A",
+        "--field-selector",
+        "metadata.name=c2",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(by_field, "configmap/c2\n");
+    // Tables: the familiar columns.
+    let table = api.kubectl_ok(&["-n", "demo", "get", "cm", "c1"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("DATA") && table.contains("AGE"),
+        "{table}"
+    );
+
+    // dryRun=All writes nothing.
+    api.kubectl_ok(&[
+        "-n",
+        "demo",
+        "create",
+        "configmap",
+        "dry",
+        "--dry-run=server",
+    ]);
+    api.kubectl(&["-n", "demo", "get", "cm", "dry"])
+        .fails_with("NotFound");
+
+    // Errors are Kubernetes Statuses.
+    api.kubectl(&["-n", "nowhere", "create", "configmap", "x"])
+        .fails_with("namespaces \"nowhere\" not found");
+    api.kubectl(&["-n", "demo", "create", "configmap", "Bad_Name"])
+        .fails_with("is invalid: metadata.name: Invalid value");
+    api.kubectl(&["delete", "ns", "default"])
+        .fails_with("Forbidden");
+
+    assert_eq!(
+        api.kubectl_ok(&["-n", "demo", "delete", "cm", "c1"]),
+        "configmap \"c1\" deleted\n"
+    );
+    api.kubectl(&["-n", "demo", "get", "cm", "c1"])
+        .fails_with("configmaps \"c1\" not found");
+    // Deleting a namespace deletes what is in it.
+    api.kubectl_ok(&["delete", "ns", "demo"]);
+    assert_eq!(api.kubectl_ok(&["get", "cm", "-A", "-o", "name"]), "");
+}
+
+const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: app
+        image: busybox:1
+        env:
+        - {name: A, value: "1"}
+        - {name: B, value: "2"}
+        ports:
+        - {containerPort: 80}
+        - {containerPort: 81}
+      - name: side
+        image: busybox:1
+"#;
+
+/// `kubectl apply -f` (create; change with a removed env var, port and
+/// container; unchanged), strategic/merge/json patches, `replace` with a
+/// stale resourceVersion, and status kept out of the main resource.
+#[test]
+fn apply_patch_replace() {
+    let api = KubeApi::start();
+    let file = api.scratch().join("web.yaml");
+    std::fs::write(&file, DEPLOYMENT).expect("write manifest");
+    let f = file.to_string_lossy().to_string();
+    assert_eq!(
+        api.kubectl_ok(&["apply", "-f", &f]),
+        "deployment.apps/web created\n"
+    );
+    let d = get_json(&api, &["deploy", "web"]);
+    assert_eq!(d["metadata"]["generation"], 1);
+    assert!(
+        d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string()
+    );
+
+    let changed = DEPLOYMENT
+        .replace("replicas: 1", "replicas: 3")
+        .replace("        - {name: B, value: \"2\"}\n", "")
+        .replace("        - {containerPort: 81}\n", "")
+        .replace("      - name: side\n        image: busybox:1\n", "");
+    std::fs::write(&file, &changed).expect("write manifest");
+    assert_eq!(
+        api.kubectl_ok(&["apply", "-f", &f]),
+        "deployment.apps/web configured\n"
+    );
+    assert_eq!(
+        api.kubectl_ok(&["apply", "-f", &f]),
+        "deployment.apps/web unchanged\n"
+    );
+    let d = get_json(&api, &["deploy", "web"]);
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["metadata"]["generation"], 2);
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_eq!(containers[0]["env"], json(r#"[{"name":"A","value":"1"}]"#));
+    assert_eq!(containers[0]["ports"], json(r#"[{"containerPort":80}]"#));
+
+    // Patches of all three kinds.
+    api.kubectl_ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"busybox:2"}]}}}}"#,
+    ]);
+    api.kubectl_ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"labels":{"m":"1"}}}"#,
+    ]);
+    api.kubectl_ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":5}]"#,
+    ]);
+    let d = get_json(&api, &["deploy", "web"]);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox:2"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["env"][0]["name"],
+        "A"
+    );
+    assert_eq!(d["metadata"]["labels"]["m"], "1");
+    assert_eq!(d["spec"]["replicas"], 5);
+    assert_eq!(
+        d["metadata"]["generation"], 4,
+        "labels do not bump the generation"
+    );
+    api.kubectl(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"test","path":"/spec/replicas","value":9}]"#,
+    ])
+    .fails_with("could not be applied");
+    // The main resource ignores status; /status takes only status.
+    api.kubectl_ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"status":{"replicas":7}}"#,
+    ]);
+    assert_eq!(get_json(&api, &["deploy", "web"])["status"], json("{}"));
+    api.kubectl_ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--subresource",
+        "status",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"status":{"replicas":7},"spec":{"replicas":1}}"#,
+    ]);
+    let d = get_json(&api, &["deploy", "web"]);
+    assert_eq!(
+        (
+            d["status"]["replicas"].clone(),
+            d["spec"]["replicas"].clone()
+        ),
+        (json("7"), json("5"))
+    );
+
+    // replace with a stale resourceVersion: 409.
+    let stale = api.kubectl_ok(&["get", "deploy", "web", "-o", "json"]);
+    api.kubectl_ok(&["label", "deploy", "web", "bump=1"]);
+    let stale_file = api.scratch().join("stale.json");
+    std::fs::write(&stale_file, stale).expect("write");
+    api.kubectl(&["replace", "-f", &stale_file.to_string_lossy()])
+        .fails_with("the object has been modified");
+    assert_eq!(
+        api.kubectl_ok(&["delete", "-f", &f]),
+        "deployment.apps \"web\" deleted\n"
+    );
+}
+
+/// `kubectl get -w` sees an object created after it started.
+#[test]
+fn get_watch_sees_events() {
+    let api = KubeApi::start();
+    let mut child = api
+        .kubectl_cmd(&["get", "cm", "-w", "-o", "json", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kubectl get -w");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The watch starts from the list kubectl makes first; give it a moment.
+    std::thread::sleep(Duration::from_millis(700));
+    api.kubectl_ok(&["create", "configmap", "watched", "--from-literal=k=v"]);
+    api.kubectl_ok(&["delete", "configmap", "watched"]);
+    let mut seen = String::new();
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                // One JSON watch event per line.
+                let ev = json(&line);
+                let name = ev["object"]["metadata"]["name"].clone();
+                events.push((ev["type"].as_str().unwrap_or("").to_string(), name));
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        events,
+        vec![
+            ("ADDED".to_string(), json("\"watched\"")),
+            ("DELETED".to_string(), json("\"watched\""))
+        ],
+        "partial output: {seen}"
+    );
+}
+
+/// Discovery, health, authentication, and bad input answered with a Status.
+#[test]
+fn discovery_auth_and_bad_input() {
+    let api = KubeApi::start();
+    let resources = api.kubectl_ok(&["api-resources"]);
+    for r in [
+        "deployments",
+        "configmaps",
+        "horizontalpodautoscalers",
+        "leases",
+        "ingresses",
+        "cronjobs",
+    ] {
+        assert!(resources.contains(r), "{resources}");
+    }
+    assert!(api
+        .kubectl_ok(&["version"])
+        .contains("Server Version: v1.32"));
+    assert_eq!(api.kubectl_ok(&["get", "--raw", "/healthz"]), "ok");
+    let group = json(&api.kubectl_ok(&["get", "--raw", "/apis/apps/v1"]));
+    assert_eq!(group["kind"], "APIResourceList");
+
+    // No client certificate (a bearer token keel does not accept yet): 401.
+    let kc = std::fs::read_to_string(api.kubeconfig()).expect("kubeconfig");
+    let anon: String = kc
+        .lines()
+        .filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data"))
+        .map(|l| {
+            if l.trim() == "user:" {
+                "  user: {token: not-a-known-token}\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let anon_path = api.scratch().join("anonymous");
+    std::fs::write(&anon_path, anon).expect("write");
+    let mut cmd = api.kubectl_cmd(&["get", "ns"]);
+    cmd.env("KUBECONFIG", &anon_path);
+    let out = cmd.output().expect("kubectl");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthorized"),
+        "{out:?}"
+    );
+
+    // Raw bodies: malformed JSON, a kind that does not match the URL, too big.
+    let post = |body: &str| {
+        let p = api.scratch().join("body.json");
+        std::fs::write(&p, body).expect("write");
+        api.kubectl(&[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps",
+            "-f",
+            &p.to_string_lossy(),
+        ])
+    };
+    post("{not json").fails_with("BadRequest");
+    post(r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x"}}"#)
+        .fails_with("does not match");
+    post(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"gen-"}}"#).ok();
+    let big = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"a":"{}"}}}}"#,
+        "x".repeat(4 << 20)
+    );
+    post(&big).fails_with("RequestEntityTooLarge");
+    let names = api.kubectl_ok(&["get", "cm", "-o", "name"]);
+    assert!(
+        names.starts_with("configmap/gen-") && names.lines().count() == 1,
+        "{names}"
+    );
+    api.kubectl(&["get", "--raw", "/apis/apps/v1/namespaces/default/nothing"])
+        .fails_with("NotFound");
+    api.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?labelSelector=a%20in%20(b",
+    ])
+    .fails_with("BadRequest");
+}
