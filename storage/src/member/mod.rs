@@ -18,6 +18,7 @@
 //! for the local apply to reach it); serializable reads are served from the
 //! local state at once.
 
+pub mod commit_hint;
 pub mod config;
 pub mod replication;
 pub mod snapshot;
@@ -29,6 +30,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use commit_hint::CommitHint;
 use keel_raft::core::{
     ConfChange, Config as RaftConfig, EntryKind, RawNode, Restored, SnapshotMeta, Status,
 };
@@ -220,8 +222,16 @@ impl Member {
             term: sm.applied_term,
             conf_state: sm.conf_state(),
         });
-        // Replay what is committed; the rest stays in the log for Raft.
-        let commit = recovered.hard_state.commit;
+        // Replay what is committed; the rest stays in the log for Raft. The
+        // commit hint may know more than the hard state (see commit_hint).
+        let (commit_hint, hinted) = CommitHint::open(&wal_dir).map_err(data_dir_err(&wal_dir))?;
+        let last_logged = recovered
+            .entries
+            .last()
+            .map_or(mark.max(sm.applied_index), |e| e.index);
+        let mut hard_state = recovered.hard_state;
+        hard_state.commit = hard_state.commit.max(hinted.min(last_logged));
+        let commit = hard_state.commit;
         let now = Instant::now();
         let mut replayed = 0u64;
         let entries: Vec<_> = recovered
@@ -234,7 +244,7 @@ impl Member {
             replayed += 1;
         }
         let restored = Restored {
-            hard_state: recovered.hard_state,
+            hard_state,
             conf_state: sm.conf_state(),
             snapshot: snap_meta.clone(),
             entries,
@@ -311,6 +321,7 @@ impl Member {
             snap_dir: snap_dir.clone(),
             latest_snapshot: snap_meta.zip(newest.map(|(_, p)| p)),
             tick: heartbeat,
+            commit_hint,
         });
         let (applied, _) = watch::channel(applied_index);
         let member = Arc::new(Member {
@@ -508,6 +519,24 @@ impl Member {
                 _ if tokio::time::Instant::now() >= deadline => return Err(StoreError::NoLeader),
                 _ => {}
             }
+        }
+    }
+
+    /// Waits until this member has applied everything committed when it
+    /// was called (etcd 3.5's `waitAppliedIndex`). The leader answers lease
+    /// questions from its own state: a leader whose apply lags (a slow or
+    /// full disk) must not call a lease granted since "not found".
+    pub async fn wait_applied_commit(&self) -> Result<()> {
+        let commit = self.shared.commit.load(Ordering::SeqCst);
+        let mut applied = self.applied.subscribe();
+        let reached =
+            tokio::time::timeout(self.cfg.request_timeout, applied.wait_for(|a| *a >= commit))
+                .await
+                .map(|r| r.is_ok());
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::Stopped),
+            Err(_) => Err(StoreError::Timeout),
         }
     }
 

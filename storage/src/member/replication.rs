@@ -160,6 +160,8 @@ pub struct DriverParts {
     pub latest_snapshot: Option<(SnapshotMeta, PathBuf)>,
     /// Tick period (`--heartbeat-interval`).
     pub tick: Duration,
+    /// Where the highest index handed to the apply thread is noted.
+    pub commit_hint: super::commit_hint::CommitHint,
 }
 
 /// Starts the driver task; returns its input queue.
@@ -189,6 +191,7 @@ pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
         shared: parts.shared,
         snap_dir: parts.snap_dir,
         latest_snapshot: parts.latest_snapshot,
+        commit_hint: parts.commit_hint,
         received: BTreeMap::new(),
         reads: HashMap::new(),
         ev_tx,
@@ -213,6 +216,7 @@ struct Driver {
     ev_tx: mpsc::UnboundedSender<Event>,
     /// The hard state last handed to the persister.
     sent_hs: HardState,
+    commit_hint: super::commit_hint::CommitHint,
 }
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -465,6 +469,13 @@ impl Driver {
         // Committed entries are durable here already (the core hands out
         // only those): straight to the apply thread, in order, first thing,
         // since a client waits on them.
+        if let Some(last) = committed_entries.last() {
+            // Noted before anything is applied: a restart must never know
+            // less than what clients may have seen (see commit_hint).
+            if let Err(e) = self.commit_hint.record(last.index) {
+                tracing::warn!(error = %e, "could not write the commit hint");
+            }
+        }
         if !committed_entries.is_empty()
             && self
                 .apply_tx

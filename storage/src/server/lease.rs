@@ -36,6 +36,7 @@ impl LeaseService {
 /// only the leader's expiry clock revokes leases.
 async fn renew_anywhere(member: &Arc<Member>, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
     if member.is_leader() {
+        member.wait_applied_commit().await?;
         return Ok(renew(member, id));
     }
     let mut client = leader_client(member).await?;
@@ -119,10 +120,9 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        // Whether the lease exists is decided where the revoke applies (as
+        // in etcd): this member's own state may be behind.
         let r = req.into_inner();
-        if !self.member.read().lessor.contains(r.id) {
-            return Err(StoreError::LeaseNotFound.into());
-        }
         match self.member.propose(Cmd::LeaseRevoke(r)).await? {
             Applied::LeaseRevoke(mut resp) => {
                 self.member.header().fill(&mut resp.header, 0);
@@ -167,6 +167,7 @@ impl Lease for LeaseService {
             self.member.header().fill(&mut resp.header, rev);
             return Ok(Response::new(resp));
         }
+        self.member.wait_applied_commit().await?;
         let sm = self.member.read();
         let rev = sm.kv.current_rev();
         let resp = match sm.lessor.get(r.id) {
@@ -196,6 +197,7 @@ impl Lease for LeaseService {
         &self,
         _req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.member.read_barrier().await?;
         let sm = self.member.read();
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.member.header().at(sm.kv.current_rev())),
