@@ -500,6 +500,16 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         })
         .await
     });
+    // `kubectl get ns` must work right after the banner: wait until the
+    // apiserver has created the system namespaces (the store has a leader).
+    let store = keel_apiserver::store::Store::connect(&endpoints).context("store client")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok((Some(_), _)) = store.get("/registry/namespaces/kube-node-lease").await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let kubeconfig_abs = std::fs::canonicalize(&kubeconfig).unwrap_or(kubeconfig);
     println!(
         "keel up: a 3-member store cluster, data in {}\n  ETCDCTL_API=3 etcdctl --endpoints={} endpoint status -w table\nAPI server on https://127.0.0.1:6443:\n  export KUBECONFIG={}\n  kubectl get ns\n(Ctrl-C stops it)",

@@ -93,6 +93,35 @@ def strip_gogo(fd):
     return bytes(out)
 
 
+# Raw (not gzipped) descriptors of protobuf-go: OpenAPI v2 (gnostic), which
+# kubectl up to 1.27 fetches as protobuf from /openapi/v2, and its import.
+RAW = ["google/protobuf/any.proto", "openapiv2/OpenAPIv2.proto"]
+
+
+def raw_descriptor(data, name):
+    """The FileDescriptorProto embedded uncompressed for `name`."""
+    needle = b"\x0a" + encode_varint(len(name)) + name.encode()
+    for m in re.finditer(re.escape(needle), data):
+        i = m.start()
+        try:
+            while True:
+                key, j = varint(data, i)
+                num, wt = key >> 3, key & 7
+                if not 1 <= num <= 14 or wt not in (0, 2):
+                    break
+                if wt == 2:
+                    n, j = varint(data, j)
+                    j += n
+                else:
+                    _, j = varint(data, j)
+                i = j
+                if num == 12:
+                    return data[m.start():i]
+        except IndexError:
+            continue
+    sys.exit(f"{name}: raw descriptor not found")
+
+
 def main(binary, out_path):
     data = open(binary, "rb").read()
     files = {}
@@ -129,10 +158,13 @@ def main(binary, out_path):
     for r in ROOTS:
         visit(r)
     with open(out_path, "wb") as f:
+        for name in RAW:
+            fd = raw_descriptor(data, name)
+            f.write(b"\x0a" + encode_varint(len(fd)) + fd)
         for name in order:
             fd = files[name][0]
             f.write(b"\x0a" + encode_varint(len(fd)) + fd)
-    print("\n".join(order))
+    print("\n".join(RAW + order))
 
 
 if __name__ == "__main__":

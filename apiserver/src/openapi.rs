@@ -129,3 +129,163 @@ mod tests {
             .any(|p| p["name"] == "fieldValidation"));
     }
 }
+
+/// The media type of the protobuf OpenAPI v2 document.
+pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// `/openapi/v2` as kubectl up to 1.27 reads it (protobuf, gnostic's
+/// `openapi.v2.Document`): the PATCH operation of every resource with its
+/// `x-kubernetes-group-version-kind` and the `fieldValidation` parameter, so
+/// those kubectls leave validation to the server as newer ones do through
+/// `/openapi/v3`. No definitions (schemas) yet.
+pub fn v2_protobuf() -> Option<&'static [u8]> {
+    static DOC: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    DOC.get_or_init(build_v2).as_deref()
+}
+
+fn build_v2() -> Option<Vec<u8>> {
+    use prost::Message;
+    use prost_reflect::{DynamicMessage, Value as P};
+    let pool = crate::protobuf::pool()?;
+    let new = |name: &str| {
+        pool.get_message_by_name(&format!("openapi.v2.{name}"))
+            .map(DynamicMessage::new)
+    };
+    let with = |name: &str, fields: Vec<(&str, P)>| -> Option<P> {
+        let mut m = new(name)?;
+        for (f, v) in fields {
+            m.try_set_field_by_name(f, v).ok()?;
+        }
+        Some(P::Message(m))
+    };
+    let s = |v: &str| P::String(v.to_string());
+    let named_any = |name: &str, yaml: String| {
+        with(
+            "NamedAny",
+            vec![
+                ("name", s(name)),
+                ("value", with("Any", vec![("yaml", P::String(yaml))])?),
+            ],
+        )
+    };
+    let mut paths = Vec::new();
+    for r in registry::RESOURCES {
+        let base = format!("/{}", gv_path(r.group, r.version));
+        let item = if r.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+        } else {
+            format!("{base}/{}/{{name}}", r.plural)
+        };
+        let query = with(
+            "QueryParameterSubSchema",
+            vec![
+                ("in", s("query")),
+                ("name", s("fieldValidation")),
+                ("type", s("string")),
+            ],
+        )?;
+        let param = with(
+            "ParametersItem",
+            vec![(
+                "parameter",
+                with(
+                    "Parameter",
+                    vec![(
+                        "non_body_parameter",
+                        with(
+                            "NonBodyParameter",
+                            vec![("query_parameter_sub_schema", query)],
+                        )?,
+                    )],
+                )?,
+            )],
+        )?;
+        let ok = with(
+            "NamedResponseValue",
+            vec![
+                ("name", s("200")),
+                (
+                    "value",
+                    with(
+                        "ResponseValue",
+                        vec![(
+                            "response",
+                            with("Response", vec![("description", s("OK"))])?,
+                        )],
+                    )?,
+                ),
+            ],
+        )?;
+        let gvk = format!(
+            "group: \"{}\"\nkind: {}\nversion: {}\n",
+            r.group, r.kind, r.version
+        );
+        let op = with(
+            "Operation",
+            vec![
+                ("operation_id", P::String(format!("patch{}", r.kind))),
+                (
+                    "consumes",
+                    P::List(vec![
+                        s("application/json-patch+json"),
+                        s("application/merge-patch+json"),
+                        s("application/strategic-merge-patch+json"),
+                    ]),
+                ),
+                ("parameters", P::List(vec![param])),
+                (
+                    "responses",
+                    with("Responses", vec![("response_code", P::List(vec![ok]))])?,
+                ),
+                (
+                    "vendor_extension",
+                    P::List(vec![
+                        named_any("x-kubernetes-action", "patch\n".into())?,
+                        named_any("x-kubernetes-group-version-kind", gvk)?,
+                    ]),
+                ),
+            ],
+        )?;
+        paths.push(with(
+            "NamedPathItem",
+            vec![
+                ("name", P::String(item)),
+                ("value", with("PathItem", vec![("patch", op)])?),
+            ],
+        )?);
+    }
+    let doc = with(
+        "Document",
+        vec![
+            ("swagger", s("2.0")),
+            (
+                "info",
+                with(
+                    "Info",
+                    vec![
+                        ("title", s("Kubernetes")),
+                        (
+                            "version",
+                            P::String(format!("v1.{}.0", crate::discovery::KUBE_MINOR)),
+                        ),
+                    ],
+                )?,
+            ),
+            ("paths", with("Paths", vec![("path", P::List(paths))])?),
+        ],
+    )?;
+    match doc {
+        P::Message(m) => Some(m.encode_to_vec()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod v2_tests {
+    #[test]
+    fn the_v2_document_encodes() {
+        let doc = super::v2_protobuf().expect("v2 document");
+        assert!(doc.len() > 1000);
+        assert!(doc.windows(15).any(|w| w == b"fieldValidation"));
+    }
+}

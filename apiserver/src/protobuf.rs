@@ -26,7 +26,7 @@ pub const CONTENT_TYPE: &str = "application/vnd.kubernetes.protobuf";
 const FDS: &[u8] = include_bytes!("../proto/k8s.fds");
 const MAGIC: &[u8] = b"k8s\0";
 
-fn pool() -> Option<&'static DescriptorPool> {
+pub(crate) fn pool() -> Option<&'static DescriptorPool> {
     static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
     POOL.get_or_init(|| match DescriptorPool::decode(FDS) {
         Ok(p) => Some(p),

@@ -148,7 +148,12 @@ impl KubeApi {
 
     /// A kubectl command with this server's kubeconfig (not yet run).
     pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(kubectl_bin());
+        self.kubectl_cmd_of(&kubectl_bin(), args)
+    }
+
+    /// [`KubeApi::kubectl_cmd`] with another kubectl binary (older versions).
+    pub fn kubectl_cmd_of(&self, bin: &std::path::Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin);
         cmd.env("KUBECONFIG", self.kubeconfig())
             .env_remove("KUBECTL_EXTERNAL_DIFF")
             .arg("--request-timeout=20s")
@@ -158,7 +163,17 @@ impl KubeApi {
 
     /// Runs kubectl with `args` (and `stdin`, if any).
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> CtlOutput {
-        let mut cmd = self.kubectl_cmd(args);
+        self.run_kubectl(&kubectl_bin(), args, stdin)
+    }
+
+    /// Runs the kubectl at `bin` with `args` (and `stdin`, if any).
+    pub fn run_kubectl(
+        &self,
+        bin: &std::path::Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> CtlOutput {
+        let mut cmd = self.kubectl_cmd_of(bin, args);
         cmd.stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -173,7 +188,7 @@ impl KubeApi {
         }
         let out = child.wait_with_output().expect("wait for kubectl");
         CtlOutput {
-            cmdline: format!("kubectl {}", args.join(" ")),
+            cmdline: format!("{} {}", bin.display(), args.join(" ")),
             status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -338,6 +338,28 @@ fn get_watch_sees_events() {
     }
     let _ = child.kill();
     let _ = child.wait();
+
+    // A watch from a compacted resourceVersion gets an ERROR event with a
+    // 410 Expired Status; one from the current revision gets only new events.
+    let list = json(&api.kubectl_ok(&["get", "--raw", "/api/v1/configmaps"]));
+    let head: i64 = list["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("list resourceVersion");
+    keel_tests::etcdctl(api.store(), &["compact", &head.to_string()]).ok();
+    let old = format!(
+        "/api/v1/configmaps?watch=true&timeoutSeconds=2&resourceVersion={}",
+        head - 2
+    );
+    let ev = json(api.kubectl_ok(&["get", "--raw", &old]).trim());
+    assert_eq!(
+        (ev["type"].as_str(), ev["object"]["code"].as_i64()),
+        (Some("ERROR"), Some(410)),
+        "{ev}"
+    );
+    assert_eq!(ev["object"]["reason"], "Expired");
+    let current = format!("/api/v1/configmaps?watch=true&timeoutSeconds=1&resourceVersion={head}");
+    assert_eq!(api.kubectl_ok(&["get", "--raw", &current]), "");
     assert_eq!(
         events,
         vec![
@@ -428,4 +450,46 @@ fn discovery_auth_and_bad_input() {
         "/api/v1/namespaces/default/configmaps?labelSelector=a%20in%20(b",
     ])
     .fails_with("BadRequest");
+}
+
+/// Older kubectls (1.27 reads `/openapi/v2` as protobuf to decide on
+/// validation): `get ns`, `create configmap`, `apply -f` twice with the
+/// default `--validate`. Skipped when the binaries are not installed.
+#[test]
+fn older_kubectl_versions() {
+    let dir = std::path::Path::new("/usr/lib/google-cloud-sdk/bin");
+    let versions: Vec<_> = ["1.27", "1.29", "1.31"]
+        .iter()
+        .map(|v| dir.join(format!("kubectl.{v}")))
+        .filter(|p| p.exists())
+        .collect();
+    if versions.is_empty() {
+        println!("skipped: no kubectl.1.NN under {}", dir.display());
+        return;
+    }
+    let api = KubeApi::start();
+    let file = api.scratch().join("web.yaml");
+    for (i, bin) in versions.iter().enumerate() {
+        let run = |args: &[&str]| api.run_kubectl(bin, args, None).ok();
+        assert!(run(&["get", "ns"]).contains("kube-system"));
+        let cm = format!("cm-{i}");
+        assert_eq!(
+            run(&["create", "configmap", &cm]),
+            format!("configmap/{cm} created\n")
+        );
+        std::fs::write(
+            &file,
+            DEPLOYMENT.replace("name: web", &format!("name: web-{i}")),
+        )
+        .expect("write");
+        let f = file.to_string_lossy().to_string();
+        assert_eq!(
+            run(&["apply", "-f", &f]),
+            format!("deployment.apps/web-{i} created\n")
+        );
+        assert_eq!(
+            run(&["apply", "-f", &f]),
+            format!("deployment.apps/web-{i} unchanged\n")
+        );
+    }
 }

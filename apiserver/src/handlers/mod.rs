@@ -236,6 +236,18 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
             };
         }
         ["openapi", "v3"] => return get_only(openapi::index()),
+        ["openapi", "v2"] => {
+            let doc = openapi::v2_protobuf().ok_or_else(|| ApiError::no_route(&path))?;
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed(&path));
+            }
+            return Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, openapi::V2_PROTOBUF)],
+                doc,
+            )
+                .into_response());
+        }
         ["openapi", "v3", "api", v] => {
             return openapi::document("", v)
                 .map_or_else(|| Err(ApiError::no_route(&path)), get_only)
