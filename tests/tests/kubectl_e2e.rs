@@ -285,6 +285,15 @@ fn apply_patch_replace() {
         (json("7"), json("5"))
     );
 
+    // kubectl scale: the /scale subresource.
+    assert_eq!(
+        api.kubectl_ok(&["scale", "deploy", "web", "--replicas=2"]),
+        "deployment.apps/web scaled\n"
+    );
+    assert_eq!(get_json(&api, &["deploy", "web"])["spec"]["replicas"], 2);
+    api.kubectl(&["scale", "deploy", "web", "--replicas=3", "--current-replicas=9"])
+        .fails_with("Expected replicas to be 9, was 2");
+
     // replace with a stale resourceVersion: 409.
     let stale = api.kubectl_ok(&["get", "deploy", "web", "-o", "json"]);
     api.kubectl_ok(&["label", "deploy", "web", "bump=1"]);

@@ -3,6 +3,7 @@
 //! in [`crate::watch`].
 
 pub mod read;
+pub mod scale;
 pub mod write;
 
 use std::collections::HashMap;
@@ -280,8 +281,12 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
         _ => return Err(ApiError::method_not_allowed(&path)),
     };
     if let Some(sub) = &target.sub {
-        if sub != "status" || !target.res.status || !matches!(info.verb, "get" | "update" | "patch")
-        {
+        let served = match sub.as_str() {
+            "status" => target.res.status,
+            "scale" => target.res.scale,
+            _ => false,
+        };
+        if !served || !matches!(info.verb, "get" | "update" | "patch") {
             return Err(ApiError::no_route(&path));
         }
     }
@@ -294,6 +299,9 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
         headers,
         body,
     };
+    if ctx.target.sub.as_deref() == Some("scale") {
+        return scale::handle(app, &ctx, info.verb).await;
+    }
     match info.verb {
         "watch" => crate::watch::watch(app, &ctx).await,
         "get" => read::get(app, &ctx).await,

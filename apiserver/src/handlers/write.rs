@@ -158,6 +158,9 @@ pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     if res.status {
         obj["status"] = object::initial_status(res.kind);
     }
+    if res.kind == "Namespace" {
+        name_label(&mut obj, &name);
+    }
     require_namespace(app, ctx).await?;
     if dry {
         return Ok(json_response(StatusCode::CREATED, &obj));
@@ -189,6 +192,17 @@ pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     ))
 }
 
+/// Namespaces carry their name as the label `kubernetes.io/metadata.name`.
+fn name_label(obj: &mut Value, name: &str) {
+    let m = meta_mut(obj);
+    if !m.get("labels").is_some_and(Value::is_object) {
+        m.insert("labels".into(), json!({}));
+    }
+    if let Some(Value::Object(labels)) = m.get_mut("labels") {
+        labels.insert("kubernetes.io/metadata.name".into(), json!(name));
+    }
+}
+
 /// The object to store when `new` replaces `old` (server fields kept;
 /// the main resource keeps the old status, `/status` changes only status).
 fn merge_update(res: &ResourceInfo, old: &Value, mut new: Value, status_sub: bool) -> Value {
@@ -213,6 +227,11 @@ fn merge_update(res: &ResourceInfo, old: &Value, mut new: Value, status_sub: boo
                     m.remove("status");
                 }
             }
+        }
+    }
+    if res.kind == "Namespace" {
+        if let Some(name) = object::meta_str(old, "name").map(str::to_string) {
+            name_label(&mut new, &name);
         }
     }
     if tracks_generation(res, &new) && object::spec_changed(old, &new) {
