@@ -65,9 +65,33 @@ async fn leader_client(
     let Some(url) = url else {
         return Err(StoreError::NoLeader.into());
     };
-    crate::proto::etcdserverpb::lease_client::LeaseClient::connect(url)
-        .await
-        .map_err(|e| Status::unavailable(format!("etcdserver: leader unreachable: {e}")))
+    Ok(crate::proto::etcdserverpb::lease_client::LeaseClient::new(
+        leader_channel(&url)?,
+    ))
+}
+
+/// One lazily connected channel per leader client URL, shared by every
+/// forwarded request (a connection per keep-alive would cost a TCP and
+/// HTTP/2 handshake each time); it reconnects by itself.
+fn leader_channel(url: &str) -> Result<tonic::transport::Channel, Status> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CHANNELS: OnceLock<Mutex<HashMap<String, tonic::transport::Channel>>> = OnceLock::new();
+    let mut map = CHANNELS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = map.get(url) {
+        return Ok(c.clone());
+    }
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| Status::unavailable(format!("etcdserver: bad leader URL {url}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    map.insert(url.to_string(), channel.clone());
+    Ok(channel)
 }
 
 fn renew(member: &Member, id: i64) -> LeaseKeepAliveResponse {
