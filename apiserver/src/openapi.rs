@@ -1,10 +1,15 @@
-//! `/openapi/v3`: one document per group-version. For now it carries the
-//! paths and operations of every resource (with `x-kubernetes-group-version-kind`
-//! and the `fieldValidation` query parameter on PATCH), which is what
-//! kubectl's field-validation check reads, so `kubectl apply` works with its
-//! default `--validate=true` (validation is then left to the server). The
-//! schemas (`components.schemas`, what `kubectl explain` reads) are not
-//! served yet.
+//! `/openapi/v3`: one document per group-version, with the paths and
+//! operations of every resource (with `x-kubernetes-group-version-kind` and
+//! the `fieldValidation` query parameter on PATCH: what kubectl's
+//! field-validation check reads, so `kubectl apply` works with its default
+//! `--validate=true`, validation being left to the server), and the schemas
+//! (`components.schemas`, what `kubectl explain` reads), derived from
+//! Kubernetes' protobuf descriptors: field names and types are exact, but
+//! there are no descriptions yet (the descriptors carry none).
+//!
+//! PATCH operations deliberately do not list the strategic-merge media type:
+//! kubectl then computes strategic patches from its compiled-in types (which
+//! know the merge keys) rather than from these schemas (which do not yet).
 
 use serde_json::{json, Map, Value};
 
@@ -102,8 +107,111 @@ pub fn document(group: &str, version: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": format!("v1.{}.0", crate::discovery::KUBE_MINOR)},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas(group, version)},
     }))
+}
+
+/// The OpenAPI name of a protobuf message (`io.k8s.api.apps.v1.Deployment`).
+fn schema_name(full: &str) -> String {
+    match full.strip_prefix("k8s.io.") {
+        Some(rest) => format!("io.k8s.{rest}"),
+        None => full.to_string(),
+    }
+}
+
+fn scalar_schema(kind: &prost_reflect::Kind) -> Value {
+    use prost_reflect::Kind as K;
+    match kind {
+        K::Bool => json!({"type": "boolean"}),
+        K::Int32 | K::Sint32 | K::Sfixed32 | K::Uint32 | K::Fixed32 => {
+            json!({"type": "integer", "format": "int32"})
+        }
+        K::Int64 | K::Sint64 | K::Sfixed64 | K::Uint64 | K::Fixed64 => {
+            json!({"type": "integer", "format": "int64"})
+        }
+        K::Float | K::Double => json!({"type": "number", "format": "double"}),
+        K::Bytes => json!({"type": "string", "format": "byte"}),
+        _ => json!({"type": "string"}),
+    }
+}
+
+/// The schema of a field's type; messages it refers to go onto `todo`.
+fn type_schema(
+    kind: &prost_reflect::Kind,
+    todo: &mut Vec<prost_reflect::MessageDescriptor>,
+) -> Value {
+    let prost_reflect::Kind::Message(m) = kind else {
+        return scalar_schema(kind);
+    };
+    match m.full_name() {
+        "k8s.io.apimachinery.pkg.apis.meta.v1.Time"
+        | "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime" => {
+            json!({"type": "string", "format": "date-time"})
+        }
+        "k8s.io.apimachinery.pkg.apis.meta.v1.Duration" => json!({"type": "string"}),
+        "k8s.io.apimachinery.pkg.util.intstr.IntOrString" => {
+            json!({"type": "string", "format": "int-or-string", "x-kubernetes-int-or-string": true})
+        }
+        "k8s.io.apimachinery.pkg.api.resource.Quantity" => json!({"type": "string"}),
+        "k8s.io.apimachinery.pkg.runtime.RawExtension"
+        | "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1" => {
+            json!({"type": "object"})
+        }
+        full => {
+            todo.push(m.clone());
+            json!({"allOf": [{"$ref": format!("#/components/schemas/{}", schema_name(full))}], "default": {}})
+        }
+    }
+}
+
+/// The schemas of one group-version's kinds and every type they use.
+fn schemas(group: &str, version: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    let Some(pool) = crate::protobuf::pool() else {
+        return out;
+    };
+    let mut todo = Vec::new();
+    let mut kinds = Vec::new();
+    for r in registry::resources_of(group, version) {
+        let Some(pkg) = crate::protobuf::package(r.group, r.kind) else {
+            continue;
+        };
+        if let Some(m) = pool.get_message_by_name(&format!("{pkg}.{}", r.kind)) {
+            kinds.push((schema_name(m.full_name()), r));
+            todo.push(m);
+        }
+    }
+    while let Some(m) = todo.pop() {
+        let name = schema_name(m.full_name());
+        if out.contains_key(&name) {
+            continue;
+        }
+        let mut props = Map::new();
+        for f in m.fields() {
+            let schema = if f.is_map() {
+                let value = match f.kind() {
+                    prost_reflect::Kind::Message(entry) => {
+                        type_schema(&entry.map_entry_value_field().kind(), &mut todo)
+                    }
+                    other => scalar_schema(&other),
+                };
+                json!({"type": "object", "additionalProperties": value})
+            } else if f.is_list() {
+                json!({"type": "array", "items": type_schema(&f.kind(), &mut todo)})
+            } else {
+                type_schema(&f.kind(), &mut todo)
+            };
+            props.insert(f.name().to_string(), schema);
+        }
+        out.insert(name, json!({"type": "object", "properties": props}));
+    }
+    for (name, r) in kinds {
+        if let Some(s) = out.get_mut(&name) {
+            s["x-kubernetes-group-version-kind"] =
+                json!([{"group": r.group, "kind": r.kind, "version": r.version}]);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

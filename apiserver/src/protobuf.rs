@@ -61,7 +61,7 @@ struct Unknown {
 }
 
 /// The protobuf package of an API group.
-fn package(group: &str, kind: &str) -> Option<&'static str> {
+pub(crate) fn package(group: &str, kind: &str) -> Option<&'static str> {
     if matches!(
         kind,
         "DeleteOptions" | "CreateOptions" | "UpdateOptions" | "PatchOptions"

@@ -62,7 +62,7 @@ fn write(path: &Path, data: &str, private: bool) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, data).map_err(io)?;
     if private {
         use std::os::unix::fs::PermissionsExt;

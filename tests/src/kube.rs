@@ -52,7 +52,8 @@ impl KubeApi {
             port: free_port(),
             child: None,
         };
-        api.launch()?;
+        // The kubeconfig first: it creates the cert dir's CA, which the
+        // apiserver then uses (two processes must not both create one).
         let out = Command::new(keel_bin())
             .args(["kubeconfig", "--cert-dir"])
             .arg(api.cert_dir())
@@ -66,6 +67,7 @@ impl KubeApi {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        api.launch()?;
         api.wait_ready()?;
         Ok(api)
     }

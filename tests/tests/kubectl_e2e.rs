@@ -291,8 +291,14 @@ fn apply_patch_replace() {
         "deployment.apps/web scaled\n"
     );
     assert_eq!(get_json(&api, &["deploy", "web"])["spec"]["replicas"], 2);
-    api.kubectl(&["scale", "deploy", "web", "--replicas=3", "--current-replicas=9"])
-        .fails_with("Expected replicas to be 9, was 2");
+    api.kubectl(&[
+        "scale",
+        "deploy",
+        "web",
+        "--replicas=3",
+        "--current-replicas=9",
+    ])
+    .fails_with("Expected replicas to be 9, was 2");
 
     // replace with a stale resourceVersion: 409.
     let stale = api.kubectl_ok(&["get", "deploy", "web", "-o", "json"]);
@@ -398,6 +404,9 @@ fn discovery_auth_and_bad_input() {
         .kubectl_ok(&["version"])
         .contains("Server Version: v1.32"));
     assert_eq!(api.kubectl_ok(&["get", "--raw", "/healthz"]), "ok");
+    let explain = api.kubectl_ok(&["explain", "deployment.spec"]);
+    assert!(explain.contains("replicas\t<integer>"), "{explain}");
+    assert!(explain.contains("template\t<PodTemplateSpec>"), "{explain}");
     let group = json(&api.kubectl_ok(&["get", "--raw", "/apis/apps/v1"]));
     assert_eq!(group["kind"], "APIResourceList");
 
