@@ -39,6 +39,19 @@ impl KubeApi {
         Self::try_start().unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// [`KubeApi::start`], or `None` (printing why) when there is no kubectl
+    /// on this machine: the kubectl tests then pass as skipped.
+    pub fn start_or_skip() -> Option<KubeApi> {
+        let bin = kubectl_bin();
+        if !bin.exists() {
+            let why = format!("skipped: no kubectl at {} (KUBECTL_BIN)", bin.display());
+            println!("{why}");
+            eprintln!("{why}");
+            return None;
+        }
+        Some(Self::start())
+    }
+
     /// Like [`KubeApi::start`] but returns the error.
     pub fn try_start() -> Result<KubeApi> {
         let store = Member::try_start(Backend::Keel, MemberOpts::default())?;

@@ -26,7 +26,9 @@ fn get_json(api: &KubeApi, args: &[&str]) -> Value {
 /// `--dry-run=server`, `delete`, and the errors kubectl users see.
 #[test]
 fn namespaces_and_configmaps() {
-    let api = KubeApi::start();
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
     let ns = api.kubectl_ok(&["get", "ns"]);
     for system in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         assert!(ns.contains(system), "{ns}");
@@ -164,7 +166,9 @@ spec:
 /// stale resourceVersion, and status kept out of the main resource.
 #[test]
 fn apply_patch_replace() {
-    let api = KubeApi::start();
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
     let file = api.scratch().join("web.yaml");
     std::fs::write(&file, DEPLOYMENT).expect("write manifest");
     let f = file.to_string_lossy().to_string();
@@ -316,7 +320,9 @@ fn apply_patch_replace() {
 /// `kubectl get -w` sees an object created after it started.
 #[test]
 fn get_watch_sees_events() {
-    let api = KubeApi::start();
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
     let mut child = api
         .kubectl_cmd(&["get", "cm", "-w", "-o", "json", "--output-watch-events"])
         .stdout(Stdio::piped())
@@ -388,7 +394,9 @@ fn get_watch_sees_events() {
 /// Discovery, health, authentication, and bad input answered with a Status.
 #[test]
 fn discovery_auth_and_bad_input() {
-    let api = KubeApi::start();
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
     let resources = api.kubectl_ok(&["api-resources"]);
     for r in [
         "deployments",
@@ -485,7 +493,9 @@ fn older_kubectl_versions() {
         println!("skipped: no kubectl.1.NN under {}", dir.display());
         return;
     }
-    let api = KubeApi::start();
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
     let file = api.scratch().join("web.yaml");
     for (i, bin) in versions.iter().enumerate() {
         let run = |args: &[&str]| api.run_kubectl(bin, args, None).ok();
