@@ -29,6 +29,7 @@ pub mod status;
 pub mod store;
 pub mod table;
 pub mod tls;
+pub mod validation;
 pub mod watch;
 
 pub use server::{Config, Server};

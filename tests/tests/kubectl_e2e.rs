@@ -289,6 +289,28 @@ fn apply_patch_replace() {
         (json("7"), json("5"))
     );
 
+    // kubectl apply validates strictly by default: an unknown field is a 400
+    // and nothing is written; --validate=warn writes it with a warning.
+    let bogus = api.scratch().join("bogus.yaml");
+    std::fs::write(
+        &bogus,
+        DEPLOYMENT
+            .replace("name: web", "name: bogus")
+            .replace("  replicas: 1\n", "  replicas: 1\n  bogus: 1\n"),
+    )
+    .expect("write");
+    let b = bogus.to_string_lossy().to_string();
+    api.kubectl(&["apply", "-f", &b])
+        .fails_with("strict decoding error: unknown field \"spec.bogus\"");
+    api.kubectl(&["get", "deploy", "bogus"])
+        .fails_with("NotFound");
+    let warned = api.kubectl(&["apply", "-f", &b, "--validate=warn"]);
+    assert!(
+        warned.stderr.contains("unknown field \"spec.bogus\""),
+        "{warned}"
+    );
+    api.kubectl_ok(&["delete", "deploy", "bogus"]);
+
     // kubectl scale: the /scale subresource.
     assert_eq!(
         api.kubectl_ok(&["scale", "deploy", "web", "--replicas=2"]),

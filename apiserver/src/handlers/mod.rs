@@ -129,6 +129,17 @@ pub fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, axum::Json(v)).into_response()
 }
 
+/// Adds one `Warning: 299 - "…"` header per warning (kubectl prints them).
+pub fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
 /// What the request log line says about a request.
 #[derive(Debug, Default)]
 struct Info {

@@ -7,12 +7,13 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::read::{read_object, select};
-use super::{json_response, store_err, App, Ctx};
+use super::{json_response, store_err, with_warnings, App, Ctx};
 use crate::object::{self, meta_mut, meta_str};
 use crate::patch::{self, PatchType};
 use crate::registry::{self, ResourceInfo};
 use crate::status::{ApiError, ApiResult};
 use crate::store::Cas;
+use crate::validation::{self, FieldValidation};
 
 /// How often a write without a client precondition is retried on a conflict.
 const RETRIES: usize = 5;
@@ -121,8 +122,10 @@ async fn require_namespace(app: &App, ctx: &Ctx) -> ApiResult<()> {
 pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let res = ctx.target.res;
     let dry = ctx.dry_run()?;
+    let mode = FieldValidation::parse(ctx.q("fieldValidation"))?;
     let mut obj = parse_body(ctx)?;
     type_meta(&mut obj, res)?;
+    let warnings = validation::check(mode, res, &obj)?;
     namespace_meta(&mut obj, ctx)?;
     let generate = meta_str(&obj, "generateName").unwrap_or("").to_string();
     let mut name = meta_str(&obj, "name").unwrap_or("").to_string();
@@ -163,7 +166,10 @@ pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     }
     require_namespace(app, ctx).await?;
     if dry {
-        return Ok(json_response(StatusCode::CREATED, &obj));
+        return Ok(with_warnings(
+            json_response(StatusCode::CREATED, &obj),
+            &warnings,
+        ));
     }
     let ns = ctx.target.namespace.as_deref();
     for _ in 0..RETRIES {
@@ -176,7 +182,10 @@ pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         {
             Cas::Done(rev) => {
                 object::set_resource_version(&mut obj, rev);
-                return Ok(json_response(StatusCode::CREATED, &obj));
+                return Ok(with_warnings(
+                    json_response(StatusCode::CREATED, &obj),
+                    &warnings,
+                ));
             }
             Cas::Failed(_) if generated => {
                 name = format!("{generate}{}", object::random_suffix(5));
@@ -310,8 +319,14 @@ fn parse_body_rv(obj: &Value) -> ApiResult<Option<i64>> {
 pub async fn update(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let t = &ctx.target;
     ctx.dry_run()?;
+    let mode = FieldValidation::parse(ctx.q("fieldValidation"))?;
     let mut body = parse_body(ctx)?;
     type_meta(&mut body, t.res)?;
+    let warnings = if t.sub.is_none() {
+        validation::check(mode, t.res, &body)?
+    } else {
+        Vec::new()
+    };
     namespace_meta(&mut body, ctx)?;
     check_name(&body, ctx)?;
     let expected = parse_body_rv(&body)?;
@@ -325,7 +340,12 @@ pub async fn update(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         }
         let new = merge_update(t.res, &old, body.clone(), t.sub.is_some());
         match write_if(app, ctx, &old, new, rev).await? {
-            Some(done) => return Ok(json_response(StatusCode::OK, &done)),
+            Some(done) => {
+                return Ok(with_warnings(
+                    json_response(StatusCode::OK, &done),
+                    &warnings,
+                ))
+            }
             None if expected.is_some() => return Err(conflict(ctx)),
             None => continue,
         }
@@ -337,6 +357,7 @@ pub async fn update(app: &App, ctx: &Ctx) -> ApiResult<Response> {
 pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let t = &ctx.target;
     let pt = PatchType::from_content_type(ctx.header(header::CONTENT_TYPE).unwrap_or(""))?;
+    let mode = FieldValidation::parse(ctx.q("fieldValidation"))?;
     ctx.dry_run()?;
     let name = t.name.as_deref().unwrap_or("");
     for _ in 0..RETRIES {
@@ -350,6 +371,11 @@ pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             ));
         }
         type_meta(&mut new, t.res)?;
+        let warnings = if t.sub.is_none() {
+            validation::check(mode, t.res, &new)?
+        } else {
+            Vec::new()
+        };
         namespace_meta(&mut new, ctx)?;
         check_name(&new, ctx)?;
         // A resourceVersion the patch sets is a precondition.
@@ -360,7 +386,12 @@ pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         };
         let merged = merge_update(t.res, &old, new, t.sub.is_some());
         match write_if(app, ctx, &old, merged, rev).await? {
-            Some(done) => return Ok(json_response(StatusCode::OK, &done)),
+            Some(done) => {
+                return Ok(with_warnings(
+                    json_response(StatusCode::OK, &done),
+                    &warnings,
+                ))
+            }
             None if precondition.is_some() => return Err(conflict(ctx)),
             None => continue,
         }
