@@ -179,8 +179,297 @@ fn columns(kind: &str) -> Vec<Col> {
             ("Object", "string", "", 0),
             ("Message", "string", "", 0),
         ],
+        "StatefulSet" => vec![NAME, ("Ready", "string", "", 0), AGE],
+        "DaemonSet" => vec![
+            NAME,
+            ("Desired", "integer", "", 0),
+            ("Current", "integer", "", 0),
+            ("Ready", "integer", "", 0),
+            ("Up-to-date", "integer", "", 0),
+            ("Available", "integer", "", 0),
+            ("Node Selector", "string", "", 0),
+            AGE,
+        ],
+        "Job" => vec![
+            NAME,
+            ("Status", "string", "", 0),
+            ("Completions", "string", "", 0),
+            AGE,
+        ],
+        "CronJob" => vec![
+            NAME,
+            ("Schedule", "string", "", 0),
+            ("Suspend", "boolean", "", 0),
+            ("Active", "integer", "", 0),
+            ("Last Schedule", "string", "", 0),
+            AGE,
+        ],
+        "PersistentVolumeClaim" => vec![
+            NAME,
+            ("Status", "string", "", 0),
+            ("Volume", "string", "", 0),
+            ("Capacity", "string", "", 0),
+            ("Access Modes", "string", "", 0),
+            ("StorageClass", "string", "", 0),
+            AGE,
+        ],
+        "PersistentVolume" => vec![
+            NAME,
+            ("Capacity", "string", "", 0),
+            ("Access Modes", "string", "", 0),
+            ("Reclaim Policy", "string", "", 0),
+            ("Status", "string", "", 0),
+            ("Claim", "string", "", 0),
+            ("StorageClass", "string", "", 0),
+            AGE,
+        ],
+        "ServiceAccount" => vec![NAME, ("Secrets", "integer", "", 0), AGE],
+        "Endpoints" => vec![NAME, ("Endpoints", "string", "", 0), AGE],
+        "Lease" => vec![NAME, ("Holder", "string", "", 0), AGE],
+        "HorizontalPodAutoscaler" => vec![
+            NAME,
+            ("Reference", "string", "", 0),
+            ("MinPods", "string", "", 0),
+            ("MaxPods", "integer", "", 0),
+            ("Replicas", "integer", "", 0),
+            AGE,
+        ],
+        "Ingress" => vec![
+            NAME,
+            ("Class", "string", "", 0),
+            ("Hosts", "string", "", 0),
+            ("Address", "string", "", 0),
+            ("Ports", "string", "", 0),
+            AGE,
+        ],
         _ => vec![NAME, AGE],
     }
+}
+
+/// The strings of an array field (`None` when empty or missing).
+fn strings(o: &Value, ptr: &str, field: Option<&str>) -> Option<String> {
+    let items: Vec<String> = o
+        .pointer(ptr)
+        .and_then(Value::as_array)?
+        .iter()
+        .filter_map(|v| match field {
+            Some(f) => v.get(f).and_then(Value::as_str).map(str::to_string),
+            None => v.as_str().map(str::to_string),
+        })
+        .collect();
+    (!items.is_empty()).then(|| items.join(","))
+}
+
+/// `ReadWriteOnce` → `RWO`, as kubectl prints access modes.
+fn access_modes(o: &Value, ptr: &str) -> Value {
+    let short = strings(o, ptr, None).map(|s| {
+        s.split(',')
+            .map(|m| match m {
+                "ReadWriteOnce" => "RWO",
+                "ReadOnlyMany" => "ROX",
+                "ReadWriteMany" => "RWX",
+                "ReadWriteOncePod" => "RWOP",
+                other => other,
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    json!(short.unwrap_or_default())
+}
+
+fn condition_true(o: &Value, kind: &str) -> bool {
+    o.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.get("type").and_then(Value::as_str) == Some(kind)
+                    && c.get("status").and_then(Value::as_str) == Some("True")
+            })
+        })
+}
+
+fn more_cells(kind: &str, o: &Value, now: i64) -> Option<Vec<Value>> {
+    let name = json!(s(o, "/metadata/name").unwrap_or_default());
+    Some(match kind {
+        "StatefulSet" => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                n(o, "/status/readyReplicas"),
+                o.pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+            )),
+            age(o, now),
+        ],
+        "DaemonSet" => {
+            let selector = o
+                .pointer("/spec/template/spec/nodeSelector")
+                .and_then(Value::as_object)
+                .filter(|m| !m.is_empty())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+            vec![
+                name,
+                json!(n(o, "/status/desiredNumberScheduled")),
+                json!(n(o, "/status/currentNumberScheduled")),
+                json!(n(o, "/status/numberReady")),
+                json!(n(o, "/status/updatedNumberScheduled")),
+                json!(n(o, "/status/numberAvailable")),
+                none(selector),
+                age(o, now),
+            ]
+        }
+        "Job" => {
+            let status = if condition_true(o, "Complete") {
+                "Complete"
+            } else if condition_true(o, "Failed") {
+                "Failed"
+            } else if o.pointer("/spec/suspend") == Some(&json!(true)) {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            let completions = o
+                .pointer("/spec/completions")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            vec![
+                name,
+                json!(status),
+                json!(format!("{}/{completions}", n(o, "/status/succeeded"))),
+                age(o, now),
+            ]
+        }
+        "CronJob" => vec![
+            name,
+            json!(s(o, "/spec/schedule").unwrap_or_default()),
+            json!(o
+                .pointer("/spec/suspend")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)),
+            json!(len(o, "/status/active")),
+            none(
+                s(o, "/status/lastScheduleTime")
+                    .and_then(|t| parse_rfc3339(&t))
+                    .map(|t| human_duration(now - t)),
+            ),
+            age(o, now),
+        ],
+        "PersistentVolumeClaim" => vec![
+            name,
+            json!(s(o, "/status/phase").unwrap_or_else(|| "Pending".into())),
+            json!(s(o, "/spec/volumeName").unwrap_or_default()),
+            json!(s(o, "/status/capacity/storage").unwrap_or_default()),
+            access_modes(o, "/status/accessModes"),
+            none(s(o, "/spec/storageClassName")),
+            age(o, now),
+        ],
+        "PersistentVolume" => {
+            let claim = match (
+                s(o, "/spec/claimRef/namespace"),
+                s(o, "/spec/claimRef/name"),
+            ) {
+                (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                _ => String::new(),
+            };
+            vec![
+                name,
+                json!(s(o, "/spec/capacity/storage").unwrap_or_default()),
+                access_modes(o, "/spec/accessModes"),
+                json!(
+                    s(o, "/spec/persistentVolumeReclaimPolicy").unwrap_or_else(|| "Retain".into())
+                ),
+                json!(s(o, "/status/phase").unwrap_or_else(|| "Pending".into())),
+                json!(claim),
+                json!(s(o, "/spec/storageClassName").unwrap_or_default()),
+                age(o, now),
+            ]
+        }
+        "ServiceAccount" => vec![name, json!(len(o, "/secrets")), age(o, now)],
+        "Endpoints" => {
+            let mut eps = Vec::new();
+            for subset in o
+                .pointer("/subsets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let ports: Vec<i64> = subset
+                    .get("ports")
+                    .and_then(Value::as_array)
+                    .map(|ps| {
+                        ps.iter()
+                            .filter_map(|p| p.get("port").and_then(Value::as_i64))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for a in subset
+                    .get("addresses")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let ip = a.get("ip").and_then(Value::as_str).unwrap_or_default();
+                    if ports.is_empty() {
+                        eps.push(ip.to_string());
+                    }
+                    for p in &ports {
+                        eps.push(format!("{ip}:{p}"));
+                    }
+                }
+            }
+            vec![
+                name,
+                none((!eps.is_empty()).then(|| eps.join(","))),
+                age(o, now),
+            ]
+        }
+        "Lease" => vec![
+            name,
+            json!(s(o, "/spec/holderIdentity").unwrap_or_default()),
+            age(o, now),
+        ],
+        "HorizontalPodAutoscaler" => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                s(o, "/spec/scaleTargetRef/kind").unwrap_or_default(),
+                s(o, "/spec/scaleTargetRef/name").unwrap_or_default()
+            )),
+            json!(o
+                .pointer("/spec/minReplicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1)
+                .to_string()),
+            json!(n(o, "/spec/maxReplicas")),
+            json!(n(o, "/status/currentReplicas")),
+            age(o, now),
+        ],
+        "Ingress" => {
+            let hosts = strings(o, "/spec/rules", Some("host")).unwrap_or_else(|| "*".into());
+            let address = strings(o, "/status/loadBalancer/ingress", Some("ip"))
+                .or_else(|| strings(o, "/status/loadBalancer/ingress", Some("hostname")));
+            let ports = if len(o, "/spec/tls") > 0 {
+                "80, 443"
+            } else {
+                "80"
+            };
+            vec![
+                name,
+                none(s(o, "/spec/ingressClassName")),
+                json!(hosts),
+                json!(address.unwrap_or_default()),
+                json!(ports),
+                age(o, now),
+            ]
+        }
+        _ => return None,
+    })
 }
 
 fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
@@ -343,7 +632,7 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 json!(s(o, "/message").unwrap_or_default()),
             ]
         }
-        _ => vec![name, age(o, now)],
+        _ => more_cells(kind, o, now).unwrap_or_else(|| vec![name, age(o, now)]),
     }
 }
 
@@ -428,5 +717,32 @@ mod tests {
             "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
         )));
         assert!(!wants_table(Some("application/json")));
+    }
+
+    #[test]
+    fn every_kind_has_as_many_cells_as_columns() {
+        let obj = json!({"metadata": {"name": "x", "creationTimestamp": crate::object::now_rfc3339()},
+            "spec": {"rules": [{"host": "a"}], "accessModes": ["ReadWriteOnce"]},
+            "subsets": [{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 80}]}]});
+        for r in crate::registry::RESOURCES {
+            let t = table(
+                r,
+                std::slice::from_ref(&obj),
+                json!({}),
+                IncludeObject::None,
+            );
+            let cols = t["columnDefinitions"].as_array().map(Vec::len);
+            assert_eq!(
+                t["rows"][0]["cells"].as_array().map(Vec::len),
+                cols,
+                "{}",
+                r.kind
+            );
+        }
+        let ep = crate::registry::lookup("", "v1", "endpoints").expect("endpoints");
+        assert_eq!(
+            table(ep, &[obj], json!({}), IncludeObject::None)["rows"][0]["cells"][1],
+            "10.0.0.1:80"
+        );
     }
 }
