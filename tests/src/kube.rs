@@ -30,6 +30,8 @@ pub struct KubeApi {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
+    /// More apiservers on the same store and CA: (port, process).
+    peers: Vec<(u16, Child)>,
 }
 
 impl KubeApi {
@@ -64,6 +66,7 @@ impl KubeApi {
             dir,
             port: free_port(),
             child: None,
+            peers: Vec::new(),
         };
         // The kubeconfig first: it creates the cert dir's CA, which the
         // apiserver then uses (two processes must not both create one).
@@ -86,25 +89,70 @@ impl KubeApi {
     }
 
     fn launch(&mut self) -> Result<()> {
+        let child = self.spawn_apiserver(self.port)?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Starts one more apiserver on the same store and CA (on a free port),
+    /// waits until it is ready and returns the path of its kubeconfig:
+    /// `kubectl_cmd(..).env("KUBECONFIG", path)` talks to it.
+    pub fn add_apiserver(&mut self) -> Result<PathBuf> {
+        let port = free_port();
+        let kubeconfig = self.dir.path().join(format!("kubeconfig-{port}"));
+        let out = Command::new(keel_bin())
+            .args(["kubeconfig", "--cert-dir"])
+            .arg(self.cert_dir())
+            .args(["--server", &format!("https://127.0.0.1:{port}"), "--output"])
+            .arg(&kubeconfig)
+            .output()
+            .context("run keel kubeconfig")?;
+        if !out.status.success() {
+            return Err(anyhow!(
+                "keel kubeconfig failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let child = self.spawn_apiserver(port)?;
+        self.peers.push((port, child));
+        let deadline = Instant::now() + API_READY_TIMEOUT;
+        loop {
+            let mut cmd = self.kubectl_cmd(&["get", "--raw", "/readyz"]);
+            let out = cmd
+                .env("KUBECONFIG", &kubeconfig)
+                .output()
+                .context("kubectl")?;
+            if out.status.success() {
+                return Ok(kubeconfig);
+            }
+            if Instant::now() >= deadline {
+                return Err(anyhow!(
+                    "apiserver on port {port} not ready\n{}",
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn spawn_apiserver(&self, port: u16) -> Result<Child> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .context("open apiserver log")?;
         let err = log.try_clone().context("clone log fd")?;
-        let child = Command::new(keel_bin())
+        Command::new(keel_bin())
             .arg("apiserver")
             .args(["--etcd-servers", &self.store.client_url()])
-            .args(["--secure-port", &self.port.to_string()])
+            .args(["--secure-port", &port.to_string()])
             .args(["--bind-address", "127.0.0.1", "--cert-dir"])
             .arg(self.cert_dir())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
             .spawn()
-            .context("spawn keel apiserver")?;
-        self.child = Some(child);
-        Ok(())
+            .context("spawn keel apiserver")
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -224,7 +272,8 @@ impl KubeApi {
 
 impl Drop for KubeApi {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        let peers = self.peers.drain(..).map(|(_, c)| c);
+        for mut c in self.child.take().into_iter().chain(peers) {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -413,6 +413,57 @@ fn get_watch_sees_events() {
     );
 }
 
+/// Two apiservers on one store: a watch through one sees writes made
+/// through the other, and a conflict is detected across them.
+#[test]
+fn two_apiservers_one_store() {
+    let Some(mut api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    let other = api.add_apiserver().expect("second apiserver");
+    let mut child = api
+        .kubectl_cmd(&["get", "cm", "-w", "-o", "json", "--output-watch-events"])
+        .env("KUBECONFIG", &other)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kubectl get -w");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    api.kubectl_ok(&["create", "configmap", "shared", "--from-literal=k=v"]);
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("an event through the other apiserver");
+    let _ = child.kill();
+    let _ = child.wait();
+    let ev = json(&line);
+    assert_eq!(
+        (
+            ev["type"].as_str(),
+            ev["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("shared"))
+    );
+
+    // A stale update through one, after a write through the other: 409.
+    let stale = api.kubectl_ok(&["get", "cm", "shared", "-o", "json"]);
+    let mut label = api.kubectl_cmd(&["label", "cm", "shared", "x=y"]);
+    let labeled = label.env("KUBECONFIG", &other).output().expect("kubectl");
+    assert!(labeled.status.success(), "{labeled:?}");
+    let stale_file = api.scratch().join("shared.json");
+    std::fs::write(&stale_file, stale).expect("write");
+    api.kubectl(&["replace", "-f", &stale_file.to_string_lossy()])
+        .fails_with("the object has been modified");
+}
+
 /// Discovery, health, authentication, and bad input answered with a Status.
 #[test]
 fn discovery_auth_and_bad_input() {
