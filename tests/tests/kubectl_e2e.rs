@@ -326,6 +326,38 @@ fn apply_patch_replace() {
     ])
     .fails_with("Expected replicas to be 9, was 2");
 
+    // kubectl edit (through KUBE_EDITOR), diff against the server, describe.
+    let mut edit = api.kubectl_cmd(&["edit", "deploy", "web"]);
+    let out = edit
+        .env(
+            "KUBE_EDITOR",
+            "sed -i s/image:.busybox:2/image:\\ busybox:3/",
+        )
+        .output()
+        .expect("kubectl edit");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "deployment.apps/web edited\n"
+    );
+    let d = get_json(&api, &["deploy", "web"]);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox:3"
+    );
+    let diff = api.kubectl(&["diff", "-f", &f]);
+    assert_eq!(diff.status.code(), Some(1), "{diff}");
+    assert!(
+        diff.stdout.contains("-        image: busybox:3")
+            && diff.stdout.contains("+        image: busybox:1"),
+        "{diff}"
+    );
+    let described = api.kubectl_ok(&["describe", "deploy", "web"]);
+    assert!(
+        described.contains("Name:") && described.contains("web") && described.contains("busybox:3"),
+        "{described}"
+    );
+
     // replace with a stale resourceVersion: 409.
     let stale = api.kubectl_ok(&["get", "deploy", "web", "-o", "json"]);
     api.kubectl_ok(&["label", "deploy", "web", "bump=1"]);
