@@ -496,6 +496,62 @@ fn two_apiservers_one_store() {
         .fails_with("the object has been modified");
 }
 
+/// Deletion: an object with finalizers is marked (`deletionTimestamp`) and
+/// goes when the last finalizer is removed; a pod bound to a node waits for
+/// its grace period (the node confirms with grace 0, here `--force`); an
+/// unbound pod goes at once.
+#[test]
+fn finalizers_and_graceful_pod_deletion() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    api.kubectl_ok(&["create", "configmap", "held"]);
+    api.kubectl_ok(&[
+        "patch",
+        "cm",
+        "held",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
+    api.kubectl_ok(&["delete", "cm", "held", "--wait=false"]);
+    let held = get_json(&api, &["cm", "held"]);
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
+    api.kubectl_ok(&[
+        "patch",
+        "cm",
+        "held",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    api.kubectl(&["get", "cm", "held"]).fails_with("NotFound");
+
+    let pod = |name: &str, node: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  {node}containers: [{{name: c, image: busybox}}]\n")
+    };
+    api.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&pod("bound", "nodeName: node-a\n  ")),
+    )
+    .ok();
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(&pod("loose", "")))
+        .ok();
+    api.kubectl_ok(&["delete", "pod", "loose", "--wait=false"]);
+    api.kubectl(&["get", "pod", "loose"]).fails_with("NotFound");
+    api.kubectl_ok(&["delete", "pod", "bound", "--wait=false"]);
+    let table = api.kubectl_ok(&["get", "pod", "bound"]);
+    assert!(table.contains("Terminating"), "{table}");
+    assert_eq!(
+        get_json(&api, &["pod", "bound"])["metadata"]["deletionGracePeriodSeconds"],
+        30
+    );
+    api.kubectl_ok(&["delete", "pod", "bound", "--grace-period=0", "--force"]);
+    api.kubectl(&["get", "pod", "bound"]).fails_with("NotFound");
+}
+
 /// Discovery, health, authentication, and bad input answered with a Status.
 #[test]
 fn discovery_auth_and_bad_input() {

@@ -272,6 +272,25 @@ async fn write_if(
         object::set_resource_version(&mut new, rev);
         return Ok(Some(new));
     }
+    if ready_to_remove(ctx.target.res, &new) {
+        // The last finalizer is gone (or the node confirmed): remove it.
+        return match app
+            .store
+            .delete(&ctx.target.key(), rev)
+            .await
+            .map_err(store_err)?
+        {
+            Cas::Done(r) => {
+                object::set_resource_version(&mut new, r);
+                Ok(Some(new))
+            }
+            Cas::Failed(None) => Err(ApiError::not_found(
+                ctx.target.res,
+                ctx.target.name.as_deref().unwrap_or(""),
+            )),
+            Cas::Failed(Some(_)) => Ok(None),
+        };
+    }
     match app
         .store
         .update(&ctx.target.key(), to_store(&new)?, rev)
@@ -404,6 +423,7 @@ struct DeleteOptions {
     uid: Option<String>,
     resource_version: Option<i64>,
     dry_run: bool,
+    grace_period: Option<i64>,
 }
 
 fn delete_options(ctx: &Ctx) -> ApiResult<DeleteOptions> {
@@ -433,11 +453,117 @@ fn delete_options(ctx: &Ctx) -> ApiResult<DeleteOptions> {
         body.pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str),
     )?;
+    let grace_period =
+        match body.get("gracePeriodSeconds").and_then(Value::as_i64) {
+            Some(g) => Some(g),
+            None => match ctx.q("gracePeriodSeconds") {
+                None | Some("") => None,
+                Some(g) => Some(g.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}"))
+                })?),
+            },
+        };
     Ok(DeleteOptions {
         uid,
         resource_version,
         dry_run,
+        grace_period,
     })
+}
+
+/// What deleting one object did.
+enum Deletion {
+    /// The key is gone.
+    Removed,
+    /// The object is marked for deletion (`deletionTimestamp`): it waits for
+    /// its finalizers, or for its node to confirm a pod stopped.
+    Terminating(Value),
+    /// It changed since it was read.
+    Conflict,
+}
+
+fn has_finalizers(obj: &Value) -> bool {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
+}
+
+fn bound_pod(res: &ResourceInfo, obj: &Value) -> bool {
+    res.kind == "Pod"
+        && obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty())
+}
+
+/// True if a marked object may now go: no finalizers left, and a pod's node
+/// has confirmed (grace 0) or it is not bound.
+fn ready_to_remove(res: &ResourceInfo, obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some()
+        && !has_finalizers(obj)
+        && (!bound_pod(res, obj)
+            || obj
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                == Some(0))
+}
+
+/// Deletes `obj` (read at `rev`): at once, or by marking it with a
+/// `deletionTimestamp` when it has finalizers, or is a pod bound to a node
+/// with a grace period (the node agent removes it with grace 0).
+async fn delete_or_mark(
+    app: &App,
+    res: &ResourceInfo,
+    key: &str,
+    obj: &Value,
+    rev: i64,
+    grace: Option<i64>,
+) -> ApiResult<Deletion> {
+    let pod_grace = bound_pod(res, obj)
+        .then(|| {
+            grace.unwrap_or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(30)
+            })
+        })
+        .filter(|g| *g > 0);
+    if !has_finalizers(obj) && pod_grace.is_none() {
+        return Ok(match app.store.delete(key, rev).await.map_err(store_err)? {
+            Cas::Done(_) => Deletion::Removed,
+            Cas::Failed(_) => Deletion::Conflict,
+        });
+    }
+    if obj.pointer("/metadata/deletionTimestamp").is_some() {
+        return Ok(Deletion::Terminating(obj.clone()));
+    }
+    let mut new = obj.clone();
+    let when = time::OffsetDateTime::now_utc() + time::Duration::seconds(pod_grace.unwrap_or(0));
+    let when = when
+        .replace_nanosecond(0)
+        .unwrap_or(when)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let m = meta_mut(&mut new);
+    m.insert("deletionTimestamp".into(), json!(when));
+    m.insert(
+        "deletionGracePeriodSeconds".into(),
+        json!(pod_grace.unwrap_or(0)),
+    );
+    Ok(
+        match app
+            .store
+            .update(key, to_store(&new)?, rev)
+            .await
+            .map_err(store_err)?
+        {
+            Cas::Done(r) => {
+                object::set_resource_version(&mut new, r);
+                Deletion::Terminating(new)
+            }
+            Cas::Failed(_) => Deletion::Conflict,
+        },
+    )
 }
 
 /// DELETE of one object. Deleting a namespace deletes everything in it at
@@ -483,11 +609,11 @@ pub async fn delete(app: &App, ctx: &Ctx) -> ApiResult<Response> {
                     .map_err(store_err)?;
             }
         }
-        match app.store.delete(&t.key(), rev).await.map_err(store_err)? {
-            Cas::Done(_) => return Ok(json_response(StatusCode::OK, &obj)),
-            Cas::Failed(None) => return Err(ApiError::not_found(t.res, name)),
-            Cas::Failed(Some(_)) if opts.resource_version.is_some() => return Err(conflict(ctx)),
-            Cas::Failed(Some(_)) => continue,
+        match delete_or_mark(app, t.res, &t.key(), &obj, rev, opts.grace_period).await? {
+            Deletion::Removed => return Ok(json_response(StatusCode::OK, &obj)),
+            Deletion::Terminating(marked) => return Ok(json_response(StatusCode::OK, &marked)),
+            Deletion::Conflict if opts.resource_version.is_some() => return Err(conflict(ctx)),
+            Deletion::Conflict => continue,
         }
     }
     Err(conflict(ctx))
@@ -515,13 +641,14 @@ pub async fn delete_collection(app: &App, ctx: &Ctx) -> ApiResult<Response> {
                         .map_err(store_err)?;
                 }
             }
-            if let Cas::Failed(_) = app
-                .store
-                .delete(&res.key(ns, name), rev)
-                .await
-                .map_err(store_err)?
+            match delete_or_mark(app, res, &res.key(ns, name), &obj, rev, opts.grace_period).await?
             {
-                continue;
+                Deletion::Removed => {}
+                Deletion::Terminating(marked) => {
+                    deleted.push(marked);
+                    continue;
+                }
+                Deletion::Conflict => continue,
             }
         }
         deleted.push(obj);
