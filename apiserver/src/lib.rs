@@ -12,12 +12,13 @@
 //!   patch types, metadata rules.
 //! - [`store`]: the store client (etcd v3 gRPC for now; the native QUIC
 //!   client is a later step).
-//! - [`status`]: Kubernetes `Status` errors.
+//! - [`status`]: Kubernetes `Status` errors; [`metrics`]: `/metrics`.
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod discovery;
 pub mod handlers;
+pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod patch;

@@ -60,6 +60,7 @@ impl Server {
                 store,
                 server_address: local.to_string(),
                 ready: Default::default(),
+                metrics: Default::default(),
             }),
         })
     }

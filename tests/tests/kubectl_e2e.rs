@@ -576,6 +576,11 @@ fn discovery_auth_and_bad_input() {
     let explain = api.kubectl_ok(&["explain", "deployment.spec"]);
     assert!(explain.contains("replicas\t<integer>"), "{explain}");
     assert!(explain.contains("template\t<PodTemplateSpec>"), "{explain}");
+    let metrics = api.kubectl_ok(&["get", "--raw", "/metrics"]);
+    assert!(
+        metrics.contains("apiserver_request_total{verb=\"get\",resource=\"\",code=\"200\"}"),
+        "{metrics}"
+    );
     let group = json(&api.kubectl_ok(&["get", "--raw", "/apis/apps/v1"]));
     assert_eq!(group["kind"], "APIResourceList");
 

@@ -36,6 +36,8 @@ pub struct App {
     pub server_address: String,
     /// The default namespaces exist (`/readyz`).
     pub ready: AtomicBool,
+    /// Request metrics (`/metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The object(s) a request is about.
@@ -163,6 +165,10 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         Err(e) => e.into_response(),
     };
     let status = resp.status().as_u16();
+    if !info.verb.is_empty() {
+        app.metrics
+            .observe(info.verb, &info.resource, status, start.elapsed());
+    }
     let reason = resp
         .extensions()
         .get::<ErrorReason>()
@@ -225,6 +231,14 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
             })
         }
         ["version"] => return get_only(discovery::version()),
+        ["metrics"] => {
+            return Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                app.metrics.render(),
+            )
+                .into_response())
+        }
         ["api"] => {
             discovery::require_plain_json(accept.as_deref())?;
             return get_only(discovery::api_versions(&app.server_address));
