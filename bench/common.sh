@@ -16,8 +16,13 @@ WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" "$NAME.XXXX")
 # (by pid: nobody else's processes).
 PIDFILE="$WORK/pids"; : > "$PIDFILE"
 cleanup() {
+  local rc=$?
   xargs -r kill -9 < "$PIDFILE" 2>/dev/null || true
-  [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
+  if [ "$rc" != 0 ]; then
+    echo "failed (exit $rc); results and logs kept in $WORK" >&2
+  elif [ -z "${KEEP_WORK:-}" ]; then
+    rm -rf "$WORK"
+  fi
 }
 trap cleanup EXIT
 

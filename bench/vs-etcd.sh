@@ -128,7 +128,7 @@ if [ "$MODE" = --quick ]; then OUT=$WORK/$DATE; else mkdir -p bench/results; OUT
 HEADER="## keel vs etcd, 3 members each, $DATE
 
 Machine: $(machine).
-Command: \`bench/vs-etcd.sh$([ "$MODE" = --quick ] && echo " --quick")\` — etcd's 3 members, then keel's 3, on 127.0.0.1 with
+Command: \`bench/vs-etcd.sh$([ "$MODE" != --quick ] || echo " --quick")\` — etcd's 3 members, then keel's 3, on 127.0.0.1 with
 data dirs on the same disk; connections spread over all members round-robin, the leader's first
 (1-connection workloads talk to the leader); 8-byte keys and 256-byte values
 unless noted (watch: 32-byte keys and values); CPU is user+system time per member during the workload,
