@@ -216,6 +216,7 @@ async fn main() -> Result<()> {
     let sampler = MemberSampler::start(&cli.pids);
     let (hist, elapsed) = run(&cli, &mut result, errors.clone()).await?;
     result.members = sampler.finish();
+    result.load_avg = stats::load_avg();
     result.fill(&hist, errors.get(), elapsed);
     print!("{}", result.summary(cli.summary_name.as_deref()));
     if let Some(path) = &cli.json {

@@ -271,8 +271,8 @@ pub fn markdown(m: &Matrix, header: &str) -> String {
         );
     }
     s += "\n### CPU and memory per member (etcd / keel)\n\n";
-    s += "| workload | CPU s per member, etcd | CPU s per member, keel | CPU µs per sample, all members | RSS MiB per member after, etcd | RSS MiB per member after, keel |\n";
-    s += "|---|---|---|---|---|---|\n";
+    s += "| workload | CPU s per member, etcd | CPU s per member, keel | CPU µs per sample, all members | RSS MiB per member after, etcd | RSS MiB per member after, keel | load avg after |\n";
+    s += "|---|---|---|---|---|---|---|\n";
     let per_member = |r: Option<&RunResult>, g: fn(&crate::stats::MemberUsage) -> f64| {
         r.map(|r| {
             r.members
@@ -290,13 +290,17 @@ pub fn markdown(m: &Matrix, header: &str) -> String {
     for id in m.workloads() {
         let (e, k) = (m.get(id, "etcd"), m.get(id, "keel"));
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} / {} |\n",
             m.label(id),
             per_member(e, |x| x.cpu_s),
             per_member(k, |x| x.cpu_s),
             cell(cpu_per(e), cpu_per(k)),
             per_member(e, |x| x.rss_mb),
             per_member(k, |x| x.rss_mb),
+            e.map(|r| format!("{:.1}", r.load_avg))
+                .unwrap_or("–".into()),
+            k.map(|r| format!("{:.1}", r.load_avg))
+                .unwrap_or("–".into()),
         );
     }
     s

@@ -143,6 +143,10 @@ pub struct RunResult {
     /// Server processes sampled with `--pids`.
     #[serde(default)]
     pub members: Vec<MemberUsage>,
+    /// The machine's 1-minute load average at the end of the run (other
+    /// work on the machine shows here).
+    #[serde(default)]
+    pub load_avg: f64,
 }
 
 impl RunResult {
@@ -250,6 +254,14 @@ pub fn memory_mb(pid: u32) -> Option<(f64, f64)> {
         line.split_whitespace().nth(1)?.parse::<f64>().ok()
     };
     Some((kb("VmRSS:")? / 1024.0, kb("VmHWM:")? / 1024.0))
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+pub fn load_avg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// CPU counters of the sampled members at the start of a run.
