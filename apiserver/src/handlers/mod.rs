@@ -122,6 +122,12 @@ pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
             String::from_utf8_lossy(&kv.key)
         ))
     })?;
+    if !v.is_object() {
+        return Err(ApiError::internal(format!(
+            "the value at {} is not a JSON object",
+            String::from_utf8_lossy(&kv.key)
+        )));
+    }
     object::set_resource_version(&mut v, kv.mod_revision);
     Ok(v)
 }

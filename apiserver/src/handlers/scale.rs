@@ -108,15 +108,20 @@ pub async fn handle(app: &App, ctx: &Ctx, verb: &str) -> ApiResult<Response> {
                 ))
             }
         };
+        let unchanged = obj.pointer("/spec/replicas").and_then(Value::as_i64) == Some(replicas);
         let mut new = obj.clone();
-        if new.pointer("/spec/replicas").and_then(Value::as_i64) == Some(replicas) || dry {
-            new["spec"]["replicas"] = json!(replicas);
+        if let Some(m) = new.as_object_mut() {
+            let spec = m.entry("spec").or_insert_with(|| json!({}));
+            if !spec.is_object() {
+                *spec = json!({});
+            }
+            if let Some(spec) = spec.as_object_mut() {
+                spec.insert("replicas".into(), json!(replicas));
+            }
+        }
+        if unchanged || dry {
             return Ok(json_response(StatusCode::OK, &to_scale(&new)));
         }
-        if !new.get("spec").is_some_and(Value::is_object) {
-            new["spec"] = json!({});
-        }
-        new["spec"]["replicas"] = json!(replicas);
         let generation = object::generation(&obj) + 1;
         let m = meta_mut(&mut new);
         m.insert("generation".into(), json!(generation));
