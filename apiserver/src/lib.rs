@@ -5,7 +5,8 @@
 //! - [`tls`]: the cluster CA, serving and client certificates, kubeconfig files.
 //! - [`auth`]: the user of a client certificate (CN = user, O = groups).
 //! - [`handlers`]: path routing and the verbs (get, list, create, update,
-//!   patch, delete, deletecollection); [`watch`]: watch streams.
+//!   patch, delete, deletecollection); [`watch`]: watch streams, served
+//!   from [`cache`] (one store watch per resource type).
 //! - [`registry`]: the table of resource types everything else reads.
 //! - [`discovery`], [`openapi`], [`table`]: what kubectl reads besides objects.
 //! - [`selectors`], [`patch`], [`object`]: label/field selectors, the three
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cache;
 pub mod discovery;
 pub mod handlers;
 pub mod metrics;

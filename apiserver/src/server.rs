@@ -61,6 +61,7 @@ impl Server {
                 server_address: local.to_string(),
                 ready: Default::default(),
                 metrics: Default::default(),
+                caches: Default::default(),
             }),
         })
     }

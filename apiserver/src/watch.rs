@@ -1,11 +1,15 @@
 //! `?watch=true`: newline-delimited JSON watch events (`ADDED`, `MODIFIED`,
-//! `DELETED`, `BOOKMARK`, `ERROR`) from a resourceVersion, fed by one store
-//! watch per HTTP watch (a shared watch cache per resource is a later step).
+//! `DELETED`, `BOOKMARK`, `ERROR`) from a resourceVersion, served from the
+//! resource's watch cache ([`crate::cache`]); a revision older than the
+//! cache's window is watched on the store directly.
 //!
 //! - `resourceVersion` unset or `0`: synthetic `ADDED` events for the current
 //!   state first, then changes after it.
 //! - `resourceVersion=R`: changes after R, nothing older replayed.
-//! - A compacted R: one `ERROR` event carrying a 410 `Expired` Status.
+//! - R within the cache's window: replayed from the cache (as Kubernetes'
+//!   watch cache does, even if the store has compacted it since); R older
+//!   than the window: watched on the store, and if the store has compacted
+//!   it, one `ERROR` event carrying a 410 `Expired` Status.
 //! - Selectors: an object that stops matching is sent as `DELETED`, one that
 //!   starts matching as `ADDED`, as Kubernetes does.
 
@@ -101,6 +105,147 @@ impl Filter {
     }
 }
 
+/// Where a watch's events come from.
+enum Source {
+    /// The resource's watch cache (the usual case).
+    Cache(crate::cache::Subscription),
+    /// The store directly (a revision older than the cache's window).
+    Store(crate::store::WatchStream),
+}
+
+/// One HTTP watch's event pump.
+struct Watcher {
+    filter: Filter,
+    /// The key prefix watched (or the one key, when `exact`).
+    prefix: String,
+    exact: bool,
+    /// Only changes after this revision are sent.
+    after: i64,
+    bookmarks: bool,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+impl Watcher {
+    fn wants(&self, key: &[u8]) -> bool {
+        if self.exact {
+            key == self.prefix.as_bytes()
+        } else {
+            key.starts_with(self.prefix.as_bytes())
+        }
+    }
+
+    /// Sends the lines of one cache event; false once the client is gone.
+    async fn send_event(&self, ev: &crate::cache::Event) -> bool {
+        let lines = match ev {
+            crate::cache::Event::Change { put, kv, prev } => {
+                if kv.mod_revision <= self.after || !self.wants(&kv.key) {
+                    return true;
+                }
+                self.filter.event(*put, kv, prev.as_ref())
+            }
+            crate::cache::Event::Progress(rev) if self.bookmarks && *rev > self.after => {
+                vec![self.filter.bookmark(*rev)]
+            }
+            crate::cache::Event::Progress(_) => return true,
+        };
+        for line in lines {
+            if self.tx.send(line).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn pump_cache(self, sub: crate::cache::Subscription, deadline: tokio::time::Instant) {
+        for ev in &sub.replay {
+            if !self.send_event(ev).await {
+                return;
+            }
+        }
+        let mut live = sub.live;
+        loop {
+            let ev = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = self.tx.closed() => return,
+                ev = live.recv() => ev,
+            };
+            match ev {
+                Ok(ev) => {
+                    if !self.send_event(&ev).await {
+                        return;
+                    }
+                }
+                // Too far behind, or the cache closed: end the watch; the
+                // client re-watches from its last resourceVersion.
+                Err(_) => return,
+            }
+        }
+    }
+
+    async fn pump_store(
+        self,
+        mut stream: crate::store::WatchStream,
+        deadline: tokio::time::Instant,
+    ) {
+        let filter = &self.filter;
+        let tx = &self.tx;
+        loop {
+            let resp = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = tx.closed() => return,
+                r = stream.next() => r,
+            };
+            let resp = match resp {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    let _ = tx
+                        .send(filter.line("ERROR", store_err(e).to_status()))
+                        .await;
+                    return;
+                }
+                None => return,
+            };
+            if resp.canceled || resp.compact_revision > 0 {
+                let status = if resp.compact_revision > 0 {
+                    expired(self.after)
+                } else {
+                    ApiError::unavailable(format!(
+                        "the store cancelled the watch: {}",
+                        resp.cancel_reason
+                    ))
+                    .to_status()
+                };
+                let _ = tx.send(filter.line("ERROR", status)).await;
+                return;
+            }
+            if resp.created {
+                continue;
+            }
+            if resp.events.is_empty() {
+                if self.bookmarks {
+                    let rev = resp.header.map(|h| h.revision).unwrap_or(0);
+                    if tx.send(filter.bookmark(rev)).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            for ev in &resp.events {
+                let Some(kv) = &ev.kv else { continue };
+                if !self.wants(&kv.key) {
+                    continue;
+                }
+                let put = ev.r#type == EventType::Put as i32;
+                for line in filter.event(put, kv, ev.prev_kv.as_ref()) {
+                    if tx.send(line).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn expired(rev: i64) -> Value {
     ApiError::expired(format!("too old resource version: {rev}")).to_status()
 }
@@ -150,74 +295,42 @@ pub async fn watch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         }
     };
     let exact = ctx.target.name.is_some();
-    let store_stream = app
-        .store
-        .watch_prefix(&prefix, start, bookmarks.then_some(BOOKMARK_EVERY))
-        .await
-        .map_err(store_err)?;
+    let after = start - 1;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let cache = match app.caches.get(&app.store, res).await {
+        Ok(c) => c.subscribe(after),
+        Err(e) => {
+            tracing::debug!(error = %e, "watch cache unavailable; watching the store directly");
+            None
+        }
+    };
+    let source = match cache {
+        Some(sub) => Source::Cache(sub),
+        None => Source::Store(
+            app.store
+                .watch_prefix(&prefix, start, bookmarks.then_some(BOOKMARK_EVERY))
+                .await
+                .map_err(store_err)?,
+        ),
+    };
+    let w = Watcher {
+        filter,
+        prefix,
+        exact,
+        after,
+        bookmarks,
+        tx,
+    };
     tokio::spawn(async move {
         for line in initial {
-            if tx.send(line).await.is_err() {
+            if w.tx.send(line).await.is_err() {
                 return;
             }
         }
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        let mut stream = store_stream;
-        loop {
-            let resp = tokio::select! {
-                _ = &mut deadline => return,
-                _ = tx.closed() => return,
-                r = stream.next() => r,
-            };
-            let resp = match resp {
-                Some(Ok(r)) => r,
-                Some(Err(e)) => {
-                    let _ = tx
-                        .send(filter.line("ERROR", store_err(e).to_status()))
-                        .await;
-                    return;
-                }
-                None => return,
-            };
-            if resp.canceled || resp.compact_revision > 0 {
-                let status = if resp.compact_revision > 0 {
-                    expired(start - 1)
-                } else {
-                    ApiError::unavailable(format!(
-                        "the store cancelled the watch: {}",
-                        resp.cancel_reason
-                    ))
-                    .to_status()
-                };
-                let _ = tx.send(filter.line("ERROR", status)).await;
-                return;
-            }
-            if resp.created {
-                continue;
-            }
-            if resp.events.is_empty() {
-                if bookmarks {
-                    let rev = resp.header.map(|h| h.revision).unwrap_or(0);
-                    if tx.send(filter.bookmark(rev)).await.is_err() {
-                        return;
-                    }
-                }
-                continue;
-            }
-            for ev in &resp.events {
-                let Some(kv) = &ev.kv else { continue };
-                if exact && kv.key.as_ref() != prefix.as_bytes() {
-                    continue;
-                }
-                let put = ev.r#type == EventType::Put as i32;
-                for line in filter.event(put, kv, ev.prev_kv.as_ref()) {
-                    if tx.send(line).await.is_err() {
-                        return;
-                    }
-                }
-            }
+        match source {
+            Source::Cache(sub) => w.pump_cache(sub, deadline).await,
+            Source::Store(stream) => w.pump_store(stream, deadline).await,
         }
     });
     let body = Body::from_stream(

@@ -414,25 +414,39 @@ fn get_watch_sees_events() {
     let _ = child.kill();
     let _ = child.wait();
 
-    // A watch from a compacted resourceVersion gets an ERROR event with a
-    // 410 Expired Status; one from the current revision gets only new events.
+    // A watch from a resourceVersion older than the watch cache's window
+    // (which starts at the first watch) and compacted in the store gets an
+    // ERROR event with a 410 Expired Status; one from within the window is
+    // replayed from the cache; one from the current revision gets only new
+    // events.
     let list = json(&api.kubectl_ok(&["get", "--raw", "/api/v1/configmaps"]));
     let head: i64 = list["metadata"]["resourceVersion"]
         .as_str()
         .and_then(|s| s.parse().ok())
         .expect("list resourceVersion");
     keel_tests::etcdctl(api.store(), &["compact", &head.to_string()]).ok();
-    let old = format!(
-        "/api/v1/configmaps?watch=true&timeoutSeconds=2&resourceVersion={}",
-        head - 2
-    );
-    let ev = json(api.kubectl_ok(&["get", "--raw", &old]).trim());
+    let old = "/api/v1/configmaps?watch=true&timeoutSeconds=2&resourceVersion=1";
+    let ev = json(api.kubectl_ok(&["get", "--raw", old]).trim());
     assert_eq!(
         (ev["type"].as_str(), ev["object"]["code"].as_i64()),
         (Some("ERROR"), Some(410)),
         "{ev}"
     );
     assert_eq!(ev["object"]["reason"], "Expired");
+    let recent = format!(
+        "/api/v1/configmaps?watch=true&timeoutSeconds=1&resourceVersion={}",
+        head - 1
+    );
+    let replayed = api.kubectl_ok(&["get", "--raw", &recent]);
+    let ev = json(replayed.trim());
+    assert_eq!(
+        (
+            ev["type"].as_str(),
+            ev["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("DELETED"), Some("watched")),
+        "{replayed}"
+    );
     let current = format!("/api/v1/configmaps?watch=true&timeoutSeconds=1&resourceVersion={head}");
     assert_eq!(api.kubectl_ok(&["get", "--raw", &current]), "");
     assert_eq!(

@@ -38,6 +38,8 @@ pub struct App {
     pub ready: AtomicBool,
     /// Request metrics (`/metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// The watch caches, one per resource type.
+    pub caches: crate::cache::Caches,
 }
 
 /// The object(s) a request is about.

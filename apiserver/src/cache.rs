@@ -1,0 +1,262 @@
+//! The watch cache: one store watch per resource type feeds every HTTP
+//! watch of that type, so thousands of watchers cost the store nothing
+//! extra.
+//!
+//! A [`Cache`] starts from a list at the store's head, then applies the
+//! store watch from the next revision. It keeps the current objects, a
+//! window of the most recent events ([`WINDOW`]) and a broadcast channel.
+//! [`Cache::subscribe`] hands a watcher the buffered events after its
+//! revision and a receiver for the rest, both under the cache's lock, so no
+//! event is lost or sent twice between the two. A watcher from a revision
+//! older than the window is not served here (the caller falls back to a
+//! store watch, which replays history or answers 410). A watcher that falls
+//! more than [`FANOUT`] events behind is ended, and re-watches from its last
+//! resourceVersion, as Kubernetes' watchers do. If the store watch fails,
+//! the cache closes every subscription and the next watch builds a new one.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use keel_storage::proto::mvccpb::{event::EventType, KeyValue};
+use tokio::sync::broadcast;
+
+use crate::registry::ResourceInfo;
+use crate::store::{prefix_end, Store, StoreError};
+
+/// Events kept for watchers that resume from a recent revision.
+pub const WINDOW: usize = 10_000;
+
+/// Events a subscriber may lag behind before it is ended.
+pub const FANOUT: usize = 4_096;
+
+/// How often the cache asks the store for progress (bookmarks, idle revisions).
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// One change, or the store's progress.
+#[derive(Debug)]
+pub enum Event {
+    /// A put (`put`) or delete of `kv.key` at `kv.mod_revision`.
+    Change {
+        /// Put (else delete).
+        put: bool,
+        /// The key-value after (for a delete: the key and the revision).
+        kv: KeyValue,
+        /// The key-value before, if any.
+        prev: Option<KeyValue>,
+    },
+    /// The store has reached this revision with nothing more for this type.
+    Progress(i64),
+}
+
+impl Event {
+    /// The revision of the event.
+    pub fn revision(&self) -> i64 {
+        match self {
+            Event::Change { kv, .. } => kv.mod_revision,
+            Event::Progress(r) => *r,
+        }
+    }
+}
+
+struct Inner {
+    /// The current objects by key.
+    state: BTreeMap<Bytes, KeyValue>,
+    /// The revision the cache has reached.
+    revision: i64,
+    /// Recent changes, oldest first.
+    window: VecDeque<Arc<Event>>,
+    /// Watchers may resume after any revision ≥ this.
+    base: i64,
+    /// `None` once the store watch has failed.
+    tx: Option<broadcast::Sender<Arc<Event>>>,
+}
+
+/// The watch cache of one resource type.
+pub struct Cache {
+    inner: Mutex<Inner>,
+}
+
+/// What a new subscription starts with.
+pub struct Subscription {
+    /// Buffered changes after the requested revision, in order.
+    pub replay: Vec<Arc<Event>>,
+    /// Everything after them.
+    pub live: broadcast::Receiver<Arc<Event>>,
+}
+
+impl Cache {
+    /// Lists `prefix` at the store's head and starts following it.
+    async fn start(store: &Store, prefix: String) -> Result<Arc<Cache>, StoreError> {
+        let end = prefix_end(prefix.as_bytes());
+        let page = store.range(prefix.as_bytes(), &end, 0, 0).await?;
+        let stream = store
+            .watch_prefix(&prefix, page.revision + 1, Some(PROGRESS_EVERY))
+            .await?;
+        let (tx, _) = broadcast::channel(FANOUT);
+        let cache = Arc::new(Cache {
+            inner: Mutex::new(Inner {
+                state: page
+                    .kvs
+                    .into_iter()
+                    .map(|kv| (kv.key.clone(), kv))
+                    .collect(),
+                revision: page.revision,
+                window: VecDeque::new(),
+                base: page.revision,
+                tx: Some(tx),
+            }),
+        });
+        let weak = Arc::downgrade(&cache);
+        tokio::spawn(async move {
+            let mut stream = stream;
+            while let Some(resp) = stream.next().await {
+                let Some(cache) = weak.upgrade() else { return };
+                let resp = match resp {
+                    Ok(r) if !r.canceled && r.compact_revision == 0 => r,
+                    Ok(r) => {
+                        tracing::warn!(%prefix, reason = %r.cancel_reason, "watch cache: the store cancelled its watch");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%prefix, error = %e, "watch cache: the store watch failed");
+                        break;
+                    }
+                };
+                if resp.created {
+                    continue;
+                }
+                let header_rev = resp.header.map(|h| h.revision).unwrap_or(0);
+                cache.apply(resp.events, header_rev);
+            }
+            if let Some(cache) = weak.upgrade() {
+                cache.close();
+            }
+        });
+        Ok(cache)
+    }
+
+    /// Applies one store watch response (events, or progress when empty).
+    fn apply(&self, events: Vec<keel_storage::proto::mvccpb::Event>, header_rev: i64) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        if events.is_empty() {
+            if header_rev > inner.revision {
+                inner.revision = header_rev;
+            }
+            let rev = inner.revision;
+            if let Some(tx) = &inner.tx {
+                let _ = tx.send(Arc::new(Event::Progress(rev)));
+            }
+            return;
+        }
+        for ev in events {
+            let Some(kv) = ev.kv else { continue };
+            let put = ev.r#type == EventType::Put as i32;
+            if put {
+                inner.state.insert(kv.key.clone(), kv.clone());
+            } else {
+                inner.state.remove(&kv.key);
+            }
+            inner.revision = inner.revision.max(kv.mod_revision);
+            let event = Arc::new(Event::Change {
+                put,
+                kv,
+                prev: ev.prev_kv,
+            });
+            inner.window.push_back(event.clone());
+            while inner.window.len() > WINDOW {
+                if let Some(old) = inner.window.pop_front() {
+                    inner.base = old.revision();
+                }
+            }
+            if let Some(tx) = &inner.tx {
+                let _ = tx.send(event);
+            }
+        }
+    }
+
+    fn close(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.tx = None;
+        }
+    }
+
+    /// True while the store watch runs.
+    pub fn is_live(&self) -> bool {
+        self.inner.lock().map(|i| i.tx.is_some()).unwrap_or(false)
+    }
+
+    /// The revision the cache has reached.
+    pub fn revision(&self) -> i64 {
+        self.inner.lock().map(|i| i.revision).unwrap_or(0)
+    }
+
+    /// Changes after revision `after`: the buffered ones and a receiver for
+    /// the rest. `None` if `after` is older than the window (or the cache is
+    /// closed). Live events at or before `after` (a watcher ahead of the
+    /// cache) are the caller's to skip.
+    pub fn subscribe(&self, after: i64) -> Option<Subscription> {
+        let inner = self.inner.lock().ok()?;
+        let tx = inner.tx.as_ref()?;
+        if after < inner.base {
+            return None;
+        }
+        let replay = inner
+            .window
+            .iter()
+            .filter(|e| e.revision() > after)
+            .cloned()
+            .collect();
+        Some(Subscription {
+            replay,
+            live: tx.subscribe(),
+        })
+    }
+
+    /// The current objects under `prefix` and the cache's revision.
+    pub fn snapshot(&self, prefix: &[u8]) -> (Vec<KeyValue>, i64) {
+        let Ok(inner) = self.inner.lock() else {
+            return (Vec::new(), 0);
+        };
+        let end = Bytes::from(prefix_end(prefix));
+        let kvs = inner
+            .state
+            .range(Bytes::copy_from_slice(prefix)..end)
+            .map(|(_, kv)| kv.clone())
+            .collect();
+        (kvs, inner.revision)
+    }
+}
+
+/// The caches of every resource type, created on first use.
+#[derive(Default)]
+pub struct Caches {
+    map: tokio::sync::Mutex<HashMap<&'static str, Arc<Cache>>>,
+}
+
+impl std::fmt::Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Caches")
+    }
+}
+
+impl Caches {
+    /// The live cache of `res`, started if needed.
+    pub async fn get(
+        &self,
+        store: &Store,
+        res: &'static ResourceInfo,
+    ) -> Result<Arc<Cache>, StoreError> {
+        let mut map = self.map.lock().await;
+        if let Some(c) = map.get(res.plural).filter(|c| c.is_live()) {
+            return Ok(c.clone());
+        }
+        let cache = Cache::start(store, res.prefix(None)).await?;
+        map.insert(res.plural, cache.clone());
+        Ok(cache)
+    }
+}
