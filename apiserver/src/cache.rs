@@ -260,3 +260,84 @@ impl Caches {
         Ok(cache)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_storage::proto::mvccpb;
+
+    fn cache_at(rev: i64) -> Cache {
+        let (tx, _) = broadcast::channel(FANOUT);
+        Cache {
+            inner: Mutex::new(Inner {
+                state: BTreeMap::new(),
+                revision: rev,
+                window: VecDeque::new(),
+                base: rev,
+                tx: Some(tx),
+            }),
+        }
+    }
+
+    fn put(key: &str, rev: i64) -> mvccpb::Event {
+        mvccpb::Event {
+            r#type: EventType::Put as i32,
+            kv: Some(KeyValue {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                mod_revision: rev,
+                value: Bytes::from_static(b"{}"),
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    fn revs(events: &[Arc<Event>]) -> Vec<i64> {
+        events.iter().map(|e| e.revision()).collect()
+    }
+
+    #[test]
+    fn replay_then_live_without_gaps_or_duplicates() {
+        let c = cache_at(10);
+        c.apply(
+            vec![put("/registry/pods/a/x", 11), put("/registry/pods/a/y", 12)],
+            12,
+        );
+        let mut sub = c.subscribe(11).expect("within the window");
+        assert_eq!(revs(&sub.replay), vec![12]);
+        c.apply(vec![put("/registry/pods/b/z", 13)], 13);
+        let live = sub.live.try_recv().expect("live event");
+        assert_eq!(live.revision(), 13);
+        // Progress moves the revision without a change.
+        c.apply(vec![], 20);
+        assert!(matches!(
+            *sub.live.try_recv().expect("progress"),
+            Event::Progress(20)
+        ));
+        assert_eq!(c.revision(), 20);
+        let (kvs, rev) = c.snapshot(b"/registry/pods/a/");
+        assert_eq!((kvs.len(), rev), (2, 20));
+        // Older than the cache: not served here.
+        assert!(c.subscribe(9).is_none());
+        c.close();
+        assert!(!c.is_live());
+        assert!(c.subscribe(12).is_none());
+        assert!(matches!(
+            sub.live.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
+    }
+
+    #[test]
+    fn the_window_moves_its_base() {
+        let c = cache_at(0);
+        let events: Vec<_> = (1..=(WINDOW as i64 + 5))
+            .map(|r| put("/registry/pods/a/x", r))
+            .collect();
+        c.apply(events, WINDOW as i64 + 5);
+        assert!(c.subscribe(4).is_none());
+        let sub = c.subscribe(5).expect("the base");
+        assert_eq!(sub.replay.len(), WINDOW);
+        assert_eq!(sub.replay.first().map(|e| e.revision()), Some(6));
+    }
+}
