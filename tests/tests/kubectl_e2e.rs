@@ -87,6 +87,18 @@ fn namespaces_and_configmaps() {
     // limit/continue, one object per page.
     let chunked = api.kubectl_ok(&["-n", "demo", "get", "cm", "--chunk-size=1", "-o", "name"]);
     assert_eq!(chunked, "configmap/c1\nconfigmap/c2\nconfigmap/c3\n");
+    // resourceVersion=0 ("any", what informers use) is served from the watch cache.
+    let cached = json(&api.kubectl_ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/demo/configmaps?resourceVersion=0&labelSelector=tier%3Dweb",
+    ]));
+    assert_eq!(
+        cached["items"].as_array().map(Vec::len),
+        Some(1),
+        "{cached}"
+    );
+    assert_eq!(cached["items"][0]["metadata"]["name"], "c1");
     let by_field = api.kubectl_ok(&[
         "get",
         "cm",

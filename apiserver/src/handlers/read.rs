@@ -97,6 +97,28 @@ pub async fn select(app: &App, ctx: &Ctx) -> ApiResult<Listing> {
             .max(0) as usize,
     };
     let prefix = t.res.prefix(t.namespace.as_deref());
+    // `resourceVersion=0` ("any"; what informers list with): served from the
+    // watch cache, whole (no limit), as Kubernetes does.
+    let no_continue = ctx.q("continue").is_none_or(str::is_empty);
+    if ctx.q("resourceVersion") == Some("0") && no_continue {
+        if let Ok(cache) = app.caches.get(&app.store, t.res).await {
+            let (kvs, revision) = cache.snapshot(prefix.as_bytes());
+            let mut items = Vec::new();
+            for kv in &kvs {
+                let obj = super::decode(kv)?;
+                if labels.matches(obj.pointer("/metadata/labels")) && fields.matches(&obj) {
+                    items.push(obj);
+                }
+            }
+            if cache.is_live() {
+                return Ok(Listing {
+                    items,
+                    revision,
+                    continue_token: None,
+                });
+            }
+        }
+    }
     let end = prefix_end(prefix.as_bytes());
     let (mut revision, mut start) = match ctx.q("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
