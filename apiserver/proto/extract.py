@@ -19,6 +19,7 @@ ROOTS = [
     "k8s.io/api/coordination/v1/generated.proto",
     "k8s.io/api/autoscaling/v2/generated.proto",
     "k8s.io/api/networking/v1/generated.proto",
+    "k8s.io/api/policy/v1/generated.proto",
     "k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto",
     "k8s.io/apimachinery/pkg/runtime/generated.proto",
 ]

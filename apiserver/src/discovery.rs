@@ -100,6 +100,16 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             e["categories"] = json!(r.categories);
         }
         resources.push(e);
+        if r.kind == "Pod" {
+            resources.push(
+                json!({"name": "pods/binding", "singularName": "", "namespaced": true,
+                "kind": "Binding", "verbs": ["create"]}),
+            );
+            resources.push(
+                json!({"name": "pods/eviction", "singularName": "", "namespaced": true,
+                "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}),
+            );
+        }
         if r.scale {
             resources.push(json!({
                 "name": format!("{}/scale", r.plural),

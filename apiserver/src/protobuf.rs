@@ -75,6 +75,7 @@ pub(crate) fn package(group: &str, kind: &str) -> Option<&'static str> {
         "coordination.k8s.io" => "k8s.io.api.coordination.v1",
         "autoscaling" => "k8s.io.api.autoscaling.v2",
         "networking.k8s.io" => "k8s.io.api.networking.v1",
+        "policy" => "k8s.io.api.policy.v1",
         _ => return None,
     })
 }

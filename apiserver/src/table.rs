@@ -518,11 +518,15 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 .and_then(Value::as_array)
                 .and_then(|cs| cs.iter().find(|c| c.get("type") == Some(&json!("Ready"))))
                 .and_then(|c| c.get("status").and_then(Value::as_str).map(str::to_string));
-            let status = match ready.as_deref() {
+            let mut status = match ready.as_deref() {
                 Some("True") => "Ready",
                 Some("False") => "NotReady",
                 _ => "Unknown",
-            };
+            }
+            .to_string();
+            if o.pointer("/spec/unschedulable") == Some(&json!(true)) {
+                status.push_str(",SchedulingDisabled");
+            }
             let roles: Vec<String> = o
                 .pointer("/metadata/labels")
                 .and_then(Value::as_object)

@@ -578,6 +578,48 @@ fn finalizers_and_graceful_pod_deletion() {
     api.kubectl(&["get", "pod", "bound"]).fails_with("NotFound");
 }
 
+/// Pod subresources: `binding` (what a scheduler does) and `eviction`
+/// (through `kubectl drain`, which also cordons the node).
+#[test]
+fn binding_and_drain() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    api.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-a"}}"#),
+    )
+    .ok();
+    api.kubectl_ok(&["run", "p1", "--image=busybox"]);
+    let binding = api.scratch().join("binding.json");
+    std::fs::write(&binding, r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p1"},"target":{"apiVersion":"v1","kind":"Node","name":"node-a"}}"#).expect("write");
+    let b = binding.to_string_lossy().to_string();
+    let path = "/api/v1/namespaces/default/pods/p1/binding";
+    let status = json(&api.kubectl_ok(&["create", "--raw", path, "-f", &b]));
+    assert_eq!(
+        (status["status"].as_str(), status["code"].as_i64()),
+        (Some("Success"), Some(201))
+    );
+    assert_eq!(get_json(&api, &["pod", "p1"])["spec"]["nodeName"], "node-a");
+    api.kubectl(&["create", "--raw", path, "-f", &b])
+        .fails_with("already assigned to node");
+
+    let drained = api.kubectl(&[
+        "drain",
+        "node-a",
+        "--force",
+        "--grace-period=0",
+        "--timeout=20s",
+    ]);
+    assert!(
+        drained.success() && drained.stdout.contains("pod/p1 evicted"),
+        "{drained}"
+    );
+    api.kubectl(&["get", "pod", "p1"]).fails_with("NotFound");
+    let nodes = api.kubectl_ok(&["get", "nodes"]);
+    assert!(nodes.contains("SchedulingDisabled"), "{nodes}");
+}
+
 /// Discovery, health, authentication, and bad input answered with a Status.
 #[test]
 fn discovery_auth_and_bad_input() {

@@ -2,6 +2,7 @@
 //! the request log line. The verbs live in [`read`] and [`write`]; watches
 //! in [`crate::watch`].
 
+pub mod pods;
 pub mod read;
 pub mod scale;
 pub mod write;
@@ -307,6 +308,7 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
         (&Method::GET, true) => "get",
         (&Method::GET, false) => "list",
         (&Method::POST, false) => "create",
+        (&Method::POST, true) if target.sub.is_some() => "create",
         (&Method::PUT, true) => "update",
         (&Method::PATCH, true) => "patch",
         (&Method::DELETE, true) => "delete",
@@ -314,12 +316,14 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
         _ => return Err(ApiError::method_not_allowed(&path)),
     };
     if let Some(sub) = &target.sub {
+        let is_pod = target.res.kind == "Pod";
         let served = match sub.as_str() {
-            "status" => target.res.status,
-            "scale" => target.res.scale,
+            "status" => target.res.status && matches!(info.verb, "get" | "update" | "patch"),
+            "scale" => target.res.scale && matches!(info.verb, "get" | "update" | "patch"),
+            "binding" | "eviction" => is_pod && info.verb == "create",
             _ => false,
         };
-        if !served || !matches!(info.verb, "get" | "update" | "patch") {
+        if !served {
             return Err(ApiError::no_route(&path));
         }
     }
@@ -332,8 +336,11 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
         headers,
         body,
     };
-    if ctx.target.sub.as_deref() == Some("scale") {
-        return scale::handle(app, &ctx, info.verb).await;
+    match ctx.target.sub.as_deref() {
+        Some("scale") => return scale::handle(app, &ctx, info.verb).await,
+        Some("binding") => return pods::bind(app, &ctx).await,
+        Some("eviction") => return pods::evict(app, &ctx).await,
+        _ => {}
     }
     match info.verb {
         "watch" => crate::watch::watch(app, &ctx).await,

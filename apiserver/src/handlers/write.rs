@@ -23,7 +23,7 @@ pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// The bytes stored for an object (no `resourceVersion`: that is the key's mod revision).
-fn to_store(obj: &Value) -> ApiResult<Vec<u8>> {
+pub(super) fn to_store(obj: &Value) -> ApiResult<Vec<u8>> {
     let mut o = obj.clone();
     meta_mut(&mut o).remove("resourceVersion");
     serde_json::to_vec(&o).map_err(|e| ApiError::internal(format!("encoding object: {e}")))
@@ -31,7 +31,7 @@ fn to_store(obj: &Value) -> ApiResult<Vec<u8>> {
 
 /// The request body as JSON: `application/json` (or no type), or a
 /// Kubernetes protobuf body converted to JSON; anything else is a 415.
-fn parse_body(ctx: &Ctx) -> ApiResult<Value> {
+pub(super) fn parse_body(ctx: &Ctx) -> ApiResult<Value> {
     let ct = ctx.header(header::CONTENT_TYPE).unwrap_or("");
     let base = ct.split(';').next().map(str::trim).unwrap_or("");
     let v: Value = match base {
@@ -472,7 +472,7 @@ fn delete_options(ctx: &Ctx) -> ApiResult<DeleteOptions> {
 }
 
 /// What deleting one object did.
-enum Deletion {
+pub(super) enum Deletion {
     /// The key is gone.
     Removed,
     /// The object is marked for deletion (`deletionTimestamp`): it waits for
@@ -511,7 +511,7 @@ fn ready_to_remove(res: &ResourceInfo, obj: &Value) -> bool {
 /// Deletes `obj` (read at `rev`): at once, or by marking it with a
 /// `deletionTimestamp` when it has finalizers, or is a pod bound to a node
 /// with a grace period (the node agent removes it with grace 0).
-async fn delete_or_mark(
+pub(super) async fn delete_or_mark(
     app: &App,
     res: &ResourceInfo,
     key: &str,
