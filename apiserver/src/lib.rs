@@ -16,8 +16,10 @@
 //! - [`status`]: Kubernetes `Status` errors; [`metrics`]: `/metrics`.
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod auth;
 pub mod cache;
+pub mod defaults;
 pub mod discovery;
 pub mod handlers;
 pub mod metrics;

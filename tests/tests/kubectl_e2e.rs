@@ -217,7 +217,10 @@ fn apply_patch_replace() {
         .expect("containers");
     assert_eq!(containers.len(), 1, "{containers:?}");
     assert_eq!(containers[0]["env"], json(r#"[{"name":"A","value":"1"}]"#));
-    assert_eq!(containers[0]["ports"], json(r#"[{"containerPort":80}]"#));
+    assert_eq!(
+        containers[0]["ports"],
+        json(r#"[{"containerPort":80,"protocol":"TCP"}]"#)
+    );
 
     // Patches of all three kinds.
     api.kubectl_ok(&[
@@ -618,6 +621,71 @@ fn binding_and_drain() {
     api.kubectl(&["get", "pod", "p1"]).fails_with("NotFound");
     let nodes = api.kubectl_ok(&["get", "nodes"]);
     assert!(nodes.contains("SchedulingDisabled"), "{nodes}");
+}
+
+/// Services get a cluster IP (and node ports) that no other service has,
+/// keep it across a replace, and give it back when deleted; defaults are
+/// filled in (deployment strategy, image pull policy, service port target).
+#[test]
+fn services_and_defaults() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    api.kubectl_ok(&["create", "service", "clusterip", "a", "--tcp=80:8080"]);
+    api.kubectl_ok(&["create", "service", "nodeport", "b", "--tcp=8080:80"]);
+    let a = get_json(&api, &["svc", "a"]);
+    let b = get_json(&api, &["svc", "b"]);
+    let ip = a["spec"]["clusterIP"]
+        .as_str()
+        .expect("cluster IP")
+        .to_string();
+    assert!(
+        ip.starts_with("10.96.") && Some(ip.as_str()) != b["spec"]["clusterIP"].as_str(),
+        "{a} {b}"
+    );
+    let np = b["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .expect("node port");
+    assert!((30000..=32767).contains(&np), "{b}");
+    let table = api.kubectl_ok(&["get", "svc", "b"]);
+    assert!(table.contains(&format!("8080:{np}/TCP")), "{table}");
+    // Replacing without the IP keeps it.
+    let mut without: Value = a.clone();
+    without["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("clusterIP");
+    without["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("clusterIPs");
+    api.kubectl_stdin(&["replace", "-f", "-"], Some(&without.to_string()))
+        .ok();
+    assert_eq!(
+        get_json(&api, &["svc", "a"])["spec"]["clusterIP"],
+        ip.as_str()
+    );
+    // Asking for a taken IP is a 422; after a delete the IP is free again.
+    let taken = format!(
+        r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"c"}},"spec":{{"clusterIP":"{ip}","ports":[{{"port":1}}]}}}}"#
+    );
+    api.kubectl_stdin(&["create", "-f", "-"], Some(&taken))
+        .fails_with("already allocated");
+    api.kubectl_ok(&["delete", "svc", "a"]);
+    api.kubectl_stdin(&["create", "-f", "-"], Some(&taken)).ok();
+    assert_eq!(
+        get_json(&api, &["svc", "c"])["spec"]["ports"][0]["targetPort"],
+        1
+    );
+
+    api.kubectl_ok(&["create", "deployment", "d", "--image=nginx"]);
+    let d = get_json(&api, &["deploy", "d"]);
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "Always"
+    );
+    assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
 }
 
 /// Discovery, health, authentication, and bad input answered with a Status.

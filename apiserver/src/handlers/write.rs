@@ -164,6 +164,7 @@ pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     if res.kind == "Namespace" {
         name_label(&mut obj, &name);
     }
+    crate::defaults::apply(res.kind, &mut obj);
     require_namespace(app, ctx).await?;
     if dry {
         return Ok(with_warnings(
@@ -171,6 +172,29 @@ pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             &warnings,
         ));
     }
+    let claimed = if res.kind == "Service" {
+        crate::alloc::allocate(&app.store, &mut obj).await?
+    } else {
+        Vec::new()
+    };
+    let result = create_key(app, ctx, obj, name, &generate, generated, &warnings).await;
+    if result.is_err() {
+        crate::alloc::release(&app.store, &claimed).await;
+    }
+    result
+}
+
+/// Writes a new object (new generated names on a clash when `generated`).
+async fn create_key(
+    app: &App,
+    ctx: &Ctx,
+    mut obj: Value,
+    mut name: String,
+    generate: &str,
+    generated: bool,
+    warnings: &[String],
+) -> ApiResult<Response> {
+    let res = ctx.target.res;
     let ns = ctx.target.namespace.as_deref();
     for _ in 0..RETRIES {
         let key = res.key(ns, &name);
@@ -184,7 +208,7 @@ pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
                 object::set_resource_version(&mut obj, rev);
                 return Ok(with_warnings(
                     json_response(StatusCode::CREATED, &obj),
-                    &warnings,
+                    warnings,
                 ));
             }
             Cas::Failed(_) if generated => {
@@ -243,11 +267,37 @@ fn merge_update(res: &ResourceInfo, old: &Value, mut new: Value, status_sub: boo
             name_label(&mut new, &name);
         }
     }
+    if res.kind == "Service" {
+        keep_cluster_ip(old, &mut new);
+    }
+    crate::defaults::apply(res.kind, &mut new);
     if tracks_generation(res, &new) && object::spec_changed(old, &new) {
         let g = object::generation(old) + 1;
         meta_mut(&mut new).insert("generation".into(), json!(g));
     }
     new
+}
+
+/// A service keeps its allocated cluster IP when an update leaves it out
+/// (as Kubernetes does; it cannot be changed).
+fn keep_cluster_ip(old: &Value, new: &mut Value) {
+    let unset = new
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty);
+    let (Some(old_spec), Some(spec)) = (
+        old.get("spec").and_then(Value::as_object),
+        new.get_mut("spec").and_then(Value::as_object_mut),
+    ) else {
+        return;
+    };
+    if unset {
+        for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            if let Some(v) = old_spec.get(f) {
+                spec.insert(f.to_string(), v.clone());
+            }
+        }
+    }
 }
 
 /// Writes `new` over the object at `ctx`'s key if it is still at `rev`.
@@ -530,7 +580,12 @@ pub(super) async fn delete_or_mark(
         .filter(|g| *g > 0);
     if !has_finalizers(obj) && pod_grace.is_none() {
         return Ok(match app.store.delete(key, rev).await.map_err(store_err)? {
-            Cas::Done(_) => Deletion::Removed,
+            Cas::Done(_) => {
+                if res.kind == "Service" {
+                    crate::alloc::release(&app.store, &crate::alloc::held_keys(obj)).await;
+                }
+                Deletion::Removed
+            }
             Cas::Failed(_) => Deletion::Conflict,
         });
     }
