@@ -143,7 +143,7 @@ impl Watcher {
                 }
                 self.filter.event(*put, kv, prev.as_ref())
             }
-            crate::cache::Event::Progress(rev) if self.bookmarks && *rev > self.after => {
+            crate::cache::Event::Progress(rev) if self.bookmarks && *rev >= self.after => {
                 vec![self.filter.bookmark(*rev)]
             }
             crate::cache::Event::Progress(_) => return true,

@@ -462,6 +462,17 @@ fn get_watch_sees_events() {
         (Some("DELETED"), Some("watched")),
         "{replayed}"
     );
+    // allowWatchBookmarks: BOOKMARK events carry the current revision
+    // (the watch cache asks the store for progress every 5 s).
+    let bookmarked = format!("/api/v1/configmaps?watch=true&allowWatchBookmarks=true&timeoutSeconds=7&resourceVersion={head}");
+    let out = api.kubectl_ok(&["get", "--raw", &bookmarked]);
+    let ev = json(out.lines().next().unwrap_or("null"));
+    assert_eq!(ev["type"], "BOOKMARK", "{out}");
+    let bookmark_rv: i64 = ev["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("bookmark rv");
+    assert!(bookmark_rv >= head, "{out}");
     let current = format!("/api/v1/configmaps?watch=true&timeoutSeconds=1&resourceVersion={head}");
     assert_eq!(api.kubectl_ok(&["get", "--raw", &current]), "");
     assert_eq!(
