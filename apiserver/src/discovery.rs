@@ -1,8 +1,9 @@
-//! Discovery: `/version`, `/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`
-//! in the legacy (unaggregated) form, which every kubectl understands.
-//! Clients that ask for the aggregated form (`as=APIGroupDiscoveryList`)
-//! always list plain `application/json` as a fallback and get the legacy
-//! form; a request that accepts only the aggregated form gets 406.
+//! Discovery: `/version`, `/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`.
+//! `/api` and `/apis` answer in the aggregated form (`apidiscovery.k8s.io/v2`
+//! `APIGroupDiscoveryList`: every resource in one response) when the Accept
+//! header prefers exactly that (kubectl ≥ 1.30 does), else in the legacy
+//! form, which every kubectl understands; a request that accepts only other
+//! aggregated versions gets 406.
 
 use serde_json::{json, Value};
 
@@ -47,6 +48,76 @@ pub fn require_plain_json(accept: Option<&str>) -> ApiResult<()> {
             "only the legacy discovery form is served as application/json; the Accept header {accept:?} allows none of it"
         )))
     }
+}
+
+/// The media type of aggregated discovery.
+pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// True if the Accept header's first choice is aggregated discovery v2.
+pub fn wants_aggregated(accept: Option<&str>) -> bool {
+    let Some(first) = accept.and_then(|a| a.split(',').next()) else {
+        return false;
+    };
+    let mut parts = first.split(';').map(str::trim);
+    if parts.next() != Some("application/json") {
+        return false;
+    }
+    let params: Vec<&str> = parts.collect();
+    params.contains(&"g=apidiscovery.k8s.io")
+        && params.contains(&"v=v2")
+        && params.contains(&"as=APIGroupDiscoveryList")
+}
+
+/// `/api` (`core`) or `/apis` in the aggregated form.
+pub fn aggregated(core: bool) -> Value {
+    let mut items = Vec::new();
+    for (g, v) in registry::group_versions() {
+        if g.is_empty() != core {
+            continue;
+        }
+        let mut resources = Vec::new();
+        for r in registry::resources_of(g, v) {
+            let kind = |k: &str| json!({"group": r.group, "version": r.version, "kind": k});
+            let mut subs = Vec::new();
+            if r.status {
+                subs.push(json!({"subresource": "status", "responseKind": kind(r.kind), "verbs": ["get", "patch", "update"]}));
+            }
+            if r.scale {
+                subs.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+            }
+            if r.kind == "Pod" {
+                subs.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
+                subs.push(json!({"subresource": "eviction", "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"}, "verbs": ["create"]}));
+            }
+            let mut e = json!({
+                "resource": r.plural,
+                "responseKind": kind(r.kind),
+                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": r.singular,
+                "verbs": VERBS,
+            });
+            if !r.short_names.is_empty() {
+                e["shortNames"] = json!(r.short_names);
+            }
+            if !r.categories.is_empty() {
+                e["categories"] = json!(r.categories);
+            }
+            if !subs.is_empty() {
+                e["subresources"] = Value::Array(subs);
+            }
+            resources.push(e);
+        }
+        items.push(json!({
+            "metadata": {"name": g},
+            "versions": [{"version": v, "resources": resources, "freshness": "Current"}],
+        }));
+    }
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": items,
+    })
 }
 
 /// `/api`.
@@ -159,6 +230,37 @@ mod tests {
         assert!(require_plain_json(Some("*/*")).is_ok());
         let only = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
         assert_eq!(require_plain_json(Some(only)).expect_err("406").code, 406);
+    }
+
+    #[test]
+    fn aggregated_discovery() {
+        let kubectl = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert!(wants_aggregated(Some(kubectl)));
+        assert!(!wants_aggregated(Some("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json")));
+        assert!(!wants_aggregated(Some("application/json")));
+        let apis = aggregated(false);
+        let names: Vec<&str> = apis["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "apps",
+                "batch",
+                "coordination.k8s.io",
+                "autoscaling",
+                "networking.k8s.io"
+            ]
+        );
+        let core = aggregated(true);
+        let pods = &core["items"][0]["versions"][0]["resources"][1];
+        assert_eq!(
+            (pods["resource"].as_str(), pods["scope"].as_str()),
+            (Some("pods"), Some("Namespaced"))
+        );
     }
 
     #[test]

@@ -729,6 +729,12 @@ fn discovery_auth_and_bad_input() {
         "{metrics}"
     );
     let group = json(&api.kubectl_ok(&["get", "--raw", "/apis/apps/v1"]));
+    // `get --raw` asks for plain JSON: the legacy form; kubectl's own
+    // discovery asks for (and gets) the aggregated one.
+    assert_eq!(
+        json(&api.kubectl_ok(&["get", "--raw", "/apis"]))["kind"],
+        "APIGroupList"
+    );
     assert_eq!(group["kind"], "APIResourceList");
 
     // No client certificate (a bearer token keel does not accept yet): 401.

@@ -248,6 +248,18 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
             )
                 .into_response())
         }
+        ["api"] | ["apis"] if discovery::wants_aggregated(accept.as_deref()) => {
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed(&path));
+            }
+            let body = discovery::aggregated(segs[0] == "api");
+            let mut resp = json_response(StatusCode::OK, &body);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(discovery::AGGREGATED),
+            );
+            return Ok(resp);
+        }
         ["api"] => {
             discovery::require_plain_json(accept.as_deref())?;
             return get_only(discovery::api_versions(&app.server_address));
