@@ -326,6 +326,25 @@ fn apply_patch_replace() {
     );
     api.kubectl_ok(&["delete", "deploy", "bogus"]);
 
+    // Server-side apply (approximated as a merge; no field ownership yet).
+    let ssa = api.scratch().join("ssa.yaml");
+    std::fs::write(&ssa, DEPLOYMENT.replace("name: web", "name: ssa")).expect("write");
+    let s = ssa.to_string_lossy().to_string();
+    assert_eq!(
+        api.kubectl_ok(&["apply", "--server-side", "-f", &s]),
+        "deployment.apps/ssa serverside-applied\n"
+    );
+    std::fs::write(
+        &ssa,
+        DEPLOYMENT
+            .replace("name: web", "name: ssa")
+            .replace("replicas: 1", "replicas: 4"),
+    )
+    .expect("write");
+    api.kubectl_ok(&["apply", "--server-side", "-f", &s]);
+    assert_eq!(get_json(&api, &["deploy", "ssa"])["spec"]["replicas"], 4);
+    api.kubectl_ok(&["delete", "deploy", "ssa"]);
+
     // kubectl scale: the /scale subresource.
     assert_eq!(
         api.kubectl_ok(&["scale", "deploy", "web", "--replicas=2"]),

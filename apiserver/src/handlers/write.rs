@@ -35,9 +35,11 @@ pub(super) fn parse_body(ctx: &Ctx) -> ApiResult<Value> {
     let ct = ctx.header(header::CONTENT_TYPE).unwrap_or("");
     let base = ct.split(';').next().map(str::trim).unwrap_or("");
     let v: Value = match base {
-        "" | "application/json" => serde_json::from_slice(&ctx.body).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
-        })?,
+        "" | "application/json" | "application/apply-patch+yaml" => {
+            serde_json::from_slice(&ctx.body).map_err(|e| {
+                ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+            })?
+        }
         crate::protobuf::CONTENT_TYPE => crate::protobuf::to_json(&ctx.body)?,
         _ => return Err(ApiError::unsupported_media_type(ct)),
     };
@@ -429,10 +431,27 @@ pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let mode = FieldValidation::parse(ctx.q("fieldValidation"))?;
     ctx.dry_run()?;
     let name = t.name.as_deref().unwrap_or("");
+    if pt == PatchType::Apply && ctx.q("fieldManager").is_none_or(str::is_empty) {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
+    }
     for _ in 0..RETRIES {
-        let (old, rev) = read_object(app, &t.key())
-            .await?
-            .ok_or_else(|| ApiError::not_found(t.res, name))?;
+        let Some((old, rev)) = read_object(app, &t.key()).await? else {
+            if pt == PatchType::Apply && t.sub.is_none() {
+                // Server-side apply creates what does not exist yet.
+                let body = parse_body(ctx)?;
+                if object::meta_str(&body, "name") != Some(name) {
+                    return Err(ApiError::bad_request(format!(
+                        "the name of the object does not match the name on the URL ({name})"
+                    )));
+                }
+                return create(app, ctx).await;
+            }
+            return Err(ApiError::not_found(t.res, name));
+        };
         let mut new = patch::apply(pt, &old, &ctx.body)?;
         if !new.is_object() {
             return Err(ApiError::bad_request(
