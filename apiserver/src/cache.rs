@@ -77,6 +77,10 @@ struct Inner {
 /// The watch cache of one resource type.
 pub struct Cache {
     inner: Mutex<Inner>,
+    /// Asks the store watch for a progress notification now.
+    kick: Arc<tokio::sync::Notify>,
+    /// The revision the cache has reached, for readers waiting on it.
+    reached: tokio::sync::watch::Sender<i64>,
 }
 
 /// What a new subscription starts with.
@@ -92,8 +96,14 @@ impl Cache {
     async fn start(store: &Store, prefix: String) -> Result<Arc<Cache>, StoreError> {
         let end = prefix_end(prefix.as_bytes());
         let page = store.range(prefix.as_bytes(), &end, 0, 0).await?;
+        let kick = Arc::new(tokio::sync::Notify::new());
         let stream = store
-            .watch_prefix(&prefix, page.revision + 1, Some(PROGRESS_EVERY))
+            .watch_prefix_kicked(
+                &prefix,
+                page.revision + 1,
+                Some(PROGRESS_EVERY),
+                Some(kick.clone()),
+            )
             .await?;
         let (tx, _) = broadcast::channel(FANOUT);
         let cache = Arc::new(Cache {
@@ -108,6 +118,8 @@ impl Cache {
                 base: page.revision,
                 tx: Some(tx),
             }),
+            kick,
+            reached: tokio::sync::watch::channel(page.revision).0,
         });
         let weak = Arc::downgrade(&cache);
         tokio::spawn(async move {
@@ -140,8 +152,22 @@ impl Cache {
 
     /// Applies one store watch response (events, or progress when empty).
     fn apply(&self, events: Vec<keel_storage::proto::mvccpb::Event>, header_rev: i64) {
+        let reached = self.apply_locked(events, header_rev);
+        self.reached.send_if_modified(|r| {
+            let moved = reached > *r;
+            *r = (*r).max(reached);
+            moved
+        });
+    }
+
+    /// [`Cache::apply`] under the lock; returns the revision reached.
+    fn apply_locked(
+        &self,
+        events: Vec<keel_storage::proto::mvccpb::Event>,
+        header_rev: i64,
+    ) -> i64 {
         let Ok(mut inner) = self.inner.lock() else {
-            return;
+            return 0;
         };
         if events.is_empty() {
             if header_rev > inner.revision {
@@ -151,7 +177,7 @@ impl Cache {
             if let Some(tx) = &inner.tx {
                 let _ = tx.send(Arc::new(Event::Progress(rev)));
             }
-            return;
+            return rev;
         }
         for ev in events {
             let Some(kv) = ev.kv else { continue };
@@ -177,6 +203,20 @@ impl Cache {
                 let _ = tx.send(event);
             }
         }
+        inner.revision
+    }
+
+    /// Waits (at most `timeout`) until the cache has reached `revision`,
+    /// asking the store for progress; false if it has not.
+    pub async fn wait_for(&self, revision: i64, timeout: Duration) -> bool {
+        let mut rx = self.reached.subscribe();
+        if *rx.borrow() >= revision {
+            return true;
+        }
+        self.kick.notify_one();
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn close(&self) {
@@ -276,7 +316,21 @@ mod tests {
                 base: rev,
                 tx: Some(tx),
             }),
+            kick: Arc::new(tokio::sync::Notify::new()),
+            reached: tokio::sync::watch::channel(rev).0,
         }
+    }
+
+    #[tokio::test]
+    async fn readers_wait_for_the_revision() {
+        let c = Arc::new(cache_at(10));
+        assert!(c.wait_for(10, Duration::from_millis(1)).await);
+        assert!(!c.wait_for(12, Duration::from_millis(20)).await);
+        let c2 = c.clone();
+        let waiter = tokio::spawn(async move { c2.wait_for(12, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.apply(vec![], 12);
+        assert!(waiter.await.expect("join"));
     }
 
     fn put(key: &str, rev: i64) -> mvccpb::Event {

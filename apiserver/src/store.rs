@@ -263,6 +263,19 @@ impl Store {
         start_revision: i64,
         progress: Option<std::time::Duration>,
     ) -> Result<WatchStream, StoreError> {
+        self.watch_prefix_kicked(prefix, start_revision, progress, None)
+            .await
+    }
+
+    /// [`Store::watch_prefix`], also sending a progress request whenever
+    /// `kick` is notified (a reader waiting for the watch to catch up).
+    pub async fn watch_prefix_kicked(
+        &self,
+        prefix: &str,
+        start_revision: i64,
+        progress: Option<std::time::Duration>,
+        kick: Option<std::sync::Arc<tokio::sync::Notify>>,
+    ) -> Result<WatchStream, StoreError> {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let create = WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(
@@ -279,9 +292,14 @@ impl Store {
             .await
             .map_err(|_| StoreError::Unavailable("watch request channel closed".into()))?;
         if let Some(every) = progress {
+            let kick = kick.unwrap_or_default();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(every).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = kick.notified() => {}
+                        _ = tx.closed() => return,
+                    }
                     let req = WatchRequest {
                         request_union: Some(watch_request::RequestUnion::ProgressRequest(
                             WatchProgressRequest {},

@@ -97,26 +97,20 @@ pub async fn select(app: &App, ctx: &Ctx) -> ApiResult<Listing> {
             .max(0) as usize,
     };
     let prefix = t.res.prefix(t.namespace.as_deref());
-    // `resourceVersion=0` ("any"; what informers list with): served from the
-    // watch cache, whole (no limit), as Kubernetes does.
+    // Lists without a continue token come from the watch cache:
+    // `resourceVersion=0` ("any"; what informers list with) as it is, a
+    // consistent list (no resourceVersion) once the cache has reached the
+    // store's current revision (a quorum read). A first page's continue
+    // token points at the cache's revision, so the next pages, read from the
+    // store at that revision, are consistent with it.
     let no_continue = ctx.q("continue").is_none_or(str::is_empty);
-    if ctx.q("resourceVersion") == Some("0") && no_continue {
-        if let Ok(cache) = app.caches.get(&app.store, t.res).await {
-            let (kvs, revision) = cache.snapshot(prefix.as_bytes());
-            let mut items = Vec::new();
-            for kv in &kvs {
-                let obj = super::decode(kv)?;
-                if labels.matches(obj.pointer("/metadata/labels")) && fields.matches(&obj) {
-                    items.push(obj);
-                }
-            }
-            if cache.is_live() {
-                return Ok(Listing {
-                    items,
-                    revision,
-                    continue_token: None,
-                });
-            }
+    let any = ctx.q("resourceVersion") == Some("0");
+    let consistent = ctx.q("resourceVersion").is_none_or(str::is_empty);
+    if no_continue && (any || consistent) {
+        if let Some(listing) =
+            from_cache(app, ctx, &prefix, consistent, limit, &labels, &fields).await?
+        {
+            return Ok(listing);
         }
     }
     let end = prefix_end(prefix.as_bytes());
@@ -193,6 +187,56 @@ pub async fn select(app: &App, ctx: &Ctx) -> ApiResult<Listing> {
         revision,
         continue_token,
     })
+}
+
+/// How long a consistent list waits for the watch cache before reading the store.
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A list served from the watch cache, or `None` (then the store serves it).
+async fn from_cache(
+    app: &App,
+    ctx: &Ctx,
+    prefix: &str,
+    consistent: bool,
+    limit: usize,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> ApiResult<Option<Listing>> {
+    let Ok(cache) = app.caches.get(&app.store, ctx.target.res).await else {
+        return Ok(None);
+    };
+    if consistent {
+        let end = prefix_end(prefix.as_bytes());
+        let Ok(head) = app.store.range(prefix.as_bytes(), &end, 1, 0).await else {
+            return Ok(None);
+        };
+        if !cache.wait_for(head.revision, CACHE_WAIT).await {
+            return Ok(None);
+        }
+    }
+    let (kvs, revision) = cache.snapshot(prefix.as_bytes());
+    if !cache.is_live() {
+        return Ok(None);
+    }
+    let mut items = Vec::new();
+    let mut continue_token = None;
+    for (i, kv) in kvs.iter().enumerate() {
+        let obj = super::decode(kv)?;
+        if labels.matches(obj.pointer("/metadata/labels")) && fields.matches(&obj) {
+            items.push(obj);
+        }
+        if limit > 0 && items.len() == limit && i + 1 < kvs.len() {
+            let mut next = kv.key.to_vec();
+            next.push(0);
+            continue_token = Some(encode_continue(revision, &next));
+            break;
+        }
+    }
+    Ok(Some(Listing {
+        items,
+        revision,
+        continue_token,
+    }))
 }
 
 /// GET of a collection: a `<Kind>List`, or a Table.
