@@ -52,7 +52,78 @@ fn opaque(m: &MessageDescriptor) -> bool {
     )
 }
 
-fn walk(desc: &MessageDescriptor, v: &Value, path: &str, top: bool, out: &mut Vec<String>) {
+/// What a walk found: unknown fields, and values of the wrong JSON type.
+#[derive(Debug, Default)]
+struct Findings {
+    unknown: Vec<String>,
+    wrong_type: Vec<String>,
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Checks a scalar (or opaque message) value against the field's kind.
+fn scalar_ok(kind: &Kind, v: &Value) -> Option<&'static str> {
+    let ok = match kind {
+        Kind::Bool => v.is_boolean(),
+        Kind::String => v.is_string(),
+        Kind::Bytes => v.is_string(),
+        Kind::Double | Kind::Float => v.is_number(),
+        Kind::Enum(_) => v.is_string() || v.is_i64(),
+        Kind::Message(m) => match m.full_name() {
+            "k8s.io.apimachinery.pkg.util.intstr.IntOrString" => v.is_string() || v.is_i64(),
+            "k8s.io.apimachinery.pkg.api.resource.Quantity" => v.is_string() || v.is_number(),
+            "k8s.io.apimachinery.pkg.apis.meta.v1.Time"
+            | "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime"
+            | "k8s.io.apimachinery.pkg.apis.meta.v1.Duration" => v.is_string(),
+            _ => true,
+        },
+        // Integers: JSON numbers without a fraction.
+        _ => v.is_i64() || v.is_u64(),
+    };
+    if ok {
+        return None;
+    }
+    Some(match kind {
+        Kind::Bool => "a boolean",
+        Kind::String | Kind::Bytes => "a string",
+        Kind::Double | Kind::Float => "a number",
+        Kind::Message(_) => "a string or a number",
+        _ => "an integer",
+    })
+}
+
+fn check_value(kind: &Kind, v: &Value, here: &str, out: &mut Findings) {
+    if v.is_null() {
+        return;
+    }
+    match kind {
+        Kind::Message(m) if !opaque(m) => {
+            if v.is_object() {
+                walk(m, v, here, false, out);
+            } else {
+                out.wrong_type
+                    .push(format!("{here}: expected an object, got {}", json_type(v)));
+            }
+        }
+        other => {
+            if let Some(want) = scalar_ok(other, v) {
+                out.wrong_type
+                    .push(format!("{here}: expected {want}, got {}", json_type(v)));
+            }
+        }
+    }
+}
+
+fn walk(desc: &MessageDescriptor, v: &Value, path: &str, top: bool, out: &mut Findings) {
     let Some(obj) = v.as_object() else { return };
     for (k, child) in obj {
         if top && (k == "kind" || k == "apiVersion") {
@@ -64,34 +135,45 @@ fn walk(desc: &MessageDescriptor, v: &Value, path: &str, top: bool, out: &mut Ve
             format!("{path}.{k}")
         };
         let Some(f) = desc.get_field_by_name(k) else {
-            out.push(here);
+            out.unknown.push(here);
             continue;
         };
-        let Kind::Message(m) = f.kind() else { continue };
+        if child.is_null() {
+            continue;
+        }
         if f.is_map() {
-            if let Kind::Message(vm) = m.map_entry_value_field().kind() {
-                if !opaque(&vm) {
-                    for (mk, mv) in child.as_object().into_iter().flatten() {
-                        walk(&vm, mv, &format!("{here}[{mk}]"), false, out);
-                    }
+            let Some(entries) = child.as_object() else {
+                out.wrong_type.push(format!(
+                    "{here}: expected an object, got {}",
+                    json_type(child)
+                ));
+                continue;
+            };
+            if let Kind::Message(entry) = f.kind() {
+                let vk = entry.map_entry_value_field().kind();
+                for (mk, mv) in entries {
+                    check_value(&vk, mv, &format!("{here}[{mk}]"), out);
                 }
             }
-        } else if opaque(&m) {
-            continue;
         } else if f.is_list() {
-            for (i, item) in child.as_array().into_iter().flatten().enumerate() {
-                walk(&m, item, &format!("{here}[{i}]"), false, out);
+            let Some(items) = child.as_array() else {
+                out.wrong_type.push(format!(
+                    "{here}: expected an array, got {}",
+                    json_type(child)
+                ));
+                continue;
+            };
+            for (i, item) in items.iter().enumerate() {
+                check_value(&f.kind(), item, &format!("{here}[{i}]"), out);
             }
         } else {
-            walk(&m, child, &here, false, out);
+            check_value(&f.kind(), child, &here, out);
         }
     }
 }
 
-/// The paths of the fields of `obj` that kind `res` does not have (empty
-/// when the kind has no known schema).
-pub fn unknown_fields(res: &ResourceInfo, obj: &Value) -> Vec<String> {
-    let mut out = Vec::new();
+fn findings(res: &ResourceInfo, obj: &Value) -> Findings {
+    let mut out = Findings::default();
     let desc = crate::protobuf::package(res.group, res.kind)
         .and_then(|p| crate::protobuf::pool()?.get_message_by_name(&format!("{p}.{}", res.kind)));
     if let Some(d) = desc {
@@ -100,12 +182,30 @@ pub fn unknown_fields(res: &ResourceInfo, obj: &Value) -> Vec<String> {
     out
 }
 
+/// The paths of the fields of `obj` that kind `res` does not have (empty
+/// when the kind has no known schema).
+pub fn unknown_fields(res: &ResourceInfo, obj: &Value) -> Vec<String> {
+    findings(res, obj).unknown
+}
+
 /// Applies the directive: `Err` under Strict, else the warnings to send.
+/// A value of the wrong JSON type is a 400 whatever the directive (the
+/// object could not be decoded into its type).
 pub fn check(mode: FieldValidation, res: &ResourceInfo, obj: &Value) -> ApiResult<Vec<String>> {
+    let found = findings(res, obj);
+    if !found.wrong_type.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: {}",
+            found.wrong_type.join(", "),
+            kind = res.kind,
+            v = res.version,
+        )));
+    }
     if mode == FieldValidation::Ignore {
         return Ok(Vec::new());
     }
-    let unknown: Vec<String> = unknown_fields(res, obj)
+    let unknown: Vec<String> = found
+        .unknown
         .into_iter()
         .map(|p| format!("unknown field \"{p}\""))
         .collect();
@@ -160,5 +260,40 @@ mod tests {
             .expect("ignore")
             .is_empty());
         assert!(FieldValidation::parse(Some("Loud")).is_err());
+    }
+
+    #[test]
+    fn wrong_types_are_a_400_even_when_ignored() {
+        let cm = crate::registry::lookup("", "v1", "configmaps").expect("configmaps");
+        let bad = json!({"metadata": {"name": "a", "labels": 5}});
+        let err = check(FieldValidation::Ignore, cm, &bad).expect_err("labels: 5");
+        assert!(
+            err.message
+                .contains("metadata.labels: expected an object, got a number"),
+            "{}",
+            err.message
+        );
+        let deploy = crate::registry::lookup("apps", "v1", "deployments").expect("deployments");
+        let bad =
+            json!({"spec": {"replicas": "3", "template": {"spec": {"containers": [{"name": 1}]}}}});
+        let err = check(FieldValidation::Warn, deploy, &bad).expect_err("types");
+        assert!(
+            err.message
+                .contains("spec.replicas: expected an integer, got a string"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message
+                .contains("spec.template.spec.containers[0].name: expected a string"),
+            "{}",
+            err.message
+        );
+        let ok = json!({"metadata": {"name": "a", "labels": null, "creationTimestamp": "2024-01-01T00:00:00Z"},
+            "spec": {"replicas": 2, "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": "25%"}},
+                     "template": {"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": 1, "memory": "1Gi"}}}]}}}});
+        assert!(check(FieldValidation::Strict, deploy, &ok)
+            .expect("valid")
+            .is_empty());
     }
 }
