@@ -4,7 +4,9 @@
 //! cache's window is watched on the store directly.
 //!
 //! - `resourceVersion` unset or `0`: synthetic `ADDED` events for the current
-//!   state first, then changes after it.
+//!   state first, then changes after it. With `sendInitialEvents=true`
+//!   (streaming lists) that state is followed by a `BOOKMARK` annotated
+//!   `k8s.io/initial-events-end`.
 //! - `resourceVersion=R`: changes after R, nothing older replayed.
 //! - R within the cache's window: replayed from the cache (as Kubernetes'
 //!   watch cache does, even if the store has compacted it since); R older
@@ -273,8 +275,19 @@ pub async fn watch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         ),
     };
     let bookmarks = ctx.q("allowWatchBookmarks") == Some("true");
+    // `sendInitialEvents=true` (streaming lists): the current state as ADDED
+    // events, then a BOOKMARK marked `k8s.io/initial-events-end`, then changes.
+    let stream_list = ctx.q("sendInitialEvents") == Some("true");
+    if stream_list && (ctx.q("resourceVersionMatch") != Some("NotOlderThan") || !bookmarks) {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "sendInitialEvents=true needs resourceVersionMatch=NotOlderThan and allowWatchBookmarks=true",
+        ));
+    }
     let mut initial = Vec::new();
-    let start = match parse_rv(ctx.q("resourceVersion"))? {
+    let requested = parse_rv(ctx.q("resourceVersion"))?;
+    let start = match requested.filter(|_| !stream_list) {
         Some(rv) => rv + 1,
         None => {
             let end = crate::store::prefix_end(prefix.as_bytes());
@@ -290,6 +303,14 @@ pub async fn watch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
                 {
                     initial.push(filter.line("ADDED", obj));
                 }
+            }
+            if stream_list {
+                initial.push(filter.line(
+                    "BOOKMARK",
+                    json!({"kind": res.kind, "apiVersion": res.group_version(),
+                           "metadata": {"resourceVersion": page.revision.to_string(),
+                                        "annotations": {"k8s.io/initial-events-end": "true"}}}),
+                ));
             }
             page.revision + 1
         }

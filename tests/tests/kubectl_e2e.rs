@@ -492,6 +492,15 @@ fn get_watch_sees_events() {
         .and_then(|s| s.parse().ok())
         .expect("bookmark rv");
     assert!(bookmark_rv >= head, "{out}");
+    // Streaming list: current state, then the initial-events-end bookmark.
+    let streaming = "/api/v1/namespaces/kube-system/configmaps?watch=true&timeoutSeconds=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true";
+    let out = api.kubectl_ok(&["get", "--raw", streaming]);
+    let ev = json(out.lines().next().unwrap_or("null"));
+    assert_eq!(ev["type"], "BOOKMARK", "{out}");
+    assert_eq!(
+        ev["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true",
+        "{out}"
+    );
     let current = format!("/api/v1/configmaps?watch=true&timeoutSeconds=1&resourceVersion={head}");
     assert_eq!(api.kubectl_ok(&["get", "--raw", &current]), "");
     assert_eq!(
