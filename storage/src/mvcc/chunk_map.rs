@@ -7,8 +7,12 @@
 //! arrive in order, and split in half otherwise, keep the same O(log n)
 //! lookups with a fraction of the overhead. A chunk is found by binary
 //! search over the chunks' last keys, then a key by binary search inside it.
+//!
+//! Chunks are shared (`Arc`) between clones and copied on write, so a clone
+//! (a snapshot of the store) costs a reference per chunk.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -18,11 +22,11 @@ const CHUNK: usize = 128;
 /// The ordered map. See the module docs.
 #[derive(Debug, Clone, Default)]
 pub struct ChunkMap<V> {
-    chunks: Vec<Vec<(Bytes, V)>>,
+    chunks: Vec<Arc<Vec<(Bytes, V)>>>,
     len: usize,
 }
 
-impl<V> ChunkMap<V> {
+impl<V: Clone> ChunkMap<V> {
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.len
@@ -57,7 +61,10 @@ impl<V> ChunkMap<V> {
 
     /// The value of `key`, mutably.
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
-        self.find(key).map(|(ci, i)| &mut self.chunks[ci][i].1)
+        let (ci, i) = self.find(key)?;
+        Arc::make_mut(&mut self.chunks[ci])
+            .get_mut(i)
+            .map(|e| &mut e.1)
     }
 
     /// Inserts `key` = `value` (replacing an existing value).
@@ -65,13 +72,13 @@ impl<V> ChunkMap<V> {
         if self.chunks.is_empty() {
             let mut c = Vec::with_capacity(CHUNK);
             c.push((key, value));
-            self.chunks.push(c);
+            self.chunks.push(Arc::new(c));
             self.len = 1;
             return;
         }
         let ci = self.chunk_for(&key);
         let last_chunk = ci + 1 == self.chunks.len();
-        let c = &mut self.chunks[ci];
+        let c = Arc::make_mut(&mut self.chunks[ci]);
         match c.binary_search_by(|(k, _)| k.as_ref().cmp(key.as_ref())) {
             Ok(i) => c[i].1 = value,
             Err(i) => {
@@ -82,7 +89,7 @@ impl<V> ChunkMap<V> {
                     // Keys arriving in order: leave this chunk full.
                     let mut n = Vec::with_capacity(CHUNK);
                     n.push((key, value));
-                    self.chunks.push(n);
+                    self.chunks.push(Arc::new(n));
                 } else {
                     let mut tail = Vec::with_capacity(CHUNK);
                     tail.extend(c.drain(CHUNK / 2..));
@@ -91,7 +98,7 @@ impl<V> ChunkMap<V> {
                     } else {
                         tail.insert(i - CHUNK / 2, (key, value));
                     }
-                    self.chunks.insert(ci + 1, tail);
+                    self.chunks.insert(ci + 1, Arc::new(tail));
                 }
                 self.len += 1;
             }
@@ -142,17 +149,20 @@ impl<V> ChunkMap<V> {
 
     /// Every entry, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &V)> {
-        self.chunks.iter().flatten().map(|(k, v)| (k, v))
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|(k, v)| (k, v))
     }
 
     /// Keeps the entries `f` says yes to (it may change them), dropping
     /// chunks left empty.
     pub fn retain(&mut self, mut f: impl FnMut(&Bytes, &mut V) -> bool) {
         for c in &mut self.chunks {
-            c.retain_mut(|(k, v)| f(k, v));
+            Arc::make_mut(c).retain_mut(|(k, v)| f(k, v));
         }
         self.chunks.retain(|c| !c.is_empty());
-        self.len = self.chunks.iter().map(Vec::len).sum();
+        self.len = self.chunks.iter().map(|c| c.len()).sum();
     }
 }
 
@@ -202,6 +212,25 @@ mod tests {
         }
         assert_eq!(m.chunks.len(), 5);
         assert!(m.chunks.iter().all(|c| c.len() == CHUNK));
+        // A clone shares every chunk; writing to one copies only that one.
+        let mut copy = m.clone();
+        assert!(m
+            .chunks
+            .iter()
+            .zip(&copy.chunks)
+            .all(|(a, b)| Arc::ptr_eq(a, b)));
+        if let Some(v) = copy.get_mut(&key(3)) {
+            *v = 99;
+        }
+        assert_eq!(m.get(&key(3)), Some(&3));
+        assert_eq!(copy.get(&key(3)), Some(&99));
+        let shared = m
+            .chunks
+            .iter()
+            .zip(&copy.chunks)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(shared, 4);
     }
 
     proptest! {

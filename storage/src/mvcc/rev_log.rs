@@ -5,6 +5,12 @@
 //! log is a list of fixed-capacity chunks, found by binary search. Next to a
 //! B-tree map this saves the nodes' pointers and half-empty leaves (about
 //! 100 bytes a change) and keeps appends O(1); compaction rebuilds it once.
+//!
+//! Chunks are shared (`Arc`) between clones and copied on write, so cloning
+//! the log (a snapshot of the store) costs a reference per chunk, not a copy
+//! of every change, and does not hold up the writer.
+
+use std::sync::Arc;
 
 use super::revision::Revision;
 
@@ -15,7 +21,7 @@ const CHUNK: usize = 4096;
 /// An append-only, revision-ordered list of `(Revision, T)`.
 #[derive(Debug, Clone)]
 pub struct RevLog<T> {
-    chunks: Vec<Vec<(Revision, T)>>,
+    chunks: Vec<Arc<Vec<(Revision, T)>>>,
     len: usize,
 }
 
@@ -28,7 +34,7 @@ impl<T> Default for RevLog<T> {
     }
 }
 
-impl<T> RevLog<T> {
+impl<T: Clone> RevLog<T> {
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.len
@@ -51,11 +57,11 @@ impl<T> RevLog<T> {
             return Err(value);
         }
         match self.chunks.last_mut() {
-            Some(c) if c.len() < CHUNK => c.push((rev, value)),
+            Some(c) if c.len() < CHUNK => Arc::make_mut(c).push((rev, value)),
             _ => {
                 let mut c = Vec::with_capacity(CHUNK);
                 c.push((rev, value));
-                self.chunks.push(c);
+                self.chunks.push(Arc::new(c));
             }
         }
         self.len += 1;
@@ -97,7 +103,10 @@ impl<T> RevLog<T> {
 
     /// Every entry, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&Revision, &T)> {
-        self.chunks.iter().flatten().map(|(r, v)| (r, v))
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|(r, v)| (r, v))
     }
 
     /// Keeps only the entries `keep` says yes to (compaction): one pass,
@@ -110,6 +119,7 @@ impl<T> RevLog<T> {
         let old = std::mem::take(&mut self.chunks);
         self.len = 0;
         for c in old {
+            let c = Arc::try_unwrap(c).unwrap_or_else(|shared| (*shared).clone());
             for (r, v) in c {
                 if keep(&r, &v) {
                     // In order by construction: push cannot refuse.
@@ -124,7 +134,7 @@ impl<T> RevLog<T> {
     }
 }
 
-impl<T> FromIterator<(Revision, T)> for RevLog<T> {
+impl<T: Clone> FromIterator<(Revision, T)> for RevLog<T> {
     /// Builds from entries in ascending revision order; out-of-order entries
     /// are skipped.
     fn from_iter<I: IntoIterator<Item = (Revision, T)>>(iter: I) -> Self {
