@@ -506,16 +506,7 @@ impl Member {
             }
             let wait = (self.cfg.heartbeat_interval * 5).max(Duration::from_millis(200));
             match tokio::time::timeout(wait, rx).await {
-                Ok(Ok(index)) => {
-                    let mut applied = self.applied.subscribe();
-                    let reached =
-                        tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= index)).await;
-                    return match reached {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(_)) => Err(StoreError::Stopped),
-                        Err(_) => Err(StoreError::Timeout),
-                    };
-                }
+                Ok(Ok(index)) => return self.wait_applied(index, deadline).await,
                 _ if tokio::time::Instant::now() >= deadline => return Err(StoreError::NoLeader),
                 _ => {}
             }
@@ -528,11 +519,16 @@ impl Member {
     /// full disk) must not call a lease granted since "not found".
     pub async fn wait_applied_commit(&self) -> Result<()> {
         let commit = self.shared.commit.load(Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
+        self.wait_applied(commit, deadline).await
+    }
+
+    /// Waits until this member has applied `index`, or fails at `deadline`.
+    async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) -> Result<()> {
         let mut applied = self.applied.subscribe();
-        let reached =
-            tokio::time::timeout(self.cfg.request_timeout, applied.wait_for(|a| *a >= commit))
-                .await
-                .map(|r| r.is_ok());
+        let reached = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= index))
+            .await
+            .map(|r| r.is_ok());
         match reached {
             Ok(true) => Ok(()),
             Ok(false) => Err(StoreError::Stopped),
