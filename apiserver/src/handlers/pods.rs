@@ -19,20 +19,27 @@ fn created(details: Value) -> Response {
     json_response(StatusCode::CREATED, &s)
 }
 
-/// POST `pods/<name>/binding`: sets `spec.nodeName` of an unbound pod.
-pub async fn bind(app: &App, ctx: &Ctx) -> ApiResult<Response> {
-    let t = &ctx.target;
-    let name = t.name.as_deref().unwrap_or("");
+/// The body of a POST to `pods/<name>/<sub>`: parsed, and refused unless its
+/// `kind` (when given) is `kind`.
+fn subresource_body(ctx: &Ctx, sub: &str, kind: &str, what: &str) -> ApiResult<Value> {
     let body = parse_body(ctx)?;
     if body
         .get("kind")
         .and_then(Value::as_str)
-        .is_some_and(|k| k != "Binding")
+        .is_some_and(|k| k != kind)
     {
-        return Err(ApiError::bad_request(
-            "the body of a pods/binding request must be a Binding",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "the body of a pods/{sub} request must be {what}"
+        )));
     }
+    Ok(body)
+}
+
+/// POST `pods/<name>/binding`: sets `spec.nodeName` of an unbound pod.
+pub async fn bind(app: &App, ctx: &Ctx) -> ApiResult<Response> {
+    let t = &ctx.target;
+    let name = t.name.as_deref().unwrap_or("");
+    let body = subresource_body(ctx, "binding", "Binding", "a Binding")?;
     let node = body
         .pointer("/target/name")
         .and_then(Value::as_str)
@@ -96,16 +103,7 @@ pub async fn bind(app: &App, ctx: &Ctx) -> ApiResult<Response> {
 pub async fn evict(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let t = &ctx.target;
     let name = t.name.as_deref().unwrap_or("");
-    let body = parse_body(ctx)?;
-    if body
-        .get("kind")
-        .and_then(Value::as_str)
-        .is_some_and(|k| k != "Eviction")
-    {
-        return Err(ApiError::bad_request(
-            "the body of a pods/eviction request must be an Eviction",
-        ));
-    }
+    let body = subresource_body(ctx, "eviction", "Eviction", "an Eviction")?;
     let grace = body
         .pointer("/deleteOptions/gracePeriodSeconds")
         .and_then(Value::as_i64);
