@@ -701,19 +701,22 @@ impl Member {
     }
 
     /// Encodes the current state as snapshot bytes (Maintenance.Snapshot).
+    /// The state is cloned under the lock (chunks are shared, so that is
+    /// cheap) and encoded outside it, so writes are not held up.
     pub fn snapshot_bytes(&self) -> Result<Vec<u8>, snapshot::SnapshotError> {
-        snapshot::encode(&self.read())
+        let sm = self.read().clone();
+        snapshot::encode(&sm)
     }
 
     /// Writes a snapshot of `sm` (a copy of the applied state), records it
     /// in the WAL, releases the WAL segments and old snapshot files it
     /// covers, and lets the Raft core compact its log.
     fn save_snapshot(&self, sm: &StateMachine) -> Result<(), OpenError> {
-        let (bytes, index, term) = (snapshot::encode(sm)?, sm.applied_index, sm.applied_term);
+        let (index, term) = (sm.applied_index, sm.applied_term);
         let dir = self.cfg.snap_dir();
         let path = dir.join(snapshot::file_name(index));
         failpoint::crash_point("snapshot::before_save");
-        snapshot::write_file(&path, &bytes)?;
+        snapshot::save(sm, &path)?;
         failpoint::crash_point("snapshot::after_save");
         self.wal.save_snapshot_mark(SnapshotMark { index, term })?;
         self.wal.release_to(index)?;
@@ -910,7 +913,7 @@ pub fn restore_snapshot(
         })
         .collect();
     let path = snap_dir.join(snapshot::file_name(index));
-    snapshot::write_file(&path, &snapshot::encode(&sm)?)?;
+    snapshot::save(&sm, &path)?;
     drop(sm);
     let _ = std::fs::remove_file(&tmp);
     let (wal, _) = Wal::open(&wal_dir, WalOptions::default())?;

@@ -7,18 +7,24 @@
 //! starts 32-byte aligned.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Cursor, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bytes::Bytes;
 use rkyv::rancor::Error as RkyvError;
+use rkyv::ser::writer::IoWriter;
+use rkyv::ser::Positional;
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::with::{ArchiveWith, InlineAsBox, SerializeWith};
+use rkyv::Place;
 
 use crate::apply::{Limits, StateMachine};
 use crate::mvcc::{KvStore, Record, Revision};
 use crate::proto::mvccpb::KeyValue;
 
-const MAGIC: &[u8; 8] = b"KEELSNP1";
+/// Format 2: records archived from borrowed keys and values (boxes).
+const MAGIC: &[u8; 8] = b"KEELSNP2";
 const HEADER_LEN: usize = 32;
 
 /// Errors reading or writing a snapshot.
@@ -44,13 +50,17 @@ pub enum SnapshotError {
     },
 }
 
-/// One retained change, archived.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
-pub struct SnapRecord {
+/// One retained change, archived. Serialized straight from the store's
+/// record (key and value borrowed, never copied); read back through
+/// [`ArchivedSnapRecord`] in the mapped file.
+#[derive(rkyv::Archive, rkyv::Serialize, Debug)]
+pub struct SnapRecord<'a> {
     main: i64,
     sub: i64,
-    key: Vec<u8>,
-    value: Vec<u8>,
+    #[rkyv(with = InlineAsBox)]
+    key: &'a [u8],
+    #[rkyv(with = InlineAsBox)]
+    value: &'a [u8],
     create_revision: i64,
     version: i64,
     lease: i64,
@@ -58,7 +68,7 @@ pub struct SnapRecord {
 }
 
 /// One lease, archived.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, Debug)]
 pub struct SnapLease {
     id: i64,
     ttl: i64,
@@ -67,7 +77,7 @@ pub struct SnapLease {
 }
 
 /// One member, archived.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, Debug)]
 pub struct SnapMember {
     id: u64,
     name: String,
@@ -77,40 +87,110 @@ pub struct SnapMember {
     in_conf: bool,
 }
 
-/// The whole replicated state at one log index.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
-pub struct SnapshotData {
+/// The whole replicated state at one log index. The records are a view of
+/// the store that serializes them one by one ([`Records`]).
+#[derive(rkyv::Archive, rkyv::Serialize)]
+pub struct SnapshotData<'a> {
     index: u64,
     term: u64,
     current_rev: i64,
     compact_rev: i64,
-    records: Vec<SnapRecord>,
+    #[rkyv(with = Records)]
+    records: &'a KvStore,
     leases: Vec<SnapLease>,
     alarms: Vec<(u64, i32)>,
     members: Vec<SnapMember>,
 }
 
-/// Encodes the state machine as a snapshot file's bytes (header included).
-pub fn encode(sm: &StateMachine) -> Result<Vec<u8>, SnapshotError> {
+/// Archives a store's records as an `ArchivedVec<ArchivedSnapRecord>`
+/// straight from the store, without collecting them first.
+pub struct Records;
+
+/// The store's records with their count, as `serialize_from_iter` wants.
+#[derive(Clone)]
+struct RecordIter<'a, I> {
+    inner: I,
+    left: usize,
+    _store: std::marker::PhantomData<&'a KvStore>,
+}
+
+impl<'a, I: Iterator<Item = (&'a Revision, &'a Record)>> Iterator for RecordIter<'a, I> {
+    type Item = SnapRecord<'a>;
+
+    fn next(&mut self) -> Option<SnapRecord<'a>> {
+        let (r, rec) = self.inner.next()?;
+        self.left = self.left.saturating_sub(1);
+        Some(SnapRecord {
+            main: r.main,
+            sub: r.sub,
+            key: &rec.kv.key,
+            value: &rec.kv.value,
+            create_revision: rec.kv.create_revision,
+            version: rec.kv.version,
+            lease: rec.kv.lease,
+            tombstone: rec.tombstone,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<'a, I: Iterator<Item = (&'a Revision, &'a Record)>> ExactSizeIterator for RecordIter<'a, I> {}
+
+impl<'a> ArchiveWith<&'a KvStore> for Records {
+    type Archived = ArchivedVec<ArchivedSnapRecord<'a>>;
+    type Resolver = VecResolver;
+
+    fn resolve_with(kv: &&'a KvStore, resolver: VecResolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_len(kv.record_count(), resolver, out);
+    }
+}
+
+impl<'a, S> SerializeWith<&'a KvStore, S> for Records
+where
+    S: rkyv::rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
+{
+    fn serialize_with(kv: &&'a KvStore, s: &mut S) -> Result<VecResolver, S::Error> {
+        let iter = RecordIter {
+            inner: kv.records(),
+            left: kv.record_count(),
+            _store: std::marker::PhantomData,
+        };
+        ArchivedVec::<ArchivedSnapRecord<'a>>::serialize_from_iter::<SnapRecord<'a>, _, _>(iter, s)
+    }
+}
+
+/// A writer that keeps a CRC32 of everything written through it.
+struct Crc<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Crc<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Streams the state machine as a snapshot (header, then the archive) into
+/// `out`, which must be positioned at its start. Keys and values go from the
+/// store to `out` without an intermediate copy of the state; the header's
+/// length and CRC are written last (hence `Seek`).
+pub fn write_to<W: Write + Seek>(sm: &StateMachine, out: W) -> Result<W, std::io::Error> {
     let data = SnapshotData {
         index: sm.applied_index,
         term: sm.applied_term,
         current_rev: sm.kv.current_rev(),
         compact_rev: sm.kv.compact_rev(),
-        records: sm
-            .kv
-            .records()
-            .map(|(r, rec)| SnapRecord {
-                main: r.main,
-                sub: r.sub,
-                key: rec.kv.key.to_vec(),
-                value: rec.kv.value.to_vec(),
-                create_revision: rec.kv.create_revision,
-                version: rec.kv.version,
-                lease: rec.kv.lease,
-                tombstone: rec.tombstone,
-            })
-            .collect(),
+        records: &sm.kv,
         leases: sm
             .lessor
             .leases()
@@ -135,17 +215,57 @@ pub fn encode(sm: &StateMachine) -> Result<Vec<u8>, SnapshotError> {
             })
             .collect(),
     };
-    let archive = rkyv::to_bytes::<RkyvError>(&data).map_err(|e| SnapshotError::Corrupt {
-        path: PathBuf::new(),
-        reason: format!("encode: {e}"),
-    })?;
-    let mut out = Vec::with_capacity(HEADER_LEN + archive.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(archive.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&archive).to_le_bytes());
-    out.resize(HEADER_LEN, 0);
-    out.extend_from_slice(&archive);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    out.write_all(&[0u8; HEADER_LEN])?;
+    let body = Crc {
+        inner: out,
+        crc: crc32fast::Hasher::new(),
+    };
+    let body = rkyv::api::high::to_bytes_in::<_, RkyvError>(&data, IoWriter::new(body))
+        .map_err(std::io::Error::other)?;
+    let len = body.pos() as u64;
+    let Crc { inner: out, crc } = body.into_inner();
+    let mut out = out.into_inner().map_err(|e| e.into_error())?;
+    let mut header = [0u8; HEADER_LEN];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..16].copy_from_slice(&len.to_le_bytes());
+    header[16..20].copy_from_slice(&crc.finalize().to_le_bytes());
+    out.seek(SeekFrom::Start(0))?;
+    out.write_all(&header)?;
+    out.seek(SeekFrom::End(0))?;
     Ok(out)
+}
+
+/// Encodes the state machine as a snapshot file's bytes (header included).
+pub fn encode(sm: &StateMachine) -> Result<Vec<u8>, SnapshotError> {
+    write_to(sm, Cursor::new(Vec::new()))
+        .map(Cursor::into_inner)
+        .map_err(|e| SnapshotError::Corrupt {
+            path: PathBuf::new(),
+            reason: format!("encode: {e}"),
+        })
+}
+
+/// Writes a snapshot of `sm` durably to `path`, streamed (temp file, fsync,
+/// rename, fsync dir): memory stays flat whatever the store's size.
+pub fn save(sm: &StateMachine, path: &Path) -> Result<(), SnapshotError> {
+    let tmp = path.with_extension("tmp");
+    let f = File::create(&tmp).map_err(io("create", &tmp))?;
+    let f = write_to(sm, f).map_err(io("write", &tmp))?;
+    commit(f, &tmp, path)
+}
+
+/// fsyncs `f` (written at `tmp`), renames it to `path`, fsyncs the dir.
+fn commit(f: File, tmp: &Path, path: &Path) -> Result<(), SnapshotError> {
+    f.sync_all().map_err(io("fsync", tmp))?;
+    drop(f);
+    fs::rename(tmp, path).map_err(io("rename", path))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync dir", dir))?;
+    }
+    Ok(())
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
@@ -161,14 +281,7 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
     f.write_all(bytes).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("fsync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io("rename", path))?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync dir", dir))?;
-    }
-    Ok(())
+    commit(f, &tmp, path)
 }
 
 /// Strips and checks the SHA-256 trailer that `Maintenance.Snapshot`
@@ -195,11 +308,19 @@ pub fn verify(path: &Path, bytes: &[u8]) -> Result<(u64, u64), SnapshotError> {
     Ok((data.index.to_native(), data.term.to_native()))
 }
 
-fn access<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a ArchivedSnapshotData, SnapshotError> {
+fn access<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<&'a ArchivedSnapshotData<'static>, SnapshotError> {
     let corrupt = |reason: String| SnapshotError::Corrupt {
         path: path.to_owned(),
         reason,
     };
+    if bytes.len() >= HEADER_LEN && &bytes[..8] == b"KEELSNP1" {
+        return Err(corrupt(
+            "snapshot format 1 (an older keel); this keel reads format 2".into(),
+        ));
+    }
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return Err(corrupt("not a keel snapshot (bad magic)".into()));
     }
@@ -216,7 +337,7 @@ fn access<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a ArchivedSnapshotData, 
     if crc32fast::hash(archive) != u32::from_le_bytes(crc4) {
         return Err(corrupt("checksum mismatch".into()));
     }
-    rkyv::access::<ArchivedSnapshotData, RkyvError>(archive)
+    rkyv::access::<ArchivedSnapshotData<'static>, RkyvError>(archive)
         .map_err(|e| corrupt(format!("invalid archive: {e}")))
 }
 
@@ -240,7 +361,7 @@ pub fn load(
     };
     let records = data.records.iter().map(|r| {
         let rev = Revision::new(r.main.to_native(), r.sub.to_native());
-        let key = slice(r.key.as_slice());
+        let key = slice(r.key.get());
         let kv = if r.tombstone {
             KeyValue {
                 key,
@@ -253,7 +374,7 @@ pub fn load(
                 create_revision: r.create_revision.to_native(),
                 mod_revision: rev.main,
                 version: r.version.to_native(),
-                value: slice(r.value.as_slice()),
+                value: slice(r.value.get()),
                 lease: r.lease.to_native(),
             }
         };
@@ -321,4 +442,126 @@ pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
 /// The file name of the snapshot at `index`.
 pub fn file_name(index: u64) -> String {
     format!("{index:016x}.snap")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::MemberInfo;
+    use crate::mvcc::KeyRange;
+    use crate::proto::etcdserverpb::{LeaseGrantRequest, PutRequest, RangeRequest};
+    use crate::proto::keelpb::{internal_request::Request, InternalRequest};
+
+    fn limits() -> Limits {
+        Limits {
+            quota_bytes: 0,
+            member_id: 1,
+        }
+    }
+
+    fn apply(sm: &mut StateMachine, index: u64, r: Request) {
+        let req = InternalRequest {
+            request: Some(r),
+            ..Default::default()
+        };
+        let out = sm.apply(index, 1, req, Instant::now());
+        assert!(out.result.is_ok(), "{:?}", out.result);
+    }
+
+    /// A state with history (overwrites, a delete, a compaction), a lease
+    /// with keys, an alarm-free member list.
+    fn state() -> StateMachine {
+        let mut sm = StateMachine::new(limits(), 1);
+        let mut i = 0;
+        apply(
+            &mut sm,
+            {
+                i += 1;
+                i
+            },
+            Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 7 }),
+        );
+        for n in 0..300u32 {
+            i += 1;
+            let put = PutRequest {
+                key: Bytes::from(format!("k{:03}", n % 100)),
+                value: Bytes::from(vec![n as u8; (n % 7) as usize * 50]),
+                lease: if n % 10 == 0 { 7 } else { 0 },
+                ..Default::default()
+            };
+            apply(&mut sm, i, Request::Put(put));
+        }
+        sm.kv.write().delete_range(&KeyRange::new(
+            &Bytes::from_static(b"k050"),
+            &Bytes::from_static(b"k060"),
+        ));
+        sm.kv.compact(120).expect("compact");
+        sm.members.insert(
+            9,
+            MemberInfo {
+                name: "m9".into(),
+                peer_urls: vec!["quic://127.0.0.1:1".into()],
+                client_urls: vec!["http://127.0.0.1:2".into()],
+                learner: true,
+                in_conf: true,
+            },
+        );
+        sm.applied_index = i;
+        sm.applied_term = 3;
+        sm
+    }
+
+    fn everything(sm: &StateMachine, rev: i64) -> Vec<KeyValue> {
+        let r = RangeRequest {
+            key: Bytes::from_static(b"\0"),
+            range_end: Bytes::from_static(b"\0"),
+            revision: rev,
+            ..Default::default()
+        };
+        sm.range(&r).expect("range").kvs
+    }
+
+    #[test]
+    fn save_then_load_gives_back_the_same_state() {
+        let sm = state();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(file_name(sm.applied_index));
+        save(&sm, &path).expect("save");
+        let bytes = fs::read(&path).expect("read");
+        assert_eq!(bytes, encode(&sm).expect("encode"), "file = encode()");
+        assert_eq!(verify(&path, &bytes).expect("verify"), (301, 3));
+        let back = load(&path, limits(), 1).expect("load");
+        assert_eq!(back.kv.current_rev(), sm.kv.current_rev());
+        assert_eq!(back.kv.compact_rev(), 120);
+        assert_eq!(back.kv.record_count(), sm.kv.record_count());
+        for rev in [0, 120, 200, sm.kv.current_rev()] {
+            assert_eq!(everything(&back, rev), everything(&sm, rev), "at {rev}");
+        }
+        assert!(back.kv.records().zip(sm.kv.records()).all(|(a, b)| a == b));
+        let lease = back.lessor.get(7).expect("lease restored");
+        assert_eq!(lease.ttl, 60);
+        assert_eq!(lease.keys, sm.lessor.get(7).expect("lease").keys);
+        assert_eq!(back.members.get(&9).map(|m| m.name.as_str()), Some("m9"));
+        assert_eq!((back.applied_index, back.applied_term), (301, 3));
+    }
+
+    #[test]
+    fn damaged_or_old_files_are_refused_by_name() {
+        let sm = state();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.snap");
+        let good = encode(&sm).expect("encode");
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 1;
+        let err = verify(&path, &flipped).expect_err("bit flip");
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        let err = verify(&path, &good[..good.len() - 1]).expect_err("cut");
+        assert!(err.to_string().contains("truncated"), "{err}");
+        let mut old = good.clone();
+        old[..8].copy_from_slice(b"KEELSNP1");
+        let err = verify(&path, &old).expect_err("format 1");
+        assert!(err.to_string().contains("format 1"), "{err}");
+        assert!(err.to_string().contains("x.snap"), "{err}");
+    }
 }

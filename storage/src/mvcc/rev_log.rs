@@ -102,7 +102,7 @@ impl<T: Clone> RevLog<T> {
     }
 
     /// Every entry, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Revision, &T)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Revision, &T)> + Clone {
         self.chunks
             .iter()
             .flat_map(|c| c.iter())

@@ -267,7 +267,7 @@ impl KvStore {
     }
 
     /// Every retained record in revision order (snapshots).
-    pub fn records(&self) -> impl Iterator<Item = (&Revision, &Record)> {
+    pub fn records(&self) -> impl Iterator<Item = (&Revision, &Record)> + Clone {
         self.revs.iter()
     }
 
