@@ -719,6 +719,22 @@ impl Member {
         snapshot::save(sm, &path)?;
         failpoint::crash_point("snapshot::after_save");
         self.wal.save_snapshot_mark(SnapshotMark { index, term })?;
+        // The records the file holds are served from it from now on (as
+        // after a restart): their heap copies go once the live store has
+        // swapped them (compare etcd, whose values live in bbolt's mmap).
+        match snapshot::rebase_on_file(sm, &path) {
+            Ok(Some(rebased)) => {
+                let moved = self.write().kv.adopt(&sm.kv, rebased);
+                tracing::debug!(index, moved, "records now served from the snapshot file");
+            }
+            Ok(None) => tracing::warn!(
+                index,
+                "snapshot file differs from the state: records stay on the heap"
+            ),
+            Err(e) => {
+                tracing::warn!(index, error = %e, "mapping the new snapshot failed: records stay on the heap")
+            }
+        }
         self.wal.release_to(index)?;
         let _ = self.raft.send(Input::Compact { index, path });
         for (_, old) in snapshot::list(&dir).into_iter().skip(2) {

@@ -20,7 +20,7 @@ use rkyv::with::{ArchiveWith, InlineAsBox, SerializeWith};
 use rkyv::Place;
 
 use crate::apply::{Limits, StateMachine};
-use crate::mvcc::{KvStore, Record, Revision};
+use crate::mvcc::{KvStore, Rebased, Record, Revision};
 use crate::proto::mvccpb::KeyValue;
 
 /// Format 2: records archived from borrowed keys and values (boxes).
@@ -341,6 +341,81 @@ fn access<'a>(
         .map_err(|e| corrupt(format!("invalid archive: {e}")))
 }
 
+/// Maps a snapshot file read-only (snapshot files are written once, temp +
+/// rename, never modified in place) as one shared buffer that slices of it
+/// keep alive.
+fn map(path: &Path) -> Result<Bytes, SnapshotError> {
+    let file = File::open(path).map_err(io("open", path))?;
+    // SAFETY: snapshot files are written once (temp + rename) and never
+    // modified in place, so the mapping does not change under us.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("mmap", path))?;
+    Ok(Bytes::from_owner(map))
+}
+
+/// The slice of `whole` that `part` (a reference into it) covers.
+fn slice_of(whole: &Bytes, part: &[u8]) -> Bytes {
+    let off = part.as_ptr() as usize - whole.as_ptr() as usize;
+    whole.slice(off..off + part.len())
+}
+
+/// Lets the kernel take back the resident pages of a mapped snapshot: the
+/// file stays mapped and its pages stay in the page cache (clean,
+/// reclaimable), so reads fault them back in without I/O unless memory was
+/// short. Checking a snapshot reads every page; this keeps those pages from
+/// counting against the process.
+fn release_pages(whole: &Bytes) {
+    #[cfg(unix)]
+    {
+        let page = 4096;
+        let start = whole.as_ptr() as usize;
+        let aligned = start - start % page;
+        // SAFETY: the range lies within (page-rounded) a read-only shared
+        // file mapping that `whole` keeps alive; MADV_DONTNEED on such a
+        // mapping only drops this process's page-table entries (contents
+        // are re-read from the file), it never changes data.
+        unsafe {
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                whole.len() + (start - aligned),
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+}
+
+/// The records of a just-written snapshot of `sm`, with their keys and
+/// values moved from the heap into the mapped file: built off the apply
+/// path, then adopted by the live store ([`KvStore::adopt`]). `None` if the
+/// file does not hold exactly `sm`'s records (nothing is moved then).
+pub fn rebase_on_file(sm: &StateMachine, path: &Path) -> Result<Option<Rebased>, SnapshotError> {
+    let whole = map(path)?;
+    let data = access(path, &whole)?;
+    if data.records.len() != sm.kv.record_count() {
+        return Ok(None);
+    }
+    let mut file = data.records.iter();
+    let mut same = true;
+    let rebased = sm.kv.rebased(|r, rec| match file.next() {
+        Some(f)
+            if f.main.to_native() == r.main
+                && f.sub.to_native() == r.sub
+                && f.key.get() == rec.kv.key.as_ref()
+                && f.value.len() == rec.kv.value.len() =>
+        {
+            (
+                slice_of(&whole, f.key.get()),
+                slice_of(&whole, f.value.get()),
+            )
+        }
+        _ => {
+            same = false;
+            (rec.kv.key.clone(), rec.kv.value.clone())
+        }
+    });
+    release_pages(&whole);
+    Ok(same.then_some(rebased))
+}
+
 /// Loads a state machine from a mapped snapshot file. Keys and values stay
 /// in the mapping (the returned state keeps it alive).
 pub fn load(
@@ -348,17 +423,9 @@ pub fn load(
     limits: Limits,
     min_lease_ttl: i64,
 ) -> Result<StateMachine, SnapshotError> {
-    let file = File::open(path).map_err(io("open", path))?;
-    // SAFETY: snapshot files are written once (temp + rename) and never
-    // modified in place, so the mapping does not change under us.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("mmap", path))?;
-    let whole = Bytes::from_owner(map);
+    let whole = map(path)?;
     let data = access(path, &whole)?;
-    let base = whole.as_ptr() as usize;
-    let slice = |s: &[u8]| -> Bytes {
-        let off = s.as_ptr() as usize - base;
-        whole.slice(off..off + s.len())
-    };
+    let slice = |s: &[u8]| slice_of(&whole, s);
     let records = data.records.iter().map(|r| {
         let rev = Revision::new(r.main.to_native(), r.sub.to_native());
         let key = slice(r.key.get());
@@ -419,6 +486,7 @@ pub fn load(
     }
     sm.applied_index = data.index.to_native();
     sm.applied_term = data.term.to_native();
+    release_pages(&whole);
     Ok(sm)
 }
 
@@ -543,6 +611,45 @@ mod tests {
         assert_eq!(lease.keys, sm.lessor.get(7).expect("lease").keys);
         assert_eq!(back.members.get(&9).map(|m| m.name.as_str()), Some("m9"));
         assert_eq!((back.applied_index, back.applied_term), (301, 3));
+    }
+
+    #[test]
+    fn records_move_to_the_file_and_reads_stay_the_same() {
+        let mut live = state();
+        for n in 0..9000u32 {
+            let mut w = live.kv.write();
+            w.put(
+                Bytes::from(format!("bulk{n:05}")),
+                Bytes::from(vec![n as u8; 40]),
+                0,
+            );
+            w.end();
+        }
+        let snap = live.clone();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(file_name(snap.applied_index));
+        save(&snap, &path).expect("save");
+        // The live store moves on while the snapshot is written: its last
+        // chunk is copied on write and keeps its heap records.
+        for n in 0..5u8 {
+            let mut w = live.kv.write();
+            w.put(Bytes::from(vec![b'z', n]), Bytes::from_static(b"new"), 0);
+            w.end();
+        }
+        let revs = [0, 150, 5000, live.kv.current_rev()];
+        let want: Vec<Vec<KeyValue>> = revs.iter().map(|r| everything(&live, *r)).collect();
+        let rebased = rebase_on_file(&snap, &path)
+            .expect("map")
+            .expect("file matches the state");
+        let total = snap.kv.record_count();
+        let moved = live.kv.adopt(&snap.kv, rebased);
+        assert_eq!(moved, total - total % 4096, "every untouched chunk moved");
+        drop(snap);
+        let got: Vec<Vec<KeyValue>> = revs.iter().map(|r| everything(&live, *r)).collect();
+        assert_eq!(got, want, "same answers after the move");
+        // A file that does not hold the state's records moves nothing.
+        let other = StateMachine::new(limits(), 1);
+        assert!(rebase_on_file(&other, &path).expect("map").is_none());
     }
 
     #[test]

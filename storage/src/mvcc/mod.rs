@@ -17,7 +17,7 @@ pub mod store;
 pub mod tree_index;
 
 pub use revision::Revision;
-pub use store::{KvStore, RangeOptions, RangeResult, Record, WriteResult, WriteTxn};
+pub use store::{KvStore, RangeOptions, RangeResult, Rebased, Record, WriteResult, WriteTxn};
 pub use tree_index::KeyRange;
 
 /// Errors of the MVCC layer, each one of etcd's `mvcc` errors.

@@ -109,6 +109,34 @@ impl<T: Clone> RevLog<T> {
             .map(|(r, v)| (r, v))
     }
 
+    /// A copy of every chunk with each value replaced by `f(rev, value)`,
+    /// in order: the new values for [`RevLog::adopt`].
+    pub fn map_chunks(
+        &self,
+        mut f: impl FnMut(&Revision, &T) -> T,
+    ) -> Vec<Arc<Vec<(Revision, T)>>> {
+        self.chunks
+            .iter()
+            .map(|c| Arc::new(c.iter().map(|(r, v)| (*r, f(r, v))).collect()))
+            .collect()
+    }
+
+    /// Swaps in `new[i]` for every chunk still the very chunk `base` had at
+    /// position `i` (same allocation: untouched since `base` was cloned
+    /// from this log). `new` must come from `base.map_chunks` with
+    /// equivalent values. Chunks changed since (appended to, compacted)
+    /// keep theirs. Returns how many entries were swapped.
+    pub fn adopt(&mut self, base: &RevLog<T>, new: Vec<Arc<Vec<(Revision, T)>>>) -> usize {
+        let mut swapped = 0;
+        for ((mine, old), new) in self.chunks.iter_mut().zip(&base.chunks).zip(new) {
+            if Arc::ptr_eq(mine, old) && new.len() == old.len() {
+                swapped += new.len();
+                *mine = new;
+            }
+        }
+        swapped
+    }
+
     /// Keeps only the entries `keep` says yes to (compaction): one pass,
     /// rebuilding the chunks densely. `dropped` sees each removed entry.
     pub fn retain(
@@ -199,5 +227,33 @@ mod tests {
         model.retain(|_, v| *v % 2 == 0 || *v > 10_000);
         assert!(gone > 0);
         check(&log, &model);
+    }
+
+    #[test]
+    fn adopt_swaps_only_chunks_untouched_since_the_clone() {
+        let mut log = RevLog::default();
+        for n in 1..(2 * CHUNK as i64 + 10) {
+            log.push(rev(n), n).expect("ascending");
+        }
+        let base = log.clone();
+        // Appending copies the (shared) last chunk: it is no longer base's.
+        log.push(rev(10_000), 10_000).expect("ascending");
+        let new = base.map_chunks(|_, v| -v);
+        assert_eq!(log.adopt(&base, new), 2 * CHUNK);
+        let got: Vec<i64> = log.iter().map(|(_, v)| *v).collect();
+        assert_eq!(got.len(), 2 * CHUNK + 10);
+        assert!(
+            got[..2 * CHUNK].iter().all(|v| *v < 0),
+            "full chunks swapped"
+        );
+        assert!(
+            got[2 * CHUNK..].iter().all(|v| *v > 0),
+            "the appended-to chunk kept"
+        );
+        // After a compaction every chunk is new: nothing is swapped.
+        let base = log.clone();
+        log.retain(|_, v| *v != -1, |_| {});
+        let new = base.map_chunks(|_, v| *v * 2);
+        assert_eq!(log.adopt(&base, new), 0);
     }
 }

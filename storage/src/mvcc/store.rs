@@ -23,6 +23,9 @@ pub struct Record {
     pub tombstone: bool,
 }
 
+/// Records with moved bytes, from [`KvStore::rebased`].
+pub struct Rebased(Vec<std::sync::Arc<Vec<(Revision, Record)>>>);
+
 /// Options of a range read (etcd's `mvcc.RangeOptions`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RangeOptions {
@@ -269,6 +272,33 @@ impl KvStore {
     /// Every retained record in revision order (snapshots).
     pub fn records(&self) -> impl Iterator<Item = (&Revision, &Record)> + Clone {
         self.revs.iter()
+    }
+
+    /// This store's records with their key and value bytes moved to the
+    /// buffers `bytes` gives (called in [`KvStore::records`] order); built
+    /// off the writer's path, then handed to [`KvStore::adopt`] on the live
+    /// store this one was cloned from. After a snapshot this moves the
+    /// records it covers from the heap to the mapped file.
+    pub fn rebased(&self, mut bytes: impl FnMut(&Revision, &Record) -> (Bytes, Bytes)) -> Rebased {
+        Rebased(self.revs.map_chunks(|r, rec| {
+            let (key, value) = bytes(r, rec);
+            Record {
+                kv: KeyValue {
+                    key,
+                    value,
+                    ..rec.kv.clone()
+                },
+                tombstone: rec.tombstone,
+            }
+        }))
+    }
+
+    /// Takes the records of `rebased` (made from `base`, a clone of this
+    /// store) wherever this store still holds exactly what `base` held;
+    /// records written or compacted since keep theirs. Returns how many
+    /// records were swapped.
+    pub fn adopt(&mut self, base: &KvStore, rebased: Rebased) -> usize {
+        self.revs.adopt(&base.revs, rebased.0)
     }
 
     /// Rebuilds a store from retained records in revision order (snapshot
