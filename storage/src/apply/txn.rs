@@ -237,7 +237,7 @@ pub fn put(w: &mut WriteTxn<'_>, lessor: &mut Lessor, p: PutRequest) -> Result<P
     if p.lease != 0 && !lessor.contains(p.lease) {
         return Err(StoreError::LeaseNotFound);
     }
-    let prev = w.get(&p.key).cloned();
+    let prev = w.get(&p.key);
     if (p.ignore_value || p.ignore_lease) && prev.is_none() {
         return Err(StoreError::KeyNotFound);
     }

@@ -20,8 +20,7 @@ use rkyv::with::{ArchiveWith, InlineAsBox, SerializeWith};
 use rkyv::Place;
 
 use crate::apply::{Limits, StateMachine};
-use crate::mvcc::{KvStore, Rebased, Record, Revision};
-use crate::proto::mvccpb::KeyValue;
+use crate::mvcc::{KvStore, PutMeta, Rebased, Record, Revision};
 
 /// Format 2: records archived from borrowed keys and values (boxes).
 const MAGIC: &[u8; 8] = b"KEELSNP2";
@@ -57,10 +56,10 @@ pub enum SnapshotError {
 pub struct SnapRecord<'a> {
     main: i64,
     sub: i64,
+    /// The key's bytes, then the value's.
     #[rkyv(with = InlineAsBox)]
-    key: &'a [u8],
-    #[rkyv(with = InlineAsBox)]
-    value: &'a [u8],
+    data: &'a [u8],
+    key_len: u32,
     create_revision: i64,
     version: i64,
     lease: i64,
@@ -120,15 +119,16 @@ impl<'a, I: Iterator<Item = (&'a Revision, &'a Record)>> Iterator for RecordIter
     fn next(&mut self) -> Option<SnapRecord<'a>> {
         let (r, rec) = self.inner.next()?;
         self.left = self.left.saturating_sub(1);
+        let meta = rec.meta();
         Some(SnapRecord {
             main: r.main,
             sub: r.sub,
-            key: &rec.kv.key,
-            value: &rec.kv.value,
-            create_revision: rec.kv.create_revision,
-            version: rec.kv.version,
-            lease: rec.kv.lease,
-            tombstone: rec.tombstone,
+            data: rec.data(),
+            key_len: rec.key_len(),
+            create_revision: meta.create_revision,
+            version: meta.version,
+            lease: meta.lease,
+            tombstone: rec.is_tombstone(),
         })
     }
 
@@ -399,17 +399,14 @@ pub fn rebase_on_file(sm: &StateMachine, path: &Path) -> Result<Option<Rebased>,
         Some(f)
             if f.main.to_native() == r.main
                 && f.sub.to_native() == r.sub
-                && f.key.get() == rec.kv.key.as_ref()
-                && f.value.len() == rec.kv.value.len() =>
+                && f.key_len.to_native() == rec.key_len()
+                && f.data.get() == rec.data() =>
         {
-            (
-                slice_of(&whole, f.key.get()),
-                slice_of(&whole, f.value.get()),
-            )
+            slice_of(&whole, f.data.get())
         }
         _ => {
             same = false;
-            (rec.kv.key.clone(), rec.kv.value.clone())
+            Bytes::copy_from_slice(rec.data())
         }
     });
     release_pages(&whole);
@@ -426,38 +423,39 @@ pub fn load(
     let whole = map(path)?;
     let data = access(path, &whole)?;
     let slice = |s: &[u8]| slice_of(&whole, s);
-    let records = data.records.iter().map(|r| {
+    let mut bad = None;
+    let records = data.records.iter().map_while(|r| {
         let rev = Revision::new(r.main.to_native(), r.sub.to_native());
-        let key = slice(r.key.get());
-        let kv = if r.tombstone {
-            KeyValue {
-                key,
-                mod_revision: rev.main,
-                ..Default::default()
-            }
-        } else {
-            KeyValue {
-                key,
-                create_revision: r.create_revision.to_native(),
-                mod_revision: rev.main,
-                version: r.version.to_native(),
-                value: slice(r.value.get()),
-                lease: r.lease.to_native(),
-            }
+        let meta = PutMeta {
+            create_revision: r.create_revision.to_native(),
+            version: r.version.to_native(),
+            lease: r.lease.to_native(),
         };
-        (
-            rev,
-            Record {
-                kv,
-                tombstone: r.tombstone,
-            },
-        )
+        let rec = Record::from_parts(
+            slice(r.data.get()),
+            r.key_len.to_native(),
+            r.tombstone,
+            meta,
+        );
+        if rec.is_none() {
+            bad = Some(rev);
+        }
+        rec.map(|rec| (rev, rec))
     });
     let kv = KvStore::restore(
         records,
         data.current_rev.to_native(),
         data.compact_rev.to_native(),
     );
+    if let Some(rev) = bad {
+        return Err(SnapshotError::Corrupt {
+            path: path.to_owned(),
+            reason: format!(
+                "record at revision {}/{}: key longer than its data",
+                rev.main, rev.sub
+            ),
+        });
+    }
     let mut sm = StateMachine::new(limits, min_lease_ttl);
     sm.kv = kv;
     let now = Instant::now();
@@ -519,6 +517,7 @@ mod tests {
     use crate::mvcc::KeyRange;
     use crate::proto::etcdserverpb::{LeaseGrantRequest, PutRequest, RangeRequest};
     use crate::proto::keelpb::{internal_request::Request, InternalRequest};
+    use crate::proto::mvccpb::KeyValue;
 
     fn limits() -> Limits {
         Limits {

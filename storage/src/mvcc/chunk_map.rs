@@ -14,15 +14,21 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use smallvec::SmallVec;
 
 /// Entries per chunk: an insert moves at most this many entries.
 const CHUNK: usize = 128;
 
+/// A key as the map holds it: up to 16 bytes inline (24 bytes in all, no
+/// allocation), longer keys in one exact-size allocation. The map owns its
+/// keys instead of sharing the writer's buffers, so a key costs no shared
+/// buffer header and never pins a request's memory.
+pub type Key = SmallVec<[u8; 16]>;
+
 /// The ordered map. See the module docs.
 #[derive(Debug, Clone, Default)]
 pub struct ChunkMap<V> {
-    chunks: Vec<Arc<Vec<(Bytes, V)>>>,
+    chunks: Vec<Arc<Vec<(Key, V)>>>,
     len: usize,
 }
 
@@ -68,35 +74,37 @@ impl<V: Clone> ChunkMap<V> {
     }
 
     /// Inserts `key` = `value` (replacing an existing value).
-    pub fn insert(&mut self, key: Bytes, value: V) {
+    pub fn insert(&mut self, key: &[u8], value: V) {
+        let key_in = key;
+        let key = || Key::from_slice(key_in);
         if self.chunks.is_empty() {
             let mut c = Vec::with_capacity(CHUNK);
-            c.push((key, value));
+            c.push((key(), value));
             self.chunks.push(Arc::new(c));
             self.len = 1;
             return;
         }
-        let ci = self.chunk_for(&key);
+        let ci = self.chunk_for(key_in);
         let last_chunk = ci + 1 == self.chunks.len();
         let c = Arc::make_mut(&mut self.chunks[ci]);
-        match c.binary_search_by(|(k, _)| k.as_ref().cmp(key.as_ref())) {
+        match c.binary_search_by(|(k, _)| k.as_slice().cmp(key_in)) {
             Ok(i) => c[i].1 = value,
             Err(i) => {
                 let append = last_chunk && i == c.len();
                 if c.len() < CHUNK {
-                    c.insert(i, (key, value));
+                    c.insert(i, (key(), value));
                 } else if append {
                     // Keys arriving in order: leave this chunk full.
                     let mut n = Vec::with_capacity(CHUNK);
-                    n.push((key, value));
+                    n.push((key(), value));
                     self.chunks.push(Arc::new(n));
                 } else {
                     let mut tail = Vec::with_capacity(CHUNK);
                     tail.extend(c.drain(CHUNK / 2..));
                     if i <= c.len() {
-                        c.insert(i, (key, value));
+                        c.insert(i, (key(), value));
                     } else {
-                        tail.insert(i - CHUNK / 2, (key, value));
+                        tail.insert(i - CHUNK / 2, (key(), value));
                     }
                     self.chunks.insert(ci + 1, Arc::new(tail));
                 }
@@ -132,7 +140,7 @@ impl<V: Clone> ChunkMap<V> {
     pub fn range<'a>(
         &'a self,
         (start, end): (Bound<&'a [u8]>, Bound<&'a [u8]>),
-    ) -> impl Iterator<Item = (&'a Bytes, &'a V)> + 'a {
+    ) -> impl Iterator<Item = (&'a [u8], &'a V)> + 'a {
         let (ci, i) = self.lower(start);
         self.chunks
             .iter()
@@ -144,20 +152,20 @@ impl<V: Clone> ChunkMap<V> {
                 Bound::Included(e) => k.as_ref() <= e,
                 Bound::Excluded(e) => k.as_ref() < e,
             })
-            .map(|(k, v)| (k, v))
+            .map(|(k, v)| (k.as_slice(), v))
     }
 
     /// Every entry, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &V)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &V)> {
         self.chunks
             .iter()
             .flat_map(|c| c.iter())
-            .map(|(k, v)| (k, v))
+            .map(|(k, v)| (k.as_slice(), v))
     }
 
     /// Keeps the entries `f` says yes to (it may change them), dropping
     /// chunks left empty.
-    pub fn retain(&mut self, mut f: impl FnMut(&Bytes, &mut V) -> bool) {
+    pub fn retain(&mut self, mut f: impl FnMut(&[u8], &mut V) -> bool) {
         for c in &mut self.chunks {
             Arc::make_mut(c).retain_mut(|(k, v)| f(k, v));
         }
@@ -172,6 +180,8 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
+    use bytes::Bytes;
+
     fn key(n: u16) -> Bytes {
         Bytes::from(format!("{n:05}").into_bytes())
     }
@@ -180,7 +190,7 @@ mod tests {
         assert_eq!(m.len(), model.len());
         assert!(m
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(k, v)| (Bytes::copy_from_slice(k), *v))
             .eq(model.iter().map(|(k, v)| (k.clone(), *v))));
         for &p in probes {
             let k = key(p);
@@ -208,7 +218,7 @@ mod tests {
     fn sequential_inserts_fill_chunks() {
         let mut m = ChunkMap::default();
         for n in 0..(CHUNK as u16 * 5) {
-            m.insert(key(n), u32::from(n));
+            m.insert(&key(n), u32::from(n));
         }
         assert_eq!(m.chunks.len(), 5);
         assert!(m.chunks.iter().all(|c| c.len() == CHUNK));
@@ -241,7 +251,7 @@ mod tests {
             let mut probes = Vec::new();
             for (op, k, v) in ops {
                 match op {
-                    0 | 1 => { m.insert(key(k), v); model.insert(key(k), v); }
+                    0 | 1 => { m.insert(&key(k), v); model.insert(key(k), v); }
                     2 => {
                         if let Some(x) = m.get_mut(&key(k)) { *x = v; }
                         if let Some(x) = model.get_mut(key(k).as_ref()) { *x = v; }

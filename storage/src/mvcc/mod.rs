@@ -4,6 +4,7 @@
 //! - [`revision`]: `Revision {main, sub}`.
 //! - [`chunk_map`]: the ordered map (sorted chunks) the key index lives in.
 //! - [`key_index`]: one key's history in generations.
+//! - [`record`]: one retained change (key and value in one buffer).
 //! - [`rev_log`]: every retained change in revision order (append-only chunks).
 //! - [`tree_index`]: the B-tree of key indexes, and [`KeyRange`].
 //! - [`store`]: [`KvStore`], values by revision, reads at any retained
@@ -11,13 +12,15 @@
 
 pub mod chunk_map;
 pub mod key_index;
+pub mod record;
 pub mod rev_log;
 pub mod revision;
 pub mod store;
 pub mod tree_index;
 
+pub use record::{PutMeta, Record};
 pub use revision::Revision;
-pub use store::{KvStore, RangeOptions, RangeResult, Rebased, Record, WriteResult, WriteTxn};
+pub use store::{KvStore, RangeOptions, RangeResult, Rebased, WriteResult, WriteTxn};
 pub use tree_index::KeyRange;
 
 /// Errors of the MVCC layer, each one of etcd's `mvcc` errors.

@@ -8,20 +8,12 @@
 
 use bytes::Bytes;
 
+use super::record::{PutMeta, Record};
 use super::rev_log::RevLog;
 use super::revision::Revision;
 use super::tree_index::{KeyRange, TreeIndex};
 use super::MvccError;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
-
-/// One retained change: the key-value as written, or a tombstone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// The key-value pair; for a tombstone only `key` and `mod_revision` are set.
-    pub kv: KeyValue,
-    /// True for a deletion.
-    pub tombstone: bool,
-}
 
 /// Records with moved bytes, from [`KvStore::rebased`].
 pub struct Rebased(Vec<std::sync::Arc<Vec<(Revision, Record)>>>);
@@ -80,11 +72,6 @@ impl Default for KvStore {
     }
 }
 
-/// Rough bytes a record costs, for the quota and `dbSize`.
-fn record_cost(r: &Record) -> u64 {
-    (r.kv.key.len() + r.kv.value.len() + 64) as u64
-}
-
 impl KvStore {
     /// An empty store at revision 1, as a new etcd member starts.
     pub fn new() -> Self {
@@ -140,7 +127,7 @@ impl KvStore {
             count += 1;
             if !opts.count_only && (opts.limit == 0 || kvs.len() < opts.limit) {
                 if let Some(rec) = self.revs.get(&at.modified) {
-                    kvs.push(rec.kv.clone());
+                    kvs.push(rec.kv(at.modified));
                 }
             }
             true
@@ -185,7 +172,7 @@ impl KvStore {
         let mut freed = 0u64;
         self.revs.retain(
             |r, _| *r >= floor || keep.binary_search(r).is_ok(),
-            |rec| freed += record_cost(&rec),
+            |rec| freed += rec.cost(),
         );
         self.size_bytes = self.size_bytes.saturating_sub(freed);
         Ok(())
@@ -217,25 +204,24 @@ impl KvStore {
             if max > 0 && out.len() >= max && last_main != Some(r.main) {
                 break;
             }
-            if !range.contains(&rec.kv.key) {
+            if !range.contains(rec.key()) {
                 continue;
             }
             let prev_kv = if with_prev_kv {
                 self.index
-                    .get(&rec.kv.key, r.main - 1)
-                    .and_then(|at| self.revs.get(&at.modified))
-                    .map(|p| p.kv.clone())
+                    .get(rec.key(), r.main - 1)
+                    .and_then(|at| self.revs.get(&at.modified).map(|p| p.kv(at.modified)))
             } else {
                 None
             };
-            let kind = if rec.tombstone {
+            let kind = if rec.is_tombstone() {
                 EventType::Delete
             } else {
                 EventType::Put
             };
             out.push(Event {
                 r#type: kind as i32,
-                kv: Some(rec.kv.clone()),
+                kv: Some(rec.kv(*r)),
                 prev_kv,
             });
             last_main = Some(r.main);
@@ -263,8 +249,8 @@ impl KvStore {
             .revs
             .range(Revision::new(i64::MIN, 0), Revision::new(rev + 1, 0))
         {
-            h.update(&r.to_backend_key(rec.tombstone));
-            h.update(&rec.kv.encode_to_vec());
+            h.update(&r.to_backend_key(rec.is_tombstone()));
+            h.update(&rec.kv(*r).encode_to_vec());
         }
         Ok(h.finalize())
     }
@@ -274,23 +260,13 @@ impl KvStore {
         self.revs.iter()
     }
 
-    /// This store's records with their key and value bytes moved to the
-    /// buffers `bytes` gives (called in [`KvStore::records`] order); built
+    /// This store's records with their bytes (key then value) moved to the
+    /// buffers `data` gives (called in [`KvStore::records`] order); built
     /// off the writer's path, then handed to [`KvStore::adopt`] on the live
     /// store this one was cloned from. After a snapshot this moves the
     /// records it covers from the heap to the mapped file.
-    pub fn rebased(&self, mut bytes: impl FnMut(&Revision, &Record) -> (Bytes, Bytes)) -> Rebased {
-        Rebased(self.revs.map_chunks(|r, rec| {
-            let (key, value) = bytes(r, rec);
-            Record {
-                kv: KeyValue {
-                    key,
-                    value,
-                    ..rec.kv.clone()
-                },
-                tombstone: rec.tombstone,
-            }
-        }))
+    pub fn rebased(&self, mut data: impl FnMut(&Revision, &Record) -> Bytes) -> Rebased {
+        Rebased(self.revs.map_chunks(|r, rec| rec.with_data(data(r, rec))))
     }
 
     /// Takes the records of `rebased` (made from `base`, a clone of this
@@ -316,13 +292,13 @@ impl KvStore {
         let mut revs = Vec::new();
         for (r, rec) in records {
             s.index.restore_record(
-                &rec.kv.key,
+                rec.key(),
                 r,
-                rec.tombstone,
-                rec.kv.create_revision,
-                rec.kv.version,
+                rec.is_tombstone(),
+                rec.meta().create_revision,
+                rec.meta().version,
             );
-            s.size_bytes += record_cost(&rec);
+            s.size_bytes += rec.cost();
             revs.push((r, rec));
         }
         // Records come in revision order: a bulk build, not a million inserts.
@@ -369,33 +345,31 @@ impl WriteTxn<'_> {
     }
 
     /// The current value of one key, if alive (own changes included).
-    pub fn get(&self, key: &[u8]) -> Option<&KeyValue> {
+    pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
         let at = self.store.index.get(key, self.begin + 1)?;
-        self.store.revs.get(&at.modified).map(|r| &r.kv)
+        self.store.revs.get(&at.modified).map(|r| r.kv(at.modified))
     }
 
     /// Puts `key` = `value` with `lease`; returns the revision it was written at.
     pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> i64 {
         let rev = self.next_rev();
-        let prev = self.get(&key).cloned();
+        let prev = self.get(&key);
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (rev.main, 1),
         };
-        let kv = KeyValue {
-            key: key.clone(),
-            create_revision,
-            mod_revision: rev.main,
-            version,
-            value,
-            lease,
-        };
         self.store.index.put(&key, rev);
-        let rec = Record {
-            kv: kv.clone(),
-            tombstone: false,
-        };
-        self.store.size_bytes += record_cost(&rec);
+        let rec = Record::put(
+            &key,
+            &value,
+            PutMeta {
+                create_revision,
+                version,
+                lease,
+            },
+        );
+        let kv = rec.kv(rev);
+        self.store.size_bytes += rec.cost();
         // next_rev() is above everything logged: the push cannot refuse.
         let _ = self.store.revs.push(rev, rec);
         self.events.push(Event {
@@ -413,20 +387,13 @@ impl WriteTxn<'_> {
         let mut deleted = Vec::with_capacity(keys.len());
         for key in keys {
             let rev = self.next_rev();
-            let prev = self.get(&key).cloned();
+            let prev = self.get(&key);
             if !self.store.index.tombstone(&key, rev) {
                 continue;
             }
-            let kv = KeyValue {
-                key: key.clone(),
-                mod_revision: rev.main,
-                ..KeyValue::default()
-            };
-            let rec = Record {
-                kv: kv.clone(),
-                tombstone: true,
-            };
-            self.store.size_bytes += record_cost(&rec);
+            let rec = Record::tombstone(&key);
+            let kv = rec.kv(rev);
+            self.store.size_bytes += rec.cost();
             let _ = self.store.revs.push(rev, rec);
             self.events.push(Event {
                 r#type: EventType::Delete as i32,

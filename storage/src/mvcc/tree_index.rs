@@ -82,7 +82,7 @@ impl TreeIndex {
             None => {
                 let mut ki = KeyIndex::default();
                 ki.put(rev);
-                self.tree.insert(key.clone(), ki);
+                self.tree.insert(key, ki);
             }
         }
     }
@@ -93,7 +93,7 @@ impl TreeIndex {
     /// record's create revision and version; a tombstone ends it.
     pub fn restore_record(
         &mut self,
-        key: &Bytes,
+        key: &[u8],
         rev: Revision,
         tombstone: bool,
         created: i64,
@@ -102,15 +102,15 @@ impl TreeIndex {
         if tombstone {
             // A tombstone with no history left (kept only for watchers at
             // the compaction revision) has nothing to end.
-            if let Some(ki) = self.tree.get_mut(key.as_ref()) {
+            if let Some(ki) = self.tree.get_mut(key) {
                 ki.tombstone(rev);
             }
             return;
         }
-        if self.tree.get(key.as_ref()).is_none() {
-            self.tree.insert(key.clone(), KeyIndex::default());
+        if self.tree.get(key).is_none() {
+            self.tree.insert(key, KeyIndex::default());
         }
-        let Some(ki) = self.tree.get_mut(key.as_ref()) else {
+        let Some(ki) = self.tree.get_mut(key) else {
             return;
         };
         if ki.is_alive() || version == 1 {
@@ -132,7 +132,7 @@ impl TreeIndex {
 
     /// Visits, in key order, every key in `range` alive at `at`; stops when
     /// `f` returns false.
-    pub fn visit(&self, range: &KeyRange, at: i64, mut f: impl FnMut(&Bytes, KeyAt) -> bool) {
+    pub fn visit(&self, range: &KeyRange, at: i64, mut f: impl FnMut(&[u8], KeyAt) -> bool) {
         let Some(bounds) = range.bounds() else {
             return;
         };
@@ -153,7 +153,7 @@ impl TreeIndex {
         self.tree
             .range(bounds)
             .filter(|(_, ki)| ki.is_alive())
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| Bytes::copy_from_slice(k))
             .collect()
     }
 
