@@ -22,8 +22,8 @@ pub mod commit_hint;
 pub mod config;
 pub mod replication;
 pub mod snapshot;
+pub mod waiters;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -39,6 +39,7 @@ use keel_raft::transport::{PeerTls, Transport, TransportConfig};
 use keel_raft::wal::{HardState, SnapshotMark, Wal, WalError, WalOptions};
 use prost::Message as _;
 use tokio::sync::{mpsc as tmpsc, oneshot, watch};
+use waiters::{Outcome, Waiters};
 
 pub use config::MemberConfig;
 
@@ -84,9 +85,6 @@ pub enum OpenError {
     Config(String),
 }
 
-/// A proposal waiting to be applied.
-type Waiter = oneshot::Sender<Result<Applied>>;
-
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -108,7 +106,7 @@ pub struct Member {
     header: Header,
     raft: tmpsc::UnboundedSender<Input>,
     shared: Arc<Shared>,
-    waiters: Mutex<HashMap<u64, Waiter>>,
+    waiters: Arc<Waiters>,
     next_id: AtomicU64,
     applied: watch::Sender<u64>,
     /// Counters for `/metrics`.
@@ -312,6 +310,7 @@ impl Member {
         let wal = Arc::new(wal);
         let shared = Arc::new(Shared::default());
         let (apply_tx, apply_rx) = mpsc::channel::<ApplyItem>();
+        let waiters = Arc::new(Waiters::default());
         let raft = replication::spawn(replication::DriverParts {
             node,
             wal: wal.clone(),
@@ -322,6 +321,7 @@ impl Member {
             latest_snapshot: snap_meta.zip(newest.map(|(_, p)| p)),
             tick: heartbeat,
             commit_hint,
+            waiters: waiters.clone(),
         });
         let (applied, _) = watch::channel(applied_index);
         let member = Arc::new(Member {
@@ -333,7 +333,7 @@ impl Member {
             header,
             raft,
             shared,
-            waiters: Mutex::new(HashMap::new()),
+            waiters,
             next_id: AtomicU64::new(rand::random::<u64>() >> 2),
             applied,
             metrics: Arc::new(Metrics::default()),
@@ -418,10 +418,6 @@ impl Member {
         rx.await.ok()
     }
 
-    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Proposes a write and waits until it is committed and applied here.
     pub async fn propose(&self, request: Request) -> Result<Applied> {
         if self.has_failed() {
@@ -437,10 +433,8 @@ impl Member {
             return Err(StoreError::RequestTooLarge);
         }
         let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
-        let (tx, rx) = oneshot::channel();
-        self.lock_waiters().insert(id, tx);
         let fail = |e: StoreError| {
-            self.lock_waiters().remove(&id);
+            self.waiters.remove(id);
             self.metrics
                 .proposals_failed
                 .fetch_add(1, Ordering::Relaxed);
@@ -452,44 +446,40 @@ impl Member {
                     "no space left for the log: writes resume when space returns".into(),
                 ));
             }
-            let (done, accepted) = oneshot::channel();
-            if self
-                .raft
-                .send(Input::Propose {
-                    data: data.clone(),
-                    done,
-                })
-                .is_err()
-            {
+            let mut rx = self.waiters.insert(id);
+            let proposal = Input::Propose {
+                id,
+                data: data.clone(),
+            };
+            if self.raft.send(proposal).is_err() {
                 return fail(StoreError::Stopped);
             }
-            match accepted.await {
-                Ok(Ok(())) => break,
-                Ok(Err(_)) if tokio::time::Instant::now() < deadline => {
-                    // No leader yet (an election), or a transfer: retry.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Ok(Err(_)) => return fail(StoreError::NoLeader),
-                Err(_) => return fail(StoreError::Stopped),
-            }
-        }
-        tracing::trace!(target: "keel::lat", "accepted");
-        let mut rx = rx;
-        let mut check = tokio::time::interval(Duration::from_millis(50));
-        loop {
-            tokio::select! {
-                r = &mut rx => return r.unwrap_or(Err(StoreError::Stopped)),
-                _ = tokio::time::sleep_until(deadline) => return fail(StoreError::Timeout),
-                _ = check.tick() => {
-                    if self.shared.no_space.load(Ordering::SeqCst) {
-                        // The log cannot take it now; it stays queued and
-                        // may still apply once space returns (like a
-                        // timeout, the outcome is not known).
-                        return fail(StoreError::Storage(
-                            "no space left for the log: the write is not durable yet and may still apply when space returns".into(),
-                        ));
+            let mut check = tokio::time::interval(Duration::from_millis(50));
+            check.tick().await;
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut rx => break r,
+                    _ = tokio::time::sleep_until(deadline) => return fail(StoreError::Timeout),
+                    _ = check.tick() => {
+                        if self.shared.no_space.load(Ordering::SeqCst) {
+                            // The log cannot take it now; it stays queued and
+                            // may still apply once space returns (like a
+                            // timeout, the outcome is not known).
+                            return fail(StoreError::Storage(
+                                "no space left for the log: the write is not durable yet and may still apply when space returns".into(),
+                            ));
+                        }
                     }
                 }
+            };
+            match outcome {
+                Ok(Outcome::Applied(r)) => return r,
+                // No leader yet (an election), or a transfer: retry.
+                Ok(Outcome::Refused(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Outcome::Refused(_)) => return fail(StoreError::NoLeader),
+                Err(_) => return fail(StoreError::Stopped),
             }
         }
     }
@@ -629,9 +619,7 @@ impl Member {
                             if !out.events.is_empty() {
                                 self.hub.notify(out.rev, &out.events);
                             }
-                            if let Some(w) = self.lock_waiters().remove(&id) {
-                                let _ = w.send(out.result);
-                            }
+                            self.waiters.answer(id, Outcome::Applied(out.result));
                         }
                         if let Some(cc) = cc {
                             if let ConfChange::AddNode(nid) | ConfChange::AddLearner(nid) = cc {

@@ -25,6 +25,8 @@ use keel_raft::core::{
     ConfChange, Entry, HardState, Message, RaftError, RawNode, Ready, Role, SnapshotMeta, Status,
 };
 use keel_raft::transport::{Incoming, ReceivedSnapshot, Transport};
+
+use super::waiters::{Outcome, Waiters};
 use keel_raft::wal::{SnapshotMark, Wal, WalError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -78,12 +80,13 @@ pub enum ApplyItem {
 /// Requests to the driver.
 #[derive(Debug)]
 pub enum Input {
-    /// Propose an entry; `done` says whether the core took it (or forwarded it).
+    /// Propose an entry. Only a refusal is answered here (through
+    /// `waiters`); an accepted entry is answered when applied.
     Propose {
+        /// The proposal's id (the key in `waiters`).
+        id: u64,
         /// The encoded command.
         data: Vec<u8>,
-        /// Accepted, or why not.
-        done: oneshot::Sender<Result<(), RaftError>>,
     },
     /// Propose a membership change.
     ProposeConfChange {
@@ -162,6 +165,8 @@ pub struct DriverParts {
     pub tick: Duration,
     /// Where the highest index handed to the apply thread is noted.
     pub commit_hint: super::commit_hint::CommitHint,
+    /// Proposals waiting for their outcome (refusals are answered here).
+    pub waiters: Arc<Waiters>,
 }
 
 /// Starts the driver task; returns its input queue.
@@ -192,6 +197,7 @@ pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
         snap_dir: parts.snap_dir,
         latest_snapshot: parts.latest_snapshot,
         commit_hint: parts.commit_hint,
+        waiters: parts.waiters,
         received: BTreeMap::new(),
         reads: HashMap::new(),
         ev_tx,
@@ -217,6 +223,7 @@ struct Driver {
     /// The hard state last handed to the persister.
     sent_hs: HardState,
     commit_hint: super::commit_hint::CommitHint,
+    waiters: Arc<Waiters>,
 }
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -287,10 +294,11 @@ impl Driver {
 
     fn handle_input(&mut self, input: Input) {
         match input {
-            Input::Propose { data, done } => {
-                let r = self.propose(data);
+            Input::Propose { id, data } => {
+                if let Err(e) = self.propose(data) {
+                    self.waiters.answer(id, Outcome::Refused(e));
+                }
                 tracing::trace!(target: "keel::lat", idx = self.node.last_index(), "proposed");
-                let _ = done.send(r);
             }
             Input::ProposeConfChange { cc, done } => {
                 let r = match self.node.propose_conf_change(cc) {
@@ -356,16 +364,15 @@ impl Driver {
     }
 
     /// Proposes locally, or forwards to the leader (as etcd does).
+    /// Appends `data` as the leader, or passes it to the known leader (as
+    /// etcd forwards a follower's writes).
     fn propose(&mut self, data: Vec<u8>) -> Result<(), RaftError> {
-        match self.node.propose(data.clone()) {
-            Err(RaftError::NotLeader {
-                leader: Some(leader),
-            }) if leader != self.node.id() => {
-                self.transport.send(leader, frame(TAG_PROPOSAL, &data));
-                Ok(())
-            }
-            r => r,
+        let leader = self.node.leader();
+        if self.node.role() != Role::Leader && leader != 0 && leader != self.node.id() {
+            self.transport.send(leader, frame(TAG_PROPOSAL, &data));
+            return Ok(());
         }
+        self.node.propose(data)
     }
 
     fn handle_peer(&mut self, from: u64, bytes: Vec<u8>) {
