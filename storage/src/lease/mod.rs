@@ -152,10 +152,13 @@ impl Lessor {
         self.leases.contains_key(&id)
     }
 
-    /// Attaches `key` to lease `id` (ignored if the lease is unknown).
-    pub fn attach(&mut self, id: i64, key: &Bytes) {
+    /// Attaches `key` to lease `id` (ignored if the lease is unknown). The
+    /// lease keeps its own copy, never a slice of a request or a file.
+    pub fn attach(&mut self, id: i64, key: &[u8]) {
         if let Some(l) = self.leases.get_mut(&id) {
-            l.keys.insert(key.clone());
+            if !l.keys.contains(key) {
+                l.keys.insert(Bytes::copy_from_slice(key));
+            }
         }
     }
 

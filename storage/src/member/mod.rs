@@ -135,7 +135,7 @@ fn data_dir_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> OpenEr
 /// the apply thread; returns the membership change it carried, if any.
 fn apply_entry(
     sm: &mut StateMachine,
-    e: &keel_raft::core::Entry,
+    e: keel_raft::core::Entry,
     now: Instant,
 ) -> (Option<crate::apply::ApplyOutput>, Option<ConfChange>, u64) {
     match e.kind {
@@ -151,7 +151,9 @@ fn apply_entry(
             }
         },
         EntryKind::Normal => {
-            let req = InternalRequest::decode(e.data.as_slice()).unwrap_or_else(|err| {
+            // Decoded from the entry's own buffer: keys and values are
+            // slices of it, copied once into the store's record.
+            let req = InternalRequest::decode(bytes::Bytes::from(e.data)).unwrap_or_else(|err| {
                 tracing::error!(index = e.index, error = %err, "undecodable log entry skipped");
                 InternalRequest::default()
             });
@@ -238,7 +240,7 @@ impl Member {
             .filter(|e| e.index > sm.applied_index)
             .collect();
         for e in entries.iter().filter(|e| e.index <= commit) {
-            apply_entry(&mut sm, e, now);
+            apply_entry(&mut sm, e.clone(), now);
             replayed += 1;
         }
         let restored = Restored {
@@ -600,8 +602,9 @@ impl Member {
             match item {
                 ApplyItem::Entries(entries) => {
                     let mut last = 0;
-                    for e in &entries {
+                    for e in entries {
                         let now = Instant::now();
+                        let index = e.index;
                         let (out, cc, id) = {
                             // One lock per entry: the check and the apply.
                             let mut sm = self.write();
@@ -613,7 +616,7 @@ impl Member {
                             failpoint::crash_point("apply::after_apply");
                             applied
                         };
-                        last = e.index;
+                        last = index;
                         self.metrics.applied.fetch_add(1, Ordering::Relaxed);
                         if let Some(out) = out {
                             if !out.events.is_empty() {
