@@ -553,10 +553,16 @@ fn main() -> Result<()> {
     no_transparent_huge_pages();
     let cli = Cli::parse();
     keel_raft::failpoint::setup();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // Without the LIFO slot a task woken by another (a connection woken by a
+    // finished request) queues behind the requests already runnable, so one
+    // write carries many responses. Measured, one member, 100 clients: 8.4
+    // vs 10.3-11.2 µs of system time per put, 42.8-44.6k vs 36.7-41.4k
+    // puts/s; one client: no difference beyond noise.
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let rt = builder.build().context("starting the runtime")?;
     match cli.cmd {
         Cmd::Store(args) => {
             init_logs(&args.log_level);

@@ -456,8 +456,8 @@ impl Member {
             if self.raft.send(proposal).is_err() {
                 return fail(StoreError::Stopped);
             }
-            let mut check = tokio::time::interval(Duration::from_millis(50));
-            check.tick().await;
+            let every = Duration::from_millis(50);
+            let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let outcome = loop {
                 tokio::select! {
                     r = &mut rx => break r,
