@@ -198,14 +198,19 @@ impl Quantity {
         self.format
     }
 
-    /// `self + other` (in `self`'s format).
+    /// `self + other`, in `self`'s format (`other`'s if `self` is zero, as
+    /// Kubernetes does, so sums started from zero print like their parts).
     pub fn checked_add(self, other: Quantity) -> Result<Quantity, QuantityError> {
         Ok(Quantity {
             nanos: self
                 .nanos
                 .checked_add(other.nanos)
                 .ok_or(QuantityError::Overflow)?,
-            format: self.format,
+            format: if self.nanos == 0 {
+                other.format
+            } else {
+                self.format
+            },
         })
     }
 
@@ -397,5 +402,10 @@ mod tests {
         assert_eq!(q("1.5").milli_value(), 1500);
         assert_eq!(q("1m").value(), 1);
         assert_eq!(Quantity::from_units(3).to_string(), "3");
+        let from_zero = Quantity::ZERO.checked_add(q("256Mi")).expect("add");
+        assert_eq!(
+            from_zero.checked_add(q("256Mi")).expect("add").to_string(),
+            "512Mi"
+        );
     }
 }
