@@ -64,7 +64,10 @@ impl Plugin for NamespaceLifecycle {
         "NamespaceLifecycle"
     }
 
-    fn validate<'a>(
+    /// Runs in the mutating phase, first of all plugins (as in
+    /// kube-apiserver), so no other plugin works on a request for a
+    /// namespace that does not exist.
+    fn admit<'a>(
         &'a self,
         app: &'a App,
         attrs: &'a mut Attributes,
