@@ -87,9 +87,14 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let app = self.app.clone();
         crate::controllers::spawn(app.clone(), self.ca_pem.clone(), Default::default());
+        let ca_pem = self.ca_pem.clone();
         tokio::spawn(async move {
             loop {
-                match handlers::write::bootstrap(&app).await {
+                let done = match handlers::write::bootstrap(&app).await {
+                    Ok(()) => crate::controllers::bootstrap(&app, ca_pem.as_deref()).await,
+                    Err(e) => Err(e),
+                };
+                match done {
                     Ok(()) => {
                         app.ready.store(true, Ordering::Release);
                         tracing::info!("system namespaces ready");
