@@ -226,6 +226,12 @@ fn columns(kind: &str) -> Vec<Col> {
         "ServiceAccount" => vec![NAME, ("Secrets", "integer", "", 0), AGE],
         "Endpoints" => vec![NAME, ("Endpoints", "string", "", 0), AGE],
         "Lease" => vec![NAME, ("Holder", "string", "", 0), AGE],
+        "ResourceQuota" => vec![
+            NAME,
+            AGE,
+            ("Request", "string", "", 0),
+            ("Limit", "string", "", 0),
+        ],
         "HorizontalPodAutoscaler" => vec![
             NAME,
             ("Reference", "string", "", 0),
@@ -428,6 +434,30 @@ fn more_cells(kind: &str, o: &Value, now: i64) -> Option<Vec<Value>> {
                 none((!eps.is_empty()).then(|| eps.join(","))),
                 age(o, now),
             ]
+        }
+        "ResourceQuota" => {
+            let hard = o.pointer("/status/hard").and_then(Value::as_object);
+            let used = |k: &str| {
+                s(o, &format!("/status/used/{}", k.replace('/', "~1")))
+                    .unwrap_or_else(|| "0".into())
+            };
+            let mut keys: Vec<&String> = hard.map(|h| h.keys().collect()).unwrap_or_default();
+            keys.sort();
+            let part = |limits: bool| {
+                let cells: Vec<String> = keys
+                    .iter()
+                    .filter(|k| k.starts_with("limits.") == limits)
+                    .map(|k| {
+                        let h = hard
+                            .and_then(|h| h.get(k.as_str()))
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        format!("{k}: {}/{h}", used(k))
+                    })
+                    .collect();
+                json!(cells.join(", "))
+            };
+            vec![name, age(o, now), part(false), part(true)]
         }
         "Lease" => vec![
             name,
