@@ -135,6 +135,26 @@ pub fn apply(kind: &str, obj: &mut Value) {
                 set(spec, "finalizers", json!(["kubernetes"]));
             }
         }
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
+            let mutating = kind.starts_with("Mutating");
+            if let Some(Value::Array(hooks)) = obj.get_mut("webhooks") {
+                for h in hooks.iter_mut().filter_map(Value::as_object_mut) {
+                    set(h, "failurePolicy", json!("Fail"));
+                    set(h, "matchPolicy", json!("Equivalent"));
+                    set(h, "namespaceSelector", json!({}));
+                    set(h, "objectSelector", json!({}));
+                    set(h, "timeoutSeconds", json!(10));
+                    if mutating {
+                        set(h, "reinvocationPolicy", json!("Never"));
+                    }
+                    if let Some(Value::Array(rules)) = h.get_mut("rules") {
+                        for r in rules.iter_mut().filter_map(Value::as_object_mut) {
+                            set(r, "scope", json!("*"));
+                        }
+                    }
+                }
+            }
+        }
         "LimitRange" => {
             if let Some(Value::Array(items)) = obj.pointer_mut("/spec/limits") {
                 items.iter_mut().for_each(limit_range_item);

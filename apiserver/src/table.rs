@@ -226,6 +226,9 @@ fn columns(kind: &str) -> Vec<Col> {
         "ServiceAccount" => vec![NAME, ("Secrets", "integer", "", 0), AGE],
         "Endpoints" => vec![NAME, ("Endpoints", "string", "", 0), AGE],
         "Lease" => vec![NAME, ("Holder", "string", "", 0), AGE],
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
+            vec![NAME, ("Webhooks", "integer", "", 0), AGE]
+        }
         "ResourceQuota" => vec![
             NAME,
             AGE,
@@ -434,6 +437,9 @@ fn more_cells(kind: &str, o: &Value, now: i64) -> Option<Vec<Value>> {
                 none((!eps.is_empty()).then(|| eps.join(","))),
                 age(o, now),
             ]
+        }
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
+            vec![name, json!(len(o, "/webhooks")), age(o, now)]
         }
         "ResourceQuota" => {
             let hard = o.pointer("/status/hard").and_then(Value::as_object);
