@@ -12,6 +12,8 @@
 //! - [`service_account`] `ServiceAccount`: the pod's service account, its
 //!   token volume and image pull secrets.
 //! - [`tolerations`] `DefaultTolerationSeconds`.
+//! - [`webhook`] `MutatingAdmissionWebhook`, `ValidatingAdmissionWebhook`:
+//!   HTTPS calls with `AdmissionReview` v1 to the configured webhooks.
 //! - [`resource_quota`] `ResourceQuota`: usage charged with compare-and-swap
 //!   on the quota objects, in the same store transaction as the new object.
 //!
@@ -26,6 +28,7 @@ pub mod resource_quota;
 pub mod resources;
 pub mod service_account;
 pub mod tolerations;
+pub mod webhook;
 
 use std::fmt;
 
@@ -158,6 +161,8 @@ pub const PLUGINS: &[(&str, bool)] = &[
     ("LimitRanger", true),
     ("ServiceAccount", true),
     ("DefaultTolerationSeconds", true),
+    ("MutatingAdmissionWebhook", true),
+    ("ValidatingAdmissionWebhook", true),
     ("ResourceQuota", true),
 ];
 
@@ -178,7 +183,6 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "ImagePolicyWebhook",
     "LimitPodHardAntiAffinityTopology",
     "MutatingAdmissionPolicy",
-    "MutatingAdmissionWebhook",
     "NamespaceAutoProvision",
     "NamespaceExists",
     "NodeRestriction",
@@ -194,7 +198,6 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "StorageObjectInUseProtection",
     "TaintNodesByCondition",
     "ValidatingAdmissionPolicy",
-    "ValidatingAdmissionWebhook",
 ];
 
 /// The admission flags, as kube-apiserver names them.
@@ -267,6 +270,8 @@ fn plugin(name: &str) -> Option<Box<dyn Plugin>> {
         "LimitRanger" => Box::new(limit_ranger::LimitRanger),
         "ServiceAccount" => Box::new(service_account::ServiceAccount),
         "DefaultTolerationSeconds" => Box::new(tolerations::DefaultTolerationSeconds),
+        "MutatingAdmissionWebhook" => Box::new(webhook::MutatingWebhook),
+        "ValidatingAdmissionWebhook" => Box::new(webhook::ValidatingWebhook),
         "ResourceQuota" => Box::new(resource_quota::ResourceQuota),
         _ => return None,
     })
@@ -339,6 +344,8 @@ mod tests {
                 "LimitRanger",
                 "ServiceAccount",
                 "DefaultTolerationSeconds",
+                "MutatingAdmissionWebhook",
+                "ValidatingAdmissionWebhook",
                 "ResourceQuota"
             ]
         );
