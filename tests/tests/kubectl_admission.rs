@@ -477,3 +477,114 @@ fn always_pull_images_when_enabled() {
     let pod = get_json(&api, &["-n", "default", "pod", "p"]);
     assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
 }
+
+/// The webhook server's decisions: pods get a label (JSONPatch),
+/// configmaps named `bad…` are denied.
+fn decide(req: &Value) -> Value {
+    match req["resource"]["resource"].as_str() {
+        Some("pods") => {
+            let ops = if req["object"]["metadata"]["labels"].is_object() {
+                serde_json::json!([{"op": "add", "path": "/metadata/labels/mutated", "value": "yes"}])
+            } else {
+                serde_json::json!([{"op": "add", "path": "/metadata/labels", "value": {"mutated": "yes"}}])
+            };
+            keel_tests::webhook::patch_response(&ops)
+        }
+        _ => {
+            let name = req["object"]["metadata"]["name"].as_str().unwrap_or("");
+            if name.starts_with("bad") {
+                serde_json::json!({"allowed": false, "status": {"code": 403,
+                    "message": format!("names starting with bad are not allowed: {name}")}})
+            } else {
+                serde_json::json!({"allowed": true})
+            }
+        }
+    }
+}
+
+const WEBHOOKS: &str = r#"apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: label-pods}
+webhooks:
+- name: label.keel.test
+  clientConfig: {url: "URL/mutate", caBundle: "CA"}
+  rules: [{operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["pods"]}]
+  sideEffects: None
+  admissionReviewVersions: ["v1"]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: checks}
+webhooks:
+- name: names.keel.test
+  clientConfig: {url: "URL/validate", caBundle: "CA"}
+  rules: [{operations: ["CREATE", "UPDATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["configmaps"]}]
+  namespaceSelector: {matchLabels: {webhooks: "on"}}
+  sideEffects: None
+  admissionReviewVersions: ["v1"]
+- name: down.keel.test
+  clientConfig: {url: "https://127.0.0.1:1/", caBundle: "CA"}
+  rules: [{operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["secrets"]}]
+  namespaceSelector: {matchLabels: {webhooks: "on"}}
+  sideEffects: None
+  admissionReviewVersions: ["v1"]
+- name: down-ignored.keel.test
+  clientConfig: {url: "https://127.0.0.1:1/", caBundle: "CA"}
+  rules: [{operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["services"]}]
+  failurePolicy: Ignore
+  sideEffects: None
+  admissionReviewVersions: ["v1"]
+"#;
+
+/// Mutating and validating webhooks over HTTPS: a JSONPatch applied, a
+/// denial with the webhook's message, `namespaceSelector`, and
+/// `failurePolicy` Fail and Ignore for an unreachable webhook.
+#[test]
+fn admission_webhooks() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    let hook = keel_tests::webhook::WebhookServer::start(decide).expect("webhook server");
+    api.kubectl_ok(&["create", "ns", "hooks"]);
+    api.kubectl_ok(&["label", "ns", "hooks", "webhooks=on"]);
+    api.kubectl_ok(&["create", "ns", "plain"]);
+    let config = WEBHOOKS
+        .replace("URL", &hook.url)
+        .replace("\"CA\"", &format!("\"{}\"", hook.ca_bundle));
+    api.kubectl_stdin(&["create", "-f", "-"], Some(&config))
+        .ok();
+    let table = api.kubectl_ok(&["get", "validatingwebhookconfigurations"]);
+    assert!(table.contains("checks") && table.contains('3'), "{table}");
+
+    api.kubectl_ok(&[
+        "-n",
+        "hooks",
+        "run",
+        "p",
+        "--image=busybox:1.36",
+        "--labels=app=p",
+    ]);
+    let pod = get_json(&api, &["-n", "hooks", "pod", "p"]);
+    assert_eq!(pod["metadata"]["labels"]["mutated"], "yes", "{pod}");
+    assert_eq!(pod["metadata"]["labels"]["app"], "p");
+
+    api.kubectl(&["-n", "hooks", "create", "configmap", "bad-1"]).fails_with(
+        "admission webhook \"names.keel.test\" denied the request: names starting with bad are not allowed: bad-1",
+    );
+    api.kubectl_ok(&["-n", "hooks", "create", "configmap", "good-1"]);
+    // The namespace selector: no label, no webhook.
+    api.kubectl_ok(&["-n", "plain", "create", "configmap", "bad-2"]);
+
+    api.kubectl(&["-n", "hooks", "create", "secret", "generic", "s"])
+        .fails_with("failed calling webhook \"down.keel.test\"");
+    api.kubectl_ok(&["-n", "plain", "create", "secret", "generic", "s"]);
+    api.kubectl_ok(&[
+        "-n",
+        "hooks",
+        "create",
+        "service",
+        "clusterip",
+        "svc",
+        "--tcp=80:80",
+    ]);
+}
