@@ -402,6 +402,22 @@ fn resource_quota_counts_and_messages() {
         table.contains("requests.cpu: 1/1") && table.contains("limits.memory: 512Mi/1Gi"),
         "{table}\n{last}"
     );
+
+    // Scopes: a BestEffort quota counts only best-effort pods (p2, p3).
+    api.kubectl_ok(&["-n", "quota", "delete", "quota", "compute"]);
+    api.kubectl_ok(&[
+        "-n",
+        "quota",
+        "create",
+        "quota",
+        "be",
+        "--hard=pods=2",
+        "--scopes=BestEffort",
+    ]);
+    apply(&api, &pod("p4")).fails_with(
+        "pods \"p4\" is forbidden: exceeded quota: be, requested: pods=1, used: pods=2, limited: pods=2",
+    );
+    apply(&api, &sized("c4", "100m")).ok();
 }
 
 /// Concurrent creates through two API servers never take a namespace past

@@ -165,6 +165,71 @@ pub fn constraints(
     Ok(Err(format!("must specify {}", parts.join("; "))))
 }
 
+/// One scope condition: a scope name (`Terminating`, `NotTerminating`,
+/// `BestEffort`, `NotBestEffort`, `PriorityClass`), an operator and values.
+fn scope_matches(scope: &str, op: &str, values: &[&str], pod: &Value) -> bool {
+    let active_deadline = pod
+        .pointer("/spec/activeDeadlineSeconds")
+        .and_then(Value::as_i64)
+        .is_some_and(|s| s >= 0);
+    let best_effort = crate::defaults::qos_class(pod) == "BestEffort";
+    match scope {
+        "Terminating" => active_deadline,
+        "NotTerminating" => !active_deadline,
+        "BestEffort" => best_effort,
+        "NotBestEffort" => !best_effort,
+        "PriorityClass" => {
+            let class = pod
+                .pointer("/spec/priorityClassName")
+                .and_then(Value::as_str)
+                .filter(|c| !c.is_empty());
+            match op {
+                "In" => class.is_some_and(|c| values.contains(&c)),
+                "NotIn" => class.is_none_or(|c| !values.contains(&c)),
+                "Exists" => class.is_some(),
+                "DoesNotExist" => class.is_none(),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// True if the quota's `scopes` and `scopeSelector` (all of them) select
+/// `obj`. Scoped quotas only ever track pods, as in Kubernetes.
+pub fn scopes_match(quota: &Value, res: &ResourceInfo, obj: &Value) -> bool {
+    let scopes: Vec<&str> = quota
+        .pointer("/spec/scopes")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let exprs = quota
+        .pointer("/spec/scopeSelector/matchExpressions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if scopes.is_empty() && exprs.is_empty() {
+        return true;
+    }
+    if !(res.group.is_empty() && res.kind == "Pod") {
+        return false;
+    }
+    scopes.iter().all(|s| scope_matches(s, "Exists", &[], obj))
+        && exprs.iter().all(|e| {
+            let values: Vec<&str> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            scope_matches(
+                e.get("scopeName").and_then(Value::as_str).unwrap_or(""),
+                e.get("operator").and_then(Value::as_str).unwrap_or(""),
+                &values,
+                obj,
+            )
+        })
+}
+
 /// The resource types whose objects can count towards `key`.
 pub fn kinds_for(key: &str) -> Vec<&'static ResourceInfo> {
     let core = |p: &str| {
@@ -251,6 +316,39 @@ mod tests {
             Err("must specify limits.cpu for: a,b; requests.memory for: a".into())
         );
         assert_eq!(kinds_for("count/deployments.apps")[0].kind, "Deployment");
+        let pods = res("pods", "");
+        let best_effort = json!({"spec": {"scopes": ["BestEffort"]}});
+        assert!(scopes_match(
+            &best_effort,
+            pods,
+            &json!({"spec": {"containers": [{"name": "a"}]}})
+        ));
+        assert!(!scopes_match(&best_effort, pods, &pod));
+        assert!(!scopes_match(
+            &best_effort,
+            res("configmaps", ""),
+            &json!({})
+        ));
+        assert!(scopes_match(
+            &json!({"spec": {}}),
+            res("configmaps", ""),
+            &json!({})
+        ));
+        let high = json!({"spec": {"scopeSelector": {"matchExpressions": [
+            {"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]}}});
+        assert!(scopes_match(
+            &high,
+            pods,
+            &json!({"spec": {"priorityClassName": "high"}})
+        ));
+        assert!(!scopes_match(&high, pods, &json!({"spec": {}})));
+        let terminating = json!({"spec": {"scopes": ["Terminating"]}});
+        assert!(scopes_match(
+            &terminating,
+            pods,
+            &json!({"spec": {"activeDeadlineSeconds": 30}})
+        ));
+        assert!(!scopes_match(&terminating, pods, &json!({"spec": {}})));
         assert_eq!(kinds_for("requests.cpu")[0].kind, "Pod");
     }
 }

@@ -47,14 +47,16 @@ fn used_of(quota: &Value) -> ResourceList {
     resources::parse_list(quota.pointer("/status/used"), "status.used").unwrap_or_default()
 }
 
-/// The namespace's usage of every resource in `hard`, from the objects as
-/// they were at store revision `revision` (0: now).
+/// The namespace's usage of every resource in `quota`'s `hard` (objects its
+/// scopes select), from the objects as they were at store revision
+/// `revision` (0: now).
 pub async fn recalculate(
     app: &App,
-    ns: &str,
+    quota: &Value,
     hard: &ResourceList,
     revision: i64,
 ) -> ApiResult<ResourceList> {
+    let ns = meta_str(quota, "namespace").unwrap_or("");
     let mut total: ResourceList = hard.keys().map(|k| (k.clone(), Quantity::ZERO)).collect();
     let mut kinds: Vec<&ResourceInfo> = hard
         .keys()
@@ -76,6 +78,9 @@ pub async fn recalculate(
             .map_err(store_err)?;
         for kv in &page.kvs {
             let obj = decode(kv)?;
+            if !quota_usage::scopes_match(quota, res, &obj) {
+                continue;
+            }
             match usage(res, &obj) {
                 Ok(u) => add_tracked(&mut total, &u)?,
                 Err(e) => {
@@ -118,6 +123,9 @@ async fn validate(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
         let Some(hard) = hard_of(&quota) else {
             continue;
         };
+        if !quota_usage::scopes_match(&quota, attrs.res, &attrs.object) {
+            continue;
+        }
         if let Err(why) = quota_usage::constraints(attrs.res, &attrs.object, &hard)? {
             return Err(attrs.forbidden(format!("failed quota: {name}: {why}")));
         }
@@ -129,7 +137,7 @@ async fn validate(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
             // No usage recorded yet (a new quota): count it now. The charge
             // below is conditional on the quota's revision, so this count
             // cannot miss an object admitted meanwhile.
-            used = recalculate(app, &ns, &hard, 0).await?;
+            used = recalculate(app, &quota, &hard, 0).await?;
         }
         used.retain(|k, _| hard.contains_key(k));
         let mut new_used = used.clone();

@@ -41,7 +41,7 @@ pub async fn pass(app: &App) -> ApiResult<usize> {
             continue;
         };
         let ns = meta_str(&quota, "namespace").unwrap_or("").to_string();
-        let used = recalculate(app, &ns, &hard, page.revision).await?;
+        let used = recalculate(app, &quota, &hard, page.revision).await?;
         let new = with_status(&quota, &used);
         if new.get("status") == quota.get("status") {
             continue;
