@@ -76,16 +76,6 @@ fn requests_from_limits(c: &mut Map<String, Value>) {
     }
 }
 
-/// The priority of the built-in priority classes (the `Priority` plugin's
-/// values; other classes are not known, so they get 0).
-fn priority_of(class: &str) -> i64 {
-    match class {
-        "system-node-critical" => 2_000_001_000,
-        "system-cluster-critical" => 2_000_000_000,
-        _ => 0,
-    }
-}
-
 /// Defaults of a pod spec (also inside templates).
 pub fn pod_spec(spec: &mut Value) {
     let Some(m) = spec.as_object_mut() else {
@@ -116,15 +106,11 @@ pub fn apply(kind: &str, obj: &mut Value) {
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
                 pod_spec(spec);
-                if let Some(m) = spec.as_object_mut() {
-                    let class = m
-                        .get("priorityClassName")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    let p = priority_of(class);
-                    set(m, "priority", json!(p));
-                    set(m, "preemptionPolicy", json!("PreemptLowerPriority"));
-                }
+            }
+        }
+        "PriorityClass" => {
+            if let Some(m) = obj.as_object_mut() {
+                set(m, "preemptionPolicy", json!("PreemptLowerPriority"));
             }
         }
         "Namespace" => {
@@ -309,8 +295,6 @@ mod tests {
         apply("Pod", &mut p);
         let spec = &p["spec"];
         assert_eq!(spec["enableServiceLinks"], true);
-        assert_eq!(spec["priority"], 0);
-        assert_eq!(spec["preemptionPolicy"], "PreemptLowerPriority");
         assert_eq!(spec["dnsPolicy"], "ClusterFirst");
         let c = &spec["containers"][0];
         assert_eq!(c["imagePullPolicy"], "IfNotPresent");

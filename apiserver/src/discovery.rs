@@ -253,6 +253,7 @@ mod tests {
                 "coordination.k8s.io",
                 "autoscaling",
                 "networking.k8s.io",
+                "scheduling.k8s.io",
                 "admissionregistration.k8s.io"
             ]
         );
@@ -279,6 +280,6 @@ mod tests {
                 && names.contains(&"configmaps")
         );
         assert!(resource_list("apps", "v2").is_none());
-        assert_eq!(api_groups()["groups"].as_array().map(Vec::len), Some(6));
+        assert_eq!(api_groups()["groups"].as_array().map(Vec::len), Some(7));
     }
 }

@@ -226,6 +226,13 @@ fn columns(kind: &str) -> Vec<Col> {
         "ServiceAccount" => vec![NAME, ("Secrets", "integer", "", 0), AGE],
         "Endpoints" => vec![NAME, ("Endpoints", "string", "", 0), AGE],
         "Lease" => vec![NAME, ("Holder", "string", "", 0), AGE],
+        "PriorityClass" => vec![
+            NAME,
+            ("Value", "integer", "", 0),
+            ("Global-Default", "boolean", "", 0),
+            AGE,
+            ("PreemptionPolicy", "string", "", 0),
+        ],
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
             vec![NAME, ("Webhooks", "integer", "", 0), AGE]
         }
@@ -441,6 +448,16 @@ fn more_cells(kind: &str, o: &Value, now: i64) -> Option<Vec<Value>> {
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
             vec![name, json!(len(o, "/webhooks")), age(o, now)]
         }
+        "PriorityClass" => vec![
+            name,
+            json!(o.get("value").and_then(Value::as_i64).unwrap_or(0)),
+            json!(o
+                .get("globalDefault")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)),
+            age(o, now),
+            json!(s(o, "/preemptionPolicy").unwrap_or_default()),
+        ],
         "ResourceQuota" => {
             let hard = o.pointer("/status/hard").and_then(Value::as_object);
             let used = |k: &str| {

@@ -11,6 +11,7 @@
 //! - [`limit_ranger`] `LimitRanger`: `LimitRange` defaults and bounds.
 //! - [`service_account`] `ServiceAccount`: the pod's service account, its
 //!   token volume and image pull secrets.
+//! - [`priority`] `Priority`: the pod's priority from its PriorityClass.
 //! - [`tolerations`] `DefaultTolerationSeconds`.
 //! - [`webhook`] `MutatingAdmissionWebhook`, `ValidatingAdmissionWebhook`:
 //!   HTTPS calls with `AdmissionReview` v1 to the configured webhooks.
@@ -22,6 +23,7 @@
 
 pub mod lifecycle;
 pub mod limit_ranger;
+pub mod priority;
 pub mod pull_images;
 pub mod quota_usage;
 pub mod resource_quota;
@@ -160,6 +162,7 @@ pub const PLUGINS: &[(&str, bool)] = &[
     ("AlwaysPullImages", false),
     ("LimitRanger", true),
     ("ServiceAccount", true),
+    ("Priority", true),
     ("DefaultTolerationSeconds", true),
     ("MutatingAdmissionWebhook", true),
     ("ValidatingAdmissionWebhook", true),
@@ -192,7 +195,6 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "PodNodeSelector",
     "PodSecurity",
     "PodTolerationRestriction",
-    "Priority",
     "RuntimeClass",
     "SecurityContextDeny",
     "StorageObjectInUseProtection",
@@ -269,6 +271,7 @@ fn plugin(name: &str) -> Option<Box<dyn Plugin>> {
         "AlwaysPullImages" => Box::new(pull_images::AlwaysPullImages),
         "LimitRanger" => Box::new(limit_ranger::LimitRanger),
         "ServiceAccount" => Box::new(service_account::ServiceAccount),
+        "Priority" => Box::new(priority::Priority),
         "DefaultTolerationSeconds" => Box::new(tolerations::DefaultTolerationSeconds),
         "MutatingAdmissionWebhook" => Box::new(webhook::MutatingWebhook),
         "ValidatingAdmissionWebhook" => Box::new(webhook::ValidatingWebhook),
@@ -343,6 +346,7 @@ mod tests {
                 "NamespaceLifecycle",
                 "LimitRanger",
                 "ServiceAccount",
+                "Priority",
                 "DefaultTolerationSeconds",
                 "MutatingAdmissionWebhook",
                 "ValidatingAdmissionWebhook",

@@ -57,13 +57,14 @@ pub fn spawn(app: Arc<App>, ca_pem: Option<String>, every: Intervals) {
     tokio::spawn(quota::run(app, every.quota));
 }
 
-/// What the controllers create for the system namespaces, done before the
-/// server reports ready (so clients never see them appear).
+/// What the controllers create for the system namespaces, and the built-in
+/// PriorityClasses, done before the server reports ready (so clients never
+/// see them appear).
 pub async fn bootstrap(app: &App, ca_pem: Option<&str>) -> ApiResult<()> {
     for ns in crate::handlers::write::SYSTEM_NAMESPACES {
         service_accounts::ensure(app, ns, ca_pem).await?;
     }
-    Ok(())
+    crate::admission::priority::bootstrap_classes(app).await
 }
 
 /// Every object under `prefix`, with its mod revision, and the read's revision.
