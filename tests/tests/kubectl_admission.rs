@@ -240,6 +240,35 @@ fn service_accounts_and_pod_defaults() {
         "IfNotPresent"
     );
 
+    // Priority: from the pod's PriorityClass; unknown classes are refused.
+    let pcs = api.kubectl_ok(&["get", "priorityclasses", "-o", "name"]);
+    assert_eq!(
+        pcs,
+        "priorityclass.scheduling.k8s.io/system-cluster-critical\npriorityclass.scheduling.k8s.io/system-node-critical\n"
+    );
+    api.kubectl_ok(&[
+        "-n",
+        "apps",
+        "run",
+        "crit",
+        "--image=busybox:1.36",
+        "--overrides",
+        r#"{"spec":{"priorityClassName":"system-cluster-critical"}}"#,
+    ]);
+    let pod = get_json(&api, &["-n", "apps", "pod", "crit"]);
+    assert_eq!(pod["spec"]["priority"], 2_000_000_000_i64);
+    assert_eq!(pod["spec"]["preemptionPolicy"], "PreemptLowerPriority");
+    api.kubectl(&[
+        "-n",
+        "apps",
+        "run",
+        "nope",
+        "--image=busybox:1.36",
+        "--overrides",
+        r#"{"spec":{"priorityClassName":"nope"}}"#,
+    ])
+    .fails_with("pods \"nope\" is forbidden: no PriorityClass with name nope was found");
+
     // A deleted default account comes back.
     api.kubectl_ok(&["-n", "apps", "delete", "sa", "default"]);
     eventually(15, "the default service account to come back", || {
