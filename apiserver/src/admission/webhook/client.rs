@@ -49,20 +49,37 @@ fn tls_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, CallError> {
         .with_no_client_auth())
 }
 
-/// POSTs `body` (JSON) to `url`, trusting `ca_pem`; returns the response body.
+/// Where to connect instead of the URL's host (a service's endpoint); the
+/// URL's host stays the TLS server name and the `Host` header.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// The address to connect to.
+    pub host: String,
+    /// The port to connect to.
+    pub port: u16,
+}
+
+/// POSTs `body` (JSON) to `url` (connecting to `dial` if given), trusting
+/// `ca_pem`; returns the response body.
 pub async fn post(
     url: &str,
+    dial: Option<Dial>,
     ca_pem: &[u8],
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Vec<u8>, CallError> {
-    match tokio::time::timeout(timeout, post_inner(url, ca_pem, body)).await {
+    match tokio::time::timeout(timeout, post_inner(url, dial, ca_pem, body)).await {
         Ok(r) => r,
         Err(_) => Err(CallError::Timeout),
     }
 }
 
-async fn post_inner(url: &str, ca_pem: &[u8], body: Vec<u8>) -> Result<Vec<u8>, CallError> {
+async fn post_inner(
+    url: &str,
+    dial: Option<Dial>,
+    ca_pem: &[u8],
+    body: Vec<u8>,
+) -> Result<Vec<u8>, CallError> {
     let uri: hyper::Uri = url.parse().map_err(|_| CallError::BadUrl(url.into()))?;
     if uri.scheme_str() != Some("https") {
         return Err(CallError::BadUrl(url.into()));
@@ -74,9 +91,13 @@ async fn post_inner(url: &str, ca_pem: &[u8], body: Vec<u8>) -> Result<Vec<u8>, 
         .trim_end_matches(']')
         .to_string();
     let port = uri.port_u16().unwrap_or(443);
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+    let (dial_host, dial_port) = match dial {
+        Some(d) => (d.host, d.port),
+        None => (host.clone(), port),
+    };
+    let tcp = tokio::net::TcpStream::connect((dial_host.as_str(), dial_port))
         .await
-        .map_err(|e| CallError::Transport(format!("dial tcp {host}:{port}: {e}")))?;
+        .map_err(|e| CallError::Transport(format!("dial tcp {dial_host}:{dial_port}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(host.clone()).map_err(|_| CallError::BadUrl(url.into()))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(ca_pem)?));

@@ -1,7 +1,8 @@
 //! Admission webhooks (`MutatingAdmissionWebhook`, `ValidatingAdmissionWebhook`):
 //! the `admissionregistration.k8s.io/v1` `MutatingWebhookConfiguration` and
-//! `ValidatingWebhookConfiguration` objects name HTTPS endpoints (by `url`;
-//! `service` references are not reachable from keel yet) that receive an
+//! `ValidatingWebhookConfiguration` objects name HTTPS endpoints (by `url`,
+//! or by `service`: the service's first ready endpoint is called, with
+//! `<service>.<namespace>.svc` as the TLS server name) that receive an
 //! `AdmissionReview` v1 for every request their `rules`,
 //! `namespaceSelector` and `objectSelector` match. Mutating webhooks answer
 //! with a JSONPatch, applied in turn (configurations by name, webhooks in
@@ -147,6 +148,86 @@ pub fn review(attrs: &Attributes, uid: &str) -> Value {
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req})
 }
 
+/// The URL of a `clientConfig.service` reference and the endpoint to dial:
+/// `https://<name>.<namespace>.svc:<port><path>`, connecting to the first
+/// ready address of the service's Endpoints on the matching port (or the
+/// `externalName` of an ExternalName service).
+async fn service_target(
+    app: &App,
+    svc: Option<&Value>,
+) -> Result<(String, Option<client::Dial>), String> {
+    let svc = svc.ok_or("clientConfig has neither url nor service")?;
+    let ns = svc.get("namespace").and_then(Value::as_str).unwrap_or("");
+    let name = svc.get("name").and_then(Value::as_str).unwrap_or("");
+    let port = svc.get("port").and_then(Value::as_u64).unwrap_or(443);
+    let path = svc.get("path").and_then(Value::as_str).unwrap_or("");
+    let url = format!("https://{name}.{ns}.svc:{port}{path}");
+    let read = |plural: &'static str| async move {
+        let res = registry::lookup("", "v1", plural).ok_or("not registered")?;
+        read_object(app, &res.key(Some(ns), name))
+            .await
+            .map_err(|e| e.message)
+            .map(|o| o.map(|(v, _)| v))
+    };
+    let service = read("services")
+        .await?
+        .ok_or_else(|| format!("service \"{ns}/{name}\" not found"))?;
+    if service.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName") {
+        let host = service
+            .pointer("/spec/externalName")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let port = u16::try_from(port).map_err(|_| "bad port")?;
+        return Ok((url, Some(client::Dial { host, port })));
+    }
+    // The service port the webhook names, and its name in the endpoints.
+    let port_name = service
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p.get("port").and_then(Value::as_u64) == Some(port))
+        })
+        .map(|p| {
+            p.get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        })
+        .ok_or_else(|| format!("service \"{ns}/{name}\" has no port {port}"))?;
+    let endpoints = read("endpoints").await?.unwrap_or(Value::Null);
+    let subsets = endpoints
+        .get("subsets")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for subset in &subsets {
+        let ip = subset.pointer("/addresses/0/ip").and_then(Value::as_str);
+        let ep_port = subset
+            .get("ports")
+            .and_then(Value::as_array)
+            .and_then(|ps| {
+                ps.iter()
+                    .find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name)
+                    .or_else(|| ps.first())
+            })
+            .and_then(|p| p.get("port"))
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok());
+        if let (Some(ip), Some(p)) = (ip, ep_port) {
+            return Ok((
+                url,
+                Some(client::Dial {
+                    host: ip.to_string(),
+                    port: p,
+                }),
+            ));
+        }
+    }
+    Err(format!("service \"{ns}/{name}\" has no ready endpoints"))
+}
+
 /// Why a webhook's answer could not be used.
 fn bad_answer(why: impl std::fmt::Display) -> String {
     format!("received invalid webhook response: {why}")
@@ -154,7 +235,7 @@ fn bad_answer(why: impl std::fmt::Display) -> String {
 
 /// Calls one webhook; `Ok(response)` is its `AdmissionReview.response`;
 /// `Err(text)` a failure to call it (subject to `failurePolicy`).
-async fn call(hook: &Value, attrs: &Attributes) -> Result<Value, String> {
+async fn call(app: &App, hook: &Value, attrs: &Attributes) -> Result<Value, String> {
     let versions: Vec<&str> = hook
         .get("admissionReviewVersions")
         .and_then(Value::as_array)
@@ -165,11 +246,11 @@ async fn call(hook: &Value, attrs: &Attributes) -> Result<Value, String> {
             "webhook does not accept v1 AdmissionReview (accepts {versions:?})"
         ));
     }
-    let Some(url) = hook.pointer("/clientConfig/url").and_then(Value::as_str) else {
-        return Err(
-            "clientConfig.service is not supported by keel yet; use clientConfig.url".into(),
-        );
+    let (url, dial) = match hook.pointer("/clientConfig/url").and_then(Value::as_str) {
+        Some(u) => (u.to_string(), None),
+        None => service_target(app, hook.pointer("/clientConfig/service")).await?,
     };
+    let url = url.as_str();
     let ca = hook
         .pointer("/clientConfig/caBundle")
         .and_then(Value::as_str)
@@ -184,7 +265,7 @@ async fn call(hook: &Value, attrs: &Attributes) -> Result<Value, String> {
         .clamp(1, 30);
     let uid = object::new_uid();
     let body = serde_json::to_vec(&review(attrs, &uid)).map_err(|e| e.to_string())?;
-    let answer = client::post(url, &ca, body, Duration::from_secs(secs))
+    let answer = client::post(url, dial, &ca, body, Duration::from_secs(secs))
         .await
         .map_err(|e| format!("failed to call webhook: Post \"{url}?timeout={secs}s\": {e}"))?;
     let v: Value = serde_json::from_slice(&answer).map_err(bad_answer)?;
@@ -286,7 +367,7 @@ async fn run(app: &App, attrs: &mut Attributes, mutating: bool) -> ApiResult<()>
                 "admission webhook \"{name}\" does not support dry run"
             )));
         }
-        let outcome = match call(hook, attrs).await {
+        let outcome = match call(app, hook, attrs).await {
             Ok(resp) if resp.get("allowed").and_then(Value::as_bool) != Some(true) => {
                 return Err(denied(name, &resp));
             }
