@@ -22,6 +22,8 @@ pub struct WebhookServer {
     pub url: String,
     /// The server's certificate, PEM then base64 (a `caBundle` value).
     pub ca_bundle: String,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -29,8 +31,15 @@ pub struct WebhookServer {
 impl WebhookServer {
     /// Starts a server on a free loopback port, answering with `handler`.
     pub fn start(handler: Handler) -> Result<WebhookServer> {
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
-            .context("webhook certificate")?;
+        Self::start_for(handler, &[])
+    }
+
+    /// [`WebhookServer::start`] with a certificate also valid for `names`
+    /// (`svc.ns.svc`, for a webhook reached through a service).
+    pub fn start_for(handler: Handler, names: &[&str]) -> Result<WebhookServer> {
+        let mut sans = vec!["127.0.0.1".to_string()];
+        sans.extend(names.iter().map(|n| n.to_string()));
+        let cert = rcgen::generate_simple_self_signed(sans).context("webhook certificate")?;
         let pem = cert.cert.pem();
         let cert_der = cert.cert.der().clone();
         let key_der = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
@@ -84,6 +93,7 @@ impl WebhookServer {
         });
         Ok(WebhookServer {
             url: format!("https://127.0.0.1:{port}"),
+            port,
             ca_bundle: base64::engine::general_purpose::STANDARD.encode(pem),
             stop: Some(stop),
             thread: Some(thread),

@@ -547,12 +547,29 @@ fn decide(req: &Value) -> Value {
     }
 }
 
+/// The service (and its endpoints) the mutating webhook is reached through.
+const HOOK_SERVICE: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: hooksvc, namespace: hooks}
+spec:
+  ports: [{name: https, port: 443, targetPort: PORT}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: hooksvc, namespace: hooks}
+subsets:
+- addresses: [{ip: 127.0.0.1}]
+  ports: [{name: https, port: PORT}]
+"#;
+
 const WEBHOOKS: &str = r#"apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
 metadata: {name: label-pods}
 webhooks:
 - name: label.keel.test
-  clientConfig: {url: "URL/mutate", caBundle: "CA"}
+  clientConfig:
+    service: {namespace: hooks, name: hooksvc, path: /mutate, port: 443}
+    caBundle: "CA"
   rules: [{operations: ["CREATE"], apiGroups: [""], apiVersions: ["v1"], resources: ["pods"]}]
   sideEffects: None
   admissionReviewVersions: ["v1"]
@@ -581,16 +598,21 @@ webhooks:
   admissionReviewVersions: ["v1"]
 "#;
 
-/// Mutating and validating webhooks over HTTPS: a JSONPatch applied, a
-/// denial with the webhook's message, `namespaceSelector`, and
-/// `failurePolicy` Fail and Ignore for an unreachable webhook.
+/// Mutating and validating webhooks over HTTPS: a JSONPatch applied (from
+/// a webhook reached through a service and its endpoints), a denial with
+/// the webhook's message, `namespaceSelector`, and `failurePolicy` Fail
+/// and Ignore for an unreachable webhook.
 #[test]
 fn admission_webhooks() {
     let Some(api) = KubeApi::start_or_skip() else {
         return;
     };
-    let hook = keel_tests::webhook::WebhookServer::start(decide).expect("webhook server");
+    let hook = keel_tests::webhook::WebhookServer::start_for(decide, &["hooksvc.hooks.svc"])
+        .expect("webhook server");
     api.kubectl_ok(&["create", "ns", "hooks"]);
+    let service = HOOK_SERVICE.replace("PORT", &hook.port.to_string());
+    api.kubectl_stdin(&["create", "-f", "-"], Some(&service))
+        .ok();
     api.kubectl_ok(&["label", "ns", "hooks", "webhooks=on"]);
     api.kubectl_ok(&["create", "ns", "plain"]);
     let config = WEBHOOKS
