@@ -121,7 +121,12 @@ async fn admit(
         operation,
         res: t.res,
         subresource: t.sub.clone(),
-        namespace: t.namespace.clone().filter(|_| t.res.namespaced),
+        // A collection across namespaces: each object's own.
+        namespace: t
+            .namespace
+            .clone()
+            .or_else(|| meta_str(&object, "namespace").map(str::to_string))
+            .filter(|_| t.res.namespaced),
         name: name.to_string(),
         object,
         old: old.cloned(),
