@@ -236,13 +236,46 @@ impl Store {
             return self.create(key, value).await;
         }
         let k = Bytes::copy_from_slice(key.as_bytes());
-        let mut compare = vec![Compare {
+        let cmp = Compare {
             result: compare::CompareResult::Equal as i32,
             target: compare::CompareTarget::Create as i32,
-            key: k.clone(),
+            key: k,
             target_union: Some(compare::TargetUnion::CreateRevision(0)),
             ..Default::default()
-        }];
+        };
+        self.put_guarded(key, cmp, value, also).await
+    }
+
+    /// Writes `value` at `key` if its mod revision is `rev`, together with
+    /// `also` (each only if still at its mod revision), in one transaction.
+    /// On failure, the key's current value: if it is still at `rev`, one
+    /// of `also` changed.
+    pub async fn update_with(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        rev: i64,
+        also: &[CasWrite],
+    ) -> Result<Cas, StoreError> {
+        if also.is_empty() {
+            return self.update(key, value, rev).await;
+        }
+        let k = Bytes::copy_from_slice(key.as_bytes());
+        self.put_guarded(key, mod_is(&k, rev), value, also).await
+    }
+
+    /// One transaction: if `cmp` holds for `key` and every `also` key is at
+    /// its mod revision, put `value` at `key` and every `also` write; else
+    /// read `key`.
+    async fn put_guarded(
+        &self,
+        key: &str,
+        cmp: Compare,
+        value: Vec<u8>,
+        also: &[CasWrite],
+    ) -> Result<Cas, StoreError> {
+        let k = Bytes::copy_from_slice(key.as_bytes());
+        let mut compare = vec![cmp];
         let mut success = vec![RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {
                 key: k.clone(),

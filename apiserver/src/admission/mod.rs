@@ -75,8 +75,9 @@ pub struct Attributes {
     pub old: Option<Value>,
     /// `dryRun=All`: nothing may be written (no usage charged).
     pub dry_run: bool,
-    /// Writes to commit atomically with the object (filled by validating
-    /// plugins; the only field a validating step may change).
+    /// Writes to commit atomically with the object, create or update
+    /// (filled by validating plugins; the only field a validating step may
+    /// change).
     pub charges: Vec<Charge>,
 }
 

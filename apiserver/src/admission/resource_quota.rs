@@ -104,15 +104,49 @@ pub fn with_status(quota: &Value, used: &ResourceList) -> Value {
     q
 }
 
+/// True for updates that can grow usage (Kubernetes' evaluators handle
+/// updates of services and persistent volume claims; pods are immutable).
+fn charged_update(attrs: &Attributes) -> bool {
+    attrs.operation == Operation::Update
+        && attrs.res.group.is_empty()
+        && matches!(attrs.res.kind, "Service" | "PersistentVolumeClaim")
+}
+
+/// What the request adds to usage: all of a new object's usage; the
+/// growth (never negative) of an updated one.
+fn requested(attrs: &Attributes) -> ApiResult<ResourceList> {
+    let new = usage(attrs.res, &attrs.object)?;
+    if attrs.operation == Operation::Create {
+        return Ok(new);
+    }
+    let old = match &attrs.old {
+        Some(o) => usage(attrs.res, o)?,
+        None => ResourceList::new(),
+    };
+    let mut delta = ResourceList::new();
+    for (k, q) in new {
+        let grown = match old.get(&k) {
+            Some(o) => q
+                .checked_sub(*o)
+                .map_err(|e| ApiError::bad_request(format!("{k}: {e}")))?,
+            None => q,
+        };
+        if grown > Quantity::ZERO {
+            delta.insert(k, grown);
+        }
+    }
+    Ok(delta)
+}
+
 async fn validate(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
-    if attrs.operation != Operation::Create || attrs.subresource.is_some() || !attrs.res.namespaced
-    {
+    let charged = attrs.operation == Operation::Create || charged_update(attrs);
+    if !charged || attrs.subresource.is_some() || !attrs.res.namespaced {
         return Ok(());
     }
     let Some(ns) = attrs.namespace.clone() else {
         return Ok(());
     };
-    let delta = usage(attrs.res, &attrs.object)?;
+    let delta = requested(attrs)?;
     if delta.is_empty() {
         return Ok(());
     }
@@ -206,5 +240,31 @@ mod tests {
         );
         assert_eq!(hard_of(&q).map(|h| h.len()), Some(2));
         assert!(hard_of(&json!({"spec": {"hard": {"pods": "two"}}})).is_none());
+    }
+
+    #[test]
+    fn updates_request_only_growth() {
+        let svc = crate::registry::lookup("", "v1", "services").expect("services");
+        let old = json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80}, {"port": 81}]}});
+        let mut attrs = Attributes {
+            operation: Operation::Update,
+            res: svc,
+            subresource: None,
+            namespace: Some("ns".into()),
+            name: "a".into(),
+            object: json!({"spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 81}]}}),
+            old: Some(old.clone()),
+            dry_run: false,
+            charges: Vec::new(),
+        };
+        assert!(charged_update(&attrs));
+        assert_eq!(
+            resources::pretty(&requested(&attrs).expect("delta")),
+            "services.nodeports=2"
+        );
+        // Back to ClusterIP: nothing requested (usage drops via the controller).
+        attrs.object = old;
+        attrs.old = Some(json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}}));
+        assert!(requested(&attrs).expect("delta").is_empty());
     }
 }

@@ -360,15 +360,26 @@ fn keep_cluster_ip(old: &Value, new: &mut Value) {
     }
 }
 
-/// Writes `new` over the object at `ctx`'s key if it is still at `rev`.
-/// `Ok(None)`: the precondition failed.
+/// What [`write_if`] did.
+enum Written {
+    /// Stored (or unchanged): the object as it is now.
+    Done(Value),
+    /// The object changed since it was read.
+    Stale,
+    /// A charged quota changed since admission read it (admit again).
+    QuotaChanged,
+}
+
+/// Writes `new` over the object at `ctx`'s key if it is still at `rev`,
+/// with the admission `charges` in the same transaction.
 async fn write_if(
     app: &App,
     ctx: &Ctx,
     old: &Value,
     new: Value,
     rev: i64,
-) -> ApiResult<Option<Value>> {
+    charges: &[Charge],
+) -> ApiResult<Written> {
     let mut new = new;
     let unchanged = {
         let strip = |v: &Value| {
@@ -380,7 +391,7 @@ async fn write_if(
     };
     if unchanged || ctx.dry_run()? {
         object::set_resource_version(&mut new, rev);
-        return Ok(Some(new));
+        return Ok(Written::Done(new));
     }
     if ready_to_remove(ctx.target.res, &new) {
         // The last finalizer is gone (or the node confirmed): remove it.
@@ -392,30 +403,31 @@ async fn write_if(
         {
             Cas::Done(r) => {
                 object::set_resource_version(&mut new, r);
-                Ok(Some(new))
+                Ok(Written::Done(new))
             }
             Cas::Failed(None) => Err(ApiError::not_found(
                 ctx.target.res,
                 ctx.target.name.as_deref().unwrap_or(""),
             )),
-            Cas::Failed(Some(_)) => Ok(None),
+            Cas::Failed(Some(_)) => Ok(Written::Stale),
         };
     }
     match app
         .store
-        .update(&ctx.target.key(), to_store(&new)?, rev)
+        .update_with(&ctx.target.key(), to_store(&new)?, rev, charges)
         .await
         .map_err(store_err)?
     {
         Cas::Done(r) => {
             object::set_resource_version(&mut new, r);
-            Ok(Some(new))
+            Ok(Written::Done(new))
         }
         Cas::Failed(None) => Err(ApiError::not_found(
             ctx.target.res,
             ctx.target.name.as_deref().unwrap_or(""),
         )),
-        Cas::Failed(Some(_)) => Ok(None),
+        Cas::Failed(Some(kv)) if kv.mod_revision == rev => Ok(Written::QuotaChanged),
+        Cas::Failed(Some(_)) => Ok(Written::Stale),
     }
 }
 
@@ -468,7 +480,7 @@ pub async fn update(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             return Err(conflict(ctx));
         }
         let new = merge_update(t.res, &old, body.clone(), t.sub.is_some());
-        let (new, _) = admit(
+        let (new, charges) = admit(
             app,
             ctx,
             Operation::Update,
@@ -478,15 +490,15 @@ pub async fn update(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             ctx.dry_run()?,
         )
         .await?;
-        match write_if(app, ctx, &old, new, rev).await? {
-            Some(done) => {
+        match write_if(app, ctx, &old, new, rev, &charges).await? {
+            Written::Done(done) => {
                 return Ok(with_warnings(
                     json_response(StatusCode::OK, &done),
                     &warnings,
                 ))
             }
-            None if expected.is_some() => return Err(conflict(ctx)),
-            None => continue,
+            Written::Stale if expected.is_some() => return Err(conflict(ctx)),
+            Written::Stale | Written::QuotaChanged => continue,
         }
     }
     Err(conflict(ctx))
@@ -541,7 +553,7 @@ pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             None => None,
         };
         let merged = merge_update(t.res, &old, new, t.sub.is_some());
-        let (merged, _) = admit(
+        let (merged, charges) = admit(
             app,
             ctx,
             Operation::Update,
@@ -551,15 +563,15 @@ pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             ctx.dry_run()?,
         )
         .await?;
-        match write_if(app, ctx, &old, merged, rev).await? {
-            Some(done) => {
+        match write_if(app, ctx, &old, merged, rev, &charges).await? {
+            Written::Done(done) => {
                 return Ok(with_warnings(
                     json_response(StatusCode::OK, &done),
                     &warnings,
                 ))
             }
-            None if precondition.is_some() => return Err(conflict(ctx)),
-            None => continue,
+            Written::Stale if precondition.is_some() => return Err(conflict(ctx)),
+            Written::Stale | Written::QuotaChanged => continue,
         }
     }
     Err(conflict(ctx))
