@@ -447,6 +447,49 @@ fn resource_quota_counts_and_messages() {
         "pods \"p4\" is forbidden: exceeded quota: be, requested: pods=1, used: pods=2, limited: pods=2",
     );
     apply(&api, &sized("c4", "100m")).ok();
+
+    // Updates are charged what they add: a service turned NodePort.
+    api.kubectl_ok(&[
+        "-n",
+        "quota",
+        "create",
+        "quota",
+        "ports",
+        "--hard=services.nodeports=1",
+    ]);
+    api.kubectl_ok(&[
+        "-n",
+        "quota",
+        "create",
+        "service",
+        "clusterip",
+        "a",
+        "--tcp=80:80",
+        "--tcp=81:81",
+    ]);
+    api.kubectl(&["-n", "quota", "patch", "svc", "a", "-p", r#"{"spec":{"type":"NodePort"}}"#])
+        .fails_with("services \"a\" is forbidden: exceeded quota: ports, requested: services.nodeports=2, used: services.nodeports=0, limited: services.nodeports=1");
+    api.kubectl_ok(&[
+        "-n",
+        "quota",
+        "create",
+        "service",
+        "nodeport",
+        "b",
+        "--tcp=80:80",
+    ]);
+    assert_eq!(
+        api.kubectl_ok(&[
+            "-n",
+            "quota",
+            "get",
+            "quota",
+            "ports",
+            "-o",
+            "jsonpath={.status.used.services\\.nodeports}",
+        ]),
+        "1"
+    );
 }
 
 /// Concurrent creates through two API servers never take a namespace past
