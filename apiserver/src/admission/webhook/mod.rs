@@ -6,7 +6,8 @@
 //! `AdmissionReview` v1 for every request their `rules`,
 //! `namespaceSelector` and `objectSelector` match. Mutating webhooks answer
 //! with a JSONPatch, applied in turn (configurations by name, webhooks in
-//! order); validating ones only allow or deny. A webhook that cannot be
+//! order, `reinvocationPolicy: IfNeeded` honoured once); validating ones,
+//! called in parallel, only allow or deny. A webhook that cannot be
 //! called refuses the request (`failurePolicy: Fail`, the default) or is
 //! skipped (`Ignore`). Requests about webhook configurations themselves
 //! are never sent to webhooks.
@@ -339,50 +340,101 @@ fn apply_patch(name: &str, resp: &Value, obj: &mut Value) -> Result<(), String> 
     Ok(())
 }
 
-async fn run(app: &App, attrs: &mut Attributes, mutating: bool) -> ApiResult<()> {
+/// The webhooks of `plural` that see this request (none for requests about
+/// webhook configurations); refuses a dry run a webhook cannot honour.
+async fn matching(app: &App, attrs: &Attributes, plural: &str) -> ApiResult<Vec<Value>> {
     if is_config(attrs) {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let plural = if mutating {
-        "mutatingwebhookconfigurations"
-    } else {
-        "validatingwebhookconfigurations"
-    };
     let hooks = webhooks(app, plural).await?;
     if hooks.is_empty() {
-        return Ok(());
+        return Ok(hooks);
     }
     let ns_labels = namespace_labels(app, attrs).await?;
+    let hooks: Vec<Value> = hooks
+        .into_iter()
+        .filter(|h| matches(h, attrs, ns_labels.as_ref()))
+        .collect();
     for hook in &hooks {
-        if !matches(hook, attrs, ns_labels.as_ref()) {
-            continue;
-        }
-        let name = hook.get("name").and_then(Value::as_str).unwrap_or("");
         let side_effects = hook
             .get("sideEffects")
             .and_then(Value::as_str)
             .unwrap_or("Unknown");
         if attrs.dry_run && !matches!(side_effects, "None" | "NoneOnDryRun") {
             return Err(ApiError::bad_request(format!(
-                "admission webhook \"{name}\" does not support dry run"
+                "admission webhook \"{}\" does not support dry run",
+                hook_name(hook)
             )));
         }
-        let outcome = match call(app, hook, attrs).await {
+    }
+    Ok(hooks)
+}
+
+fn hook_name(hook: &Value) -> &str {
+    hook.get("name").and_then(Value::as_str).unwrap_or("")
+}
+
+/// A failed call: the request's error, or `Ok` under `failurePolicy: Ignore`.
+fn failed(hook: &Value, e: String) -> ApiResult<()> {
+    let name = hook_name(hook);
+    let ignore = hook.get("failurePolicy").and_then(Value::as_str) == Some("Ignore");
+    tracing::warn!(webhook = name, error = %e, ignore, "calling admission webhook failed");
+    if ignore {
+        Ok(())
+    } else {
+        Err(ApiError::internal(format!(
+            "Internal error occurred: failed calling webhook \"{name}\": {e}"
+        )))
+    }
+}
+
+/// Calls one mutating webhook and applies its patch.
+async fn mutate_once(app: &App, hook: &Value, attrs: &mut Attributes) -> ApiResult<()> {
+    let name = hook_name(hook);
+    let outcome = match call(app, hook, attrs).await {
+        Ok(resp) if resp.get("allowed").and_then(Value::as_bool) != Some(true) => {
+            return Err(denied(name, &resp));
+        }
+        Ok(resp) => apply_patch(name, &resp, &mut attrs.object),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(e) => failed(hook, e),
+    }
+}
+
+/// Mutating webhooks, one after another; those with `reinvocationPolicy:
+/// IfNeeded` are called once more if a later webhook changed the object.
+async fn mutate(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
+    let hooks = matching(app, attrs, "mutatingwebhookconfigurations").await?;
+    let mut seen: Vec<(usize, Value)> = Vec::new();
+    for (i, hook) in hooks.iter().enumerate() {
+        mutate_once(app, hook, attrs).await?;
+        if hook.get("reinvocationPolicy").and_then(Value::as_str) == Some("IfNeeded") {
+            seen.push((i, attrs.object.clone()));
+        }
+    }
+    for (i, after) in seen {
+        if after != attrs.object {
+            mutate_once(app, &hooks[i], attrs).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Validating webhooks, called in parallel; the first refusal (in
+/// configuration order) wins.
+async fn validate(app: &App, attrs: &Attributes) -> ApiResult<()> {
+    let hooks = matching(app, attrs, "validatingwebhookconfigurations").await?;
+    let answers = futures::future::join_all(hooks.iter().map(|h| call(app, h, attrs))).await;
+    for (hook, answer) in hooks.iter().zip(answers) {
+        match answer {
             Ok(resp) if resp.get("allowed").and_then(Value::as_bool) != Some(true) => {
-                return Err(denied(name, &resp));
+                return Err(denied(hook_name(hook), &resp));
             }
-            Ok(resp) if mutating => apply_patch(name, &resp, &mut attrs.object),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = outcome {
-            let ignore = hook.get("failurePolicy").and_then(Value::as_str) == Some("Ignore");
-            tracing::warn!(webhook = name, error = %e, ignore, "calling admission webhook failed");
-            if !ignore {
-                return Err(ApiError::internal(format!(
-                    "Internal error occurred: failed calling webhook \"{name}\": {e}"
-                )));
-            }
+            Ok(_) => {}
+            Err(e) => failed(hook, e)?,
         }
     }
     Ok(())
@@ -398,7 +450,7 @@ impl Plugin for MutatingWebhook {
         app: &'a App,
         attrs: &'a mut Attributes,
     ) -> BoxFuture<'a, ApiResult<()>> {
-        Box::pin(run(app, attrs, true))
+        Box::pin(mutate(app, attrs))
     }
 }
 
@@ -412,7 +464,7 @@ impl Plugin for ValidatingWebhook {
         app: &'a App,
         attrs: &'a mut Attributes,
     ) -> BoxFuture<'a, ApiResult<()>> {
-        Box::pin(run(app, attrs, false))
+        Box::pin(validate(app, attrs))
     }
 }
 
