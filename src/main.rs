@@ -94,6 +94,14 @@ struct ApiserverArgs {
     /// Log level (`error`, `warn`, `info`, `debug`).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Admission plugins to turn on besides the defaults (NamespaceLifecycle,
+    /// LimitRanger, ServiceAccount, DefaultTolerationSeconds, ResourceQuota);
+    /// comma-separated, e.g. `AlwaysPullImages`.
+    #[arg(long, value_delimiter = ',')]
+    enable_admission_plugins: Vec<String>,
+    /// Admission plugins to turn off, even default ones (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    disable_admission_plugins: Vec<String>,
 }
 
 /// `keel kubeconfig` flags.
@@ -416,6 +424,10 @@ async fn run_apiserver(
         bind_address: args.bind_address,
         secure_port: args.secure_port,
         cert_dir: args.cert_dir.clone(),
+        admission: keel_apiserver::admission::Options {
+            enable: args.enable_admission_plugins.clone(),
+            disable: args.disable_admission_plugins.clone(),
+        },
     };
     let server = keel_apiserver::Server::bind(&cfg)
         .await
@@ -488,6 +500,8 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
         cert_dir: data_dir.join("pki"),
         log_level: "info".into(),
+        enable_admission_plugins: Vec::new(),
+        disable_admission_plugins: Vec::new(),
     };
     let kubeconfig = data_dir.join("kubeconfig");
     keel_apiserver::tls::ensure_pki(&api.cert_dir, &[]).context("creating the cluster CA")?;

@@ -252,7 +252,9 @@ mod tests {
                 "batch",
                 "coordination.k8s.io",
                 "autoscaling",
-                "networking.k8s.io"
+                "networking.k8s.io",
+                "scheduling.k8s.io",
+                "admissionregistration.k8s.io"
             ]
         );
         let core = aggregated(true);
@@ -278,6 +280,6 @@ mod tests {
                 && names.contains(&"configmaps")
         );
         assert!(resource_list("apps", "v2").is_none());
-        assert_eq!(api_groups()["groups"].as_array().map(Vec::len), Some(5));
+        assert_eq!(api_groups()["groups"].as_array().map(Vec::len), Some(7));
     }
 }

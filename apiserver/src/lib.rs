@@ -14,11 +14,17 @@
 //! - [`store`]: the store client (etcd v3 gRPC for now; the native QUIC
 //!   client is a later step).
 //! - [`status`]: Kubernetes `Status` errors; [`metrics`]: `/metrics`.
+//! - [`admission`]: the admission plugins (mutating, then validating) every
+//!   write passes; [`controllers`]: the loops they rely on (namespace
+//!   termination, service accounts, quota usage); [`quantity`]: resource
+//!   quantities.
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod alloc;
 pub mod auth;
 pub mod cache;
+pub mod controllers;
 pub mod defaults;
 pub mod discovery;
 pub mod handlers;
@@ -27,6 +33,7 @@ pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
+pub mod quantity;
 pub mod registry;
 pub mod selectors;
 pub mod server;
@@ -48,6 +55,9 @@ pub enum Error {
     /// The store client.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The admission flags.
+    #[error(transparent)]
+    Admission(#[from] admission::AdmissionError),
     /// Binding the listening socket.
     #[error("listening on {addr}: {source}")]
     Bind {

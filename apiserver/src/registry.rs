@@ -78,6 +78,7 @@ impl ResourceInfo {
 
 const ALL: &[&str] = &["all"];
 const NONE: &[&str] = &[];
+const API_EXTENSIONS: &[&str] = &["api-extensions"];
 
 #[allow(clippy::too_many_arguments)]
 const fn r(
@@ -137,6 +138,9 @@ pub const RESOURCES: &[ResourceInfo] = &[
     r("coordination.k8s.io",   "v1", "Lease",                    "leases",                   "lease",                   true,  NONE,        false, NONE),
     r("autoscaling",           "v2", "HorizontalPodAutoscaler",  "horizontalpodautoscalers", "horizontalpodautoscaler", true,  &["hpa"],    true,  ALL),
     r("networking.k8s.io",     "v1", "Ingress",                  "ingresses",                "ingress",                 true,  &["ing"],    true,  NONE),
+    r("scheduling.k8s.io",     "v1", "PriorityClass",            "priorityclasses",          "priorityclass",           false, &["pc"],     false, NONE),
+    r("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", "mutatingwebhookconfiguration", false, NONE, false, API_EXTENSIONS),
+    r("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", "validatingwebhookconfiguration", false, NONE, false, API_EXTENSIONS),
 ];
 
 /// The resource `plural` of `group/version`, if served.

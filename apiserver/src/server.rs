@@ -31,6 +31,8 @@ pub struct Config {
     pub secure_port: u16,
     /// `--cert-dir`: the CA and serving certificate (created if missing).
     pub cert_dir: PathBuf,
+    /// `--enable-admission-plugins` / `--disable-admission-plugins`.
+    pub admission: crate::admission::Options,
 }
 
 /// A bound, not yet serving API server.
@@ -38,6 +40,8 @@ pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     app: Arc<App>,
+    /// The cluster CA (PEM) for the `kube-root-ca.crt` ConfigMaps.
+    ca_pem: Option<String>,
 }
 
 impl Server {
@@ -46,6 +50,11 @@ impl Server {
         tls::ensure_pki(&cfg.cert_dir, &[cfg.bind_address.to_string()])?;
         let tls_cfg = tls::server_config(&cfg.cert_dir)?;
         let store = Store::connect(&cfg.etcd_servers)?;
+        let admission = crate::admission::Chain::new(&cfg.admission)?;
+        tracing::info!(plugins = ?admission.names(), "admission plugins");
+        let ca_pem = std::fs::read_to_string(cfg.cert_dir.join(tls::CA_CERT))
+            .map_err(|e| tracing::warn!(error = %e, "no cluster CA for kube-root-ca.crt"))
+            .ok();
         let addr = SocketAddr::new(cfg.bind_address, cfg.secure_port);
         let listener = TcpListener::bind(addr)
             .await
@@ -62,7 +71,9 @@ impl Server {
                 ready: Default::default(),
                 metrics: Default::default(),
                 caches: Default::default(),
+                admission,
             }),
+            ca_pem,
         })
     }
 
@@ -75,9 +86,15 @@ impl Server {
     /// background as soon as the store answers (`/readyz` turns 200 then).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let app = self.app.clone();
+        crate::controllers::spawn(app.clone(), self.ca_pem.clone(), Default::default());
+        let ca_pem = self.ca_pem.clone();
         tokio::spawn(async move {
             loop {
-                match handlers::write::bootstrap(&app).await {
+                let done = match handlers::write::bootstrap(&app).await {
+                    Ok(()) => crate::controllers::bootstrap(&app, ca_pem.as_deref()).await,
+                    Err(e) => Err(e),
+                };
+                match done {
                     Ok(()) => {
                         app.ready.store(true, Ordering::Release);
                         tracing::info!("system namespaces ready");

@@ -54,6 +54,18 @@ pub enum Cas {
     Failed(Option<KeyValue>),
 }
 
+/// A write that commits only if its key is still at `mod_revision`
+/// (written with another write in one transaction: [`Store::create_with`]).
+#[derive(Debug, Clone)]
+pub struct CasWrite {
+    /// The key.
+    pub key: String,
+    /// The value to write.
+    pub value: Vec<u8>,
+    /// The mod revision the key must have.
+    pub mod_revision: i64,
+}
+
 /// A page of a range read.
 #[derive(Debug)]
 pub struct Page {
@@ -208,6 +220,104 @@ impl Store {
             }),
         )
         .await
+    }
+
+    /// Writes `value` at `key` if the key does not exist, together with
+    /// `also` (each only if its key is still at its mod revision), in one
+    /// transaction: all or nothing. `Cas::Failed(Some(_))`: the key exists;
+    /// `Cas::Failed(None)`: one of `also` changed.
+    pub async fn create_with(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        also: &[CasWrite],
+    ) -> Result<Cas, StoreError> {
+        if also.is_empty() {
+            return self.create(key, value).await;
+        }
+        let k = Bytes::copy_from_slice(key.as_bytes());
+        let cmp = Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Create as i32,
+            key: k,
+            target_union: Some(compare::TargetUnion::CreateRevision(0)),
+            ..Default::default()
+        };
+        self.put_guarded(key, cmp, value, also).await
+    }
+
+    /// Writes `value` at `key` if its mod revision is `rev`, together with
+    /// `also` (each only if still at its mod revision), in one transaction.
+    /// On failure, the key's current value: if it is still at `rev`, one
+    /// of `also` changed.
+    pub async fn update_with(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        rev: i64,
+        also: &[CasWrite],
+    ) -> Result<Cas, StoreError> {
+        if also.is_empty() {
+            return self.update(key, value, rev).await;
+        }
+        let k = Bytes::copy_from_slice(key.as_bytes());
+        self.put_guarded(key, mod_is(&k, rev), value, also).await
+    }
+
+    /// One transaction: if `cmp` holds for `key` and every `also` key is at
+    /// its mod revision, put `value` at `key` and every `also` write; else
+    /// read `key`.
+    async fn put_guarded(
+        &self,
+        key: &str,
+        cmp: Compare,
+        value: Vec<u8>,
+        also: &[CasWrite],
+    ) -> Result<Cas, StoreError> {
+        let k = Bytes::copy_from_slice(key.as_bytes());
+        let mut compare = vec![cmp];
+        let mut success = vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: k.clone(),
+                value: value.into(),
+                ..Default::default()
+            })),
+        }];
+        for w in also {
+            let wk = Bytes::copy_from_slice(w.key.as_bytes());
+            compare.push(mod_is(&wk, w.mod_revision));
+            success.push(RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: wk,
+                    value: w.value.clone().into(),
+                    ..Default::default()
+                })),
+            });
+        }
+        let resp = self
+            .kv
+            .clone()
+            .txn(TxnRequest {
+                compare,
+                success,
+                failure: vec![RequestOp {
+                    request: Some(request_op::Request::RequestRange(RangeRequest {
+                        key: k,
+                        ..Default::default()
+                    })),
+                }],
+            })
+            .await
+            .map_err(map_status)?
+            .into_inner();
+        if resp.succeeded {
+            return Ok(Cas::Done(resp.header.map(|h| h.revision).unwrap_or(0)));
+        }
+        let current = resp.responses.into_iter().find_map(|r| match r.response {
+            Some(response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
+            _ => None,
+        });
+        Ok(Cas::Failed(current))
     }
 
     /// Writes `value` at `key` if its mod revision is `rev`.

@@ -226,6 +226,22 @@ fn columns(kind: &str) -> Vec<Col> {
         "ServiceAccount" => vec![NAME, ("Secrets", "integer", "", 0), AGE],
         "Endpoints" => vec![NAME, ("Endpoints", "string", "", 0), AGE],
         "Lease" => vec![NAME, ("Holder", "string", "", 0), AGE],
+        "PriorityClass" => vec![
+            NAME,
+            ("Value", "integer", "", 0),
+            ("Global-Default", "boolean", "", 0),
+            AGE,
+            ("PreemptionPolicy", "string", "", 0),
+        ],
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
+            vec![NAME, ("Webhooks", "integer", "", 0), AGE]
+        }
+        "ResourceQuota" => vec![
+            NAME,
+            AGE,
+            ("Request", "string", "", 0),
+            ("Limit", "string", "", 0),
+        ],
         "HorizontalPodAutoscaler" => vec![
             NAME,
             ("Reference", "string", "", 0),
@@ -428,6 +444,43 @@ fn more_cells(kind: &str, o: &Value, now: i64) -> Option<Vec<Value>> {
                 none((!eps.is_empty()).then(|| eps.join(","))),
                 age(o, now),
             ]
+        }
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
+            vec![name, json!(len(o, "/webhooks")), age(o, now)]
+        }
+        "PriorityClass" => vec![
+            name,
+            json!(o.get("value").and_then(Value::as_i64).unwrap_or(0)),
+            json!(o
+                .get("globalDefault")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)),
+            age(o, now),
+            json!(s(o, "/preemptionPolicy").unwrap_or_default()),
+        ],
+        "ResourceQuota" => {
+            let hard = o.pointer("/status/hard").and_then(Value::as_object);
+            let used = |k: &str| {
+                s(o, &format!("/status/used/{}", k.replace('/', "~1")))
+                    .unwrap_or_else(|| "0".into())
+            };
+            let mut keys: Vec<&String> = hard.map(|h| h.keys().collect()).unwrap_or_default();
+            keys.sort();
+            let part = |limits: bool| {
+                let cells: Vec<String> = keys
+                    .iter()
+                    .filter(|k| k.starts_with("limits.") == limits)
+                    .map(|k| {
+                        let h = hard
+                            .and_then(|h| h.get(k.as_str()))
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        format!("{k}: {}/{h}", used(k))
+                    })
+                    .collect();
+                json!(cells.join(", "))
+            };
+            vec![name, age(o, now), part(false), part(true)]
         }
         "Lease" => vec![
             name,

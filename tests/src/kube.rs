@@ -32,6 +32,8 @@ pub struct KubeApi {
     child: Option<Child>,
     /// More apiservers on the same store and CA: (port, process).
     peers: Vec<(u16, Child)>,
+    /// Extra `keel apiserver` flags (`--enable-admission-plugins=…`).
+    args: Vec<String>,
 }
 
 impl KubeApi {
@@ -54,8 +56,21 @@ impl KubeApi {
         Some(Self::start())
     }
 
+    /// [`KubeApi::start_or_skip`] with extra `keel apiserver` flags.
+    pub fn start_with_args_or_skip(args: &[&str]) -> Option<KubeApi> {
+        if !kubectl_bin().exists() {
+            return Self::start_or_skip();
+        }
+        Some(Self::try_start_with(args).unwrap_or_else(|e| panic!("{e:#}")))
+    }
+
     /// Like [`KubeApi::start`] but returns the error.
     pub fn try_start() -> Result<KubeApi> {
+        Self::try_start_with(&[])
+    }
+
+    /// [`KubeApi::try_start`] with extra `keel apiserver` flags.
+    pub fn try_start_with(args: &[&str]) -> Result<KubeApi> {
         let store = Member::try_start(Backend::Keel, MemberOpts::default())?;
         let dir = tempfile::Builder::new()
             .prefix("keel-kube-")
@@ -67,6 +82,7 @@ impl KubeApi {
             port: free_port(),
             child: None,
             peers: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         // The kubeconfig first: it creates the cert dir's CA, which the
         // apiserver then uses (two processes must not both create one).
@@ -148,6 +164,7 @@ impl KubeApi {
             .args(["--secure-port", &port.to_string()])
             .args(["--bind-address", "127.0.0.1", "--cert-dir"])
             .arg(self.cert_dir())
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)

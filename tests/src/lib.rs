@@ -135,3 +135,4 @@ pub mod cluster;
 pub mod diff;
 pub mod jepsen;
 pub mod kube;
+pub mod webhook;

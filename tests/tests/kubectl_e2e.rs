@@ -79,14 +79,24 @@ fn namespaces_and_configmaps() {
     api.kubectl_ok(&["-n", "demo", "create", "configmap", "c3"]);
     let names = |sel: &str| api.kubectl_ok(&["-n", "demo", "get", "cm", "-l", sel, "-o", "name"]);
     assert_eq!(names("tier=web"), "configmap/c1\n");
-    assert_eq!(names("tier!=web"), "configmap/c2\nconfigmap/c3\n");
+    assert_eq!(
+        names("tier!=web"),
+        "configmap/c2\nconfigmap/c3\nconfigmap/kube-root-ca.crt\n"
+    );
     assert_eq!(names("tier in (web,db)"), "configmap/c1\n");
-    assert_eq!(names("!tier"), "configmap/c2\nconfigmap/c3\n");
+    // Every namespace holds the cluster CA (kube-root-ca.crt).
+    assert_eq!(
+        names("!tier"),
+        "configmap/c2\nconfigmap/c3\nconfigmap/kube-root-ca.crt\n"
+    );
     let obj = get_json(&api, &["-n", "demo", "cm", "c1"]);
     assert_eq!(obj["metadata"]["annotations"]["note"], "hi");
     // limit/continue, one object per page.
     let chunked = api.kubectl_ok(&["-n", "demo", "get", "cm", "--chunk-size=1", "-o", "name"]);
-    assert_eq!(chunked, "configmap/c1\nconfigmap/c2\nconfigmap/c3\n");
+    assert_eq!(
+        chunked,
+        "configmap/c1\nconfigmap/c2\nconfigmap/c3\nconfigmap/kube-root-ca.crt\n"
+    );
     // resourceVersion=0 ("any", what informers use) is served from the watch cache.
     let cached = json(&api.kubectl_ok(&[
         "get",
@@ -142,9 +152,21 @@ fn namespaces_and_configmaps() {
     );
     api.kubectl(&["-n", "demo", "get", "cm", "c1"])
         .fails_with("configmaps \"c1\" not found");
-    // Deleting a namespace deletes what is in it.
+    // Deleting a namespace deletes what is in it (kubectl waits until the
+    // namespace controller has emptied and removed it).
     api.kubectl_ok(&["delete", "ns", "demo"]);
-    assert_eq!(api.kubectl_ok(&["get", "cm", "-A", "-o", "name"]), "");
+    assert_eq!(
+        api.kubectl_ok(&[
+            "get",
+            "cm",
+            "-A",
+            "--field-selector",
+            "metadata.namespace=demo",
+            "-o",
+            "name"
+        ]),
+        ""
+    );
 }
 
 const DEPLOYMENT: &str = r#"apiVersion: apps/v1
@@ -412,7 +434,15 @@ fn get_watch_sees_events() {
         return;
     };
     let mut child = api
-        .kubectl_cmd(&["get", "cm", "-w", "-o", "json", "--output-watch-events"])
+        .kubectl_cmd(&[
+            "get",
+            "cm",
+            "-w",
+            "--watch-only",
+            "-o",
+            "json",
+            "--output-watch-events",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -492,10 +522,21 @@ fn get_watch_sees_events() {
         .and_then(|s| s.parse().ok())
         .expect("bookmark rv");
     assert!(bookmark_rv >= head, "{out}");
-    // Streaming list: current state, then the initial-events-end bookmark.
+    // Streaming list: current state (kube-system holds only the root CA
+    // ConfigMap), then the initial-events-end bookmark.
     let streaming = "/api/v1/namespaces/kube-system/configmaps?watch=true&timeoutSeconds=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true";
     let out = api.kubectl_ok(&["get", "--raw", streaming]);
-    let ev = json(out.lines().next().unwrap_or("null"));
+    let mut lines = out.lines();
+    let ev = json(lines.next().unwrap_or("null"));
+    assert_eq!(
+        (
+            ev["type"].as_str(),
+            ev["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("kube-root-ca.crt")),
+        "{out}"
+    );
+    let ev = json(lines.next().unwrap_or("null"));
     assert_eq!(ev["type"], "BOOKMARK", "{out}");
     assert_eq!(
         ev["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true",
@@ -522,7 +563,15 @@ fn two_apiservers_one_store() {
     };
     let other = api.add_apiserver().expect("second apiserver");
     let mut child = api
-        .kubectl_cmd(&["get", "cm", "-w", "-o", "json", "--output-watch-events"])
+        .kubectl_cmd(&[
+            "get",
+            "cm",
+            "-w",
+            "--watch-only",
+            "-o",
+            "json",
+            "--output-watch-events",
+        ])
         .env("KUBECONFIG", &other)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -810,7 +859,14 @@ fn discovery_auth_and_bad_input() {
         "x".repeat(4 << 20)
     );
     post(&big).fails_with("RequestEntityTooLarge");
-    let names = api.kubectl_ok(&["get", "cm", "-o", "name"]);
+    let names = api.kubectl_ok(&[
+        "get",
+        "cm",
+        "-o",
+        "name",
+        "--field-selector",
+        "metadata.name!=kube-root-ca.crt",
+    ]);
     assert!(
         names.starts_with("configmap/gen-") && names.lines().count() == 1,
         "{names}"

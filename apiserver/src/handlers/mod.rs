@@ -41,6 +41,8 @@ pub struct App {
     pub metrics: crate::metrics::Metrics,
     /// The watch caches, one per resource type.
     pub caches: crate::cache::Caches,
+    /// The admission plugins.
+    pub admission: crate::admission::Chain,
 }
 
 /// The object(s) a request is about.

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 
 use super::read::{read_object, select};
 use super::{json_response, store_err, with_warnings, App, Ctx};
+use crate::admission::{Attributes, Charge, Operation};
+use crate::controllers::namespace::{has_spec_finalizers, mark_terminating};
 use crate::object::{self, meta_mut, meta_str};
 use crate::patch::{self, PatchType};
 use crate::registry::{self, ResourceInfo};
@@ -23,7 +25,7 @@ pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// The bytes stored for an object (no `resourceVersion`: that is the key's mod revision).
-pub(super) fn to_store(obj: &Value) -> ApiResult<Vec<u8>> {
+pub(crate) fn to_store(obj: &Value) -> ApiResult<Vec<u8>> {
     let mut o = obj.clone();
     meta_mut(&mut o).remove("resourceVersion");
     serde_json::to_vec(&o).map_err(|e| ApiError::internal(format!("encoding object: {e}")))
@@ -103,22 +105,41 @@ fn tracks_generation(res: &ResourceInfo, obj: &Value) -> bool {
     res.status || obj.get("spec").is_some()
 }
 
-async fn require_namespace(app: &App, ctx: &Ctx) -> ApiResult<()> {
-    let Some(ns) = ctx
-        .target
-        .namespace
-        .as_deref()
-        .filter(|_| ctx.target.res.namespaced)
-    else {
-        return Ok(());
+/// Runs the admission chain on `object` for the request's target;
+/// returns the admitted object and the writes to commit with it.
+async fn admit(
+    app: &App,
+    ctx: &Ctx,
+    operation: Operation,
+    name: &str,
+    object: Value,
+    old: Option<&Value>,
+    dry_run: bool,
+) -> ApiResult<(Value, Vec<Charge>)> {
+    let t = &ctx.target;
+    let mut attrs = Attributes {
+        operation,
+        res: t.res,
+        subresource: t.sub.clone(),
+        // A collection across namespaces: each object's own.
+        namespace: t
+            .namespace
+            .clone()
+            .or_else(|| meta_str(&object, "namespace").map(str::to_string))
+            .filter(|_| t.res.namespaced),
+        name: name.to_string(),
+        object,
+        old: old.cloned(),
+        dry_run,
+        charges: Vec::new(),
     };
-    let nsres = registry::lookup("", "v1", "namespaces")
-        .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
-    match read_object(app, &nsres.key(None, ns)).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::not_found(nsres, ns)),
-    }
+    app.admission.run(app, &mut attrs).await?;
+    Ok((attrs.object, attrs.charges))
 }
+
+/// How often a create is admitted again because a quota it charges changed
+/// under it (each round, one of the racing creates wins).
+const QUOTA_RETRIES: usize = 50;
 
 /// POST to a collection.
 pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
@@ -167,52 +188,89 @@ pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         name_label(&mut obj, &name);
     }
     crate::defaults::apply(res.kind, &mut obj);
-    require_namespace(app, ctx).await?;
-    if dry {
-        return Ok(with_warnings(
-            json_response(StatusCode::CREATED, &obj),
+    for attempt in 0..QUOTA_RETRIES {
+        let (mut obj, charges) =
+            admit(app, ctx, Operation::Create, &name, obj.clone(), None, dry).await?;
+        if res.kind == "Pod" && res.group.is_empty() {
+            obj["status"]["qosClass"] = json!(crate::defaults::qos_class(&obj));
+        }
+        if dry {
+            return Ok(with_warnings(
+                json_response(StatusCode::CREATED, &obj),
+                &warnings,
+            ));
+        }
+        let claimed = if res.kind == "Service" {
+            crate::alloc::allocate(&app.store, &mut obj).await?
+        } else {
+            Vec::new()
+        };
+        let written = create_key(
+            app,
+            ctx,
+            obj,
+            name.clone(),
+            (&generate, generated),
             &warnings,
-        ));
+            &charges,
+        )
+        .await;
+        match written {
+            Ok(Some(resp)) => return Ok(resp),
+            Ok(None) => {
+                // A charged quota changed: admit again against its new usage.
+                crate::alloc::release(&app.store, &claimed).await;
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    (attempt as u64 * 3).min(30),
+                ))
+                .await;
+            }
+            Err(e) => {
+                crate::alloc::release(&app.store, &claimed).await;
+                return Err(e);
+            }
+        }
     }
-    let claimed = if res.kind == "Service" {
-        crate::alloc::allocate(&app.store, &mut obj).await?
-    } else {
-        Vec::new()
-    };
-    let result = create_key(app, ctx, obj, name, &generate, generated, &warnings).await;
-    if result.is_err() {
-        crate::alloc::release(&app.store, &claimed).await;
-    }
-    result
+    Err(ApiError::new(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {}: the resource quota changed too often; please try again",
+            res.qualified()
+        ),
+    ))
 }
 
-/// Writes a new object (new generated names on a clash when `generated`).
+/// Writes a new object (new generated names on a clash when `generated`)
+/// with the admission `charges` in the same transaction. `Ok(None)`: a
+/// charged key changed since admission read it.
 async fn create_key(
     app: &App,
     ctx: &Ctx,
     mut obj: Value,
     mut name: String,
-    generate: &str,
-    generated: bool,
+    (generate, generated): (&str, bool),
     warnings: &[String],
-) -> ApiResult<Response> {
+    charges: &[Charge],
+) -> ApiResult<Option<Response>> {
     let res = ctx.target.res;
     let ns = ctx.target.namespace.as_deref();
     for _ in 0..RETRIES {
         let key = res.key(ns, &name);
         match app
             .store
-            .create(&key, to_store(&obj)?)
+            .create_with(&key, to_store(&obj)?, charges)
             .await
             .map_err(store_err)?
         {
             Cas::Done(rev) => {
                 object::set_resource_version(&mut obj, rev);
-                return Ok(with_warnings(
+                return Ok(Some(with_warnings(
                     json_response(StatusCode::CREATED, &obj),
                     warnings,
-                ));
+                )));
             }
+            Cas::Failed(None) => return Ok(None),
             Cas::Failed(_) if generated => {
                 name = format!("{generate}{}", object::random_suffix(5));
                 meta_mut(&mut obj).insert("name".into(), json!(name));
@@ -302,15 +360,26 @@ fn keep_cluster_ip(old: &Value, new: &mut Value) {
     }
 }
 
-/// Writes `new` over the object at `ctx`'s key if it is still at `rev`.
-/// `Ok(None)`: the precondition failed.
+/// What [`write_if`] did.
+enum Written {
+    /// Stored (or unchanged): the object as it is now.
+    Done(Value),
+    /// The object changed since it was read.
+    Stale,
+    /// A charged quota changed since admission read it (admit again).
+    QuotaChanged,
+}
+
+/// Writes `new` over the object at `ctx`'s key if it is still at `rev`,
+/// with the admission `charges` in the same transaction.
 async fn write_if(
     app: &App,
     ctx: &Ctx,
     old: &Value,
     new: Value,
     rev: i64,
-) -> ApiResult<Option<Value>> {
+    charges: &[Charge],
+) -> ApiResult<Written> {
     let mut new = new;
     let unchanged = {
         let strip = |v: &Value| {
@@ -322,7 +391,7 @@ async fn write_if(
     };
     if unchanged || ctx.dry_run()? {
         object::set_resource_version(&mut new, rev);
-        return Ok(Some(new));
+        return Ok(Written::Done(new));
     }
     if ready_to_remove(ctx.target.res, &new) {
         // The last finalizer is gone (or the node confirmed): remove it.
@@ -334,30 +403,31 @@ async fn write_if(
         {
             Cas::Done(r) => {
                 object::set_resource_version(&mut new, r);
-                Ok(Some(new))
+                Ok(Written::Done(new))
             }
             Cas::Failed(None) => Err(ApiError::not_found(
                 ctx.target.res,
                 ctx.target.name.as_deref().unwrap_or(""),
             )),
-            Cas::Failed(Some(_)) => Ok(None),
+            Cas::Failed(Some(_)) => Ok(Written::Stale),
         };
     }
     match app
         .store
-        .update(&ctx.target.key(), to_store(&new)?, rev)
+        .update_with(&ctx.target.key(), to_store(&new)?, rev, charges)
         .await
         .map_err(store_err)?
     {
         Cas::Done(r) => {
             object::set_resource_version(&mut new, r);
-            Ok(Some(new))
+            Ok(Written::Done(new))
         }
         Cas::Failed(None) => Err(ApiError::not_found(
             ctx.target.res,
             ctx.target.name.as_deref().unwrap_or(""),
         )),
-        Cas::Failed(Some(_)) => Ok(None),
+        Cas::Failed(Some(kv)) if kv.mod_revision == rev => Ok(Written::QuotaChanged),
+        Cas::Failed(Some(_)) => Ok(Written::Stale),
     }
 }
 
@@ -410,15 +480,25 @@ pub async fn update(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             return Err(conflict(ctx));
         }
         let new = merge_update(t.res, &old, body.clone(), t.sub.is_some());
-        match write_if(app, ctx, &old, new, rev).await? {
-            Some(done) => {
+        let (new, charges) = admit(
+            app,
+            ctx,
+            Operation::Update,
+            name,
+            new,
+            Some(&old),
+            ctx.dry_run()?,
+        )
+        .await?;
+        match write_if(app, ctx, &old, new, rev, &charges).await? {
+            Written::Done(done) => {
                 return Ok(with_warnings(
                     json_response(StatusCode::OK, &done),
                     &warnings,
                 ))
             }
-            None if expected.is_some() => return Err(conflict(ctx)),
-            None => continue,
+            Written::Stale if expected.is_some() => return Err(conflict(ctx)),
+            Written::Stale | Written::QuotaChanged => continue,
         }
     }
     Err(conflict(ctx))
@@ -473,15 +553,25 @@ pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             None => None,
         };
         let merged = merge_update(t.res, &old, new, t.sub.is_some());
-        match write_if(app, ctx, &old, merged, rev).await? {
-            Some(done) => {
+        let (merged, charges) = admit(
+            app,
+            ctx,
+            Operation::Update,
+            name,
+            merged,
+            Some(&old),
+            ctx.dry_run()?,
+        )
+        .await?;
+        match write_if(app, ctx, &old, merged, rev, &charges).await? {
+            Written::Done(done) => {
                 return Ok(with_warnings(
                     json_response(StatusCode::OK, &done),
                     &warnings,
                 ))
             }
-            None if precondition.is_some() => return Err(conflict(ctx)),
-            None => continue,
+            Written::Stale if precondition.is_some() => return Err(conflict(ctx)),
+            Written::Stale | Written::QuotaChanged => continue,
         }
     }
     Err(conflict(ctx))
@@ -541,7 +631,7 @@ fn delete_options(ctx: &Ctx) -> ApiResult<DeleteOptions> {
 }
 
 /// What deleting one object did.
-pub(super) enum Deletion {
+pub(crate) enum Deletion {
     /// The key is gone.
     Removed,
     /// The object is marked for deletion (`deletionTimestamp`): it waits for
@@ -570,6 +660,7 @@ fn bound_pod(res: &ResourceInfo, obj: &Value) -> bool {
 fn ready_to_remove(res: &ResourceInfo, obj: &Value) -> bool {
     obj.pointer("/metadata/deletionTimestamp").is_some()
         && !has_finalizers(obj)
+        && !(res.kind == "Namespace" && has_spec_finalizers(obj))
         && (!bound_pod(res, obj)
             || obj
                 .pointer("/metadata/deletionGracePeriodSeconds")
@@ -580,7 +671,7 @@ fn ready_to_remove(res: &ResourceInfo, obj: &Value) -> bool {
 /// Deletes `obj` (read at `rev`): at once, or by marking it with a
 /// `deletionTimestamp` when it has finalizers, or is a pod bound to a node
 /// with a grace period (the node agent removes it with grace 0).
-pub(super) async fn delete_or_mark(
+pub(crate) async fn delete_or_mark(
     app: &App,
     res: &ResourceInfo,
     key: &str,
@@ -640,23 +731,37 @@ pub(super) async fn delete_or_mark(
     )
 }
 
-/// DELETE of one object. Deleting a namespace deletes everything in it at
-/// once (there is no namespace controller yet to do it in the background).
+/// Marks a namespace `Terminating` (the namespace controller empties and
+/// then removes it).
+async fn terminate_namespace(app: &App, key: &str, ns: &Value, rev: i64) -> ApiResult<Deletion> {
+    let marked = mark_terminating(ns);
+    if &marked == ns {
+        return Ok(Deletion::Terminating(marked));
+    }
+    Ok(
+        match app
+            .store
+            .update(key, to_store(&marked)?, rev)
+            .await
+            .map_err(store_err)?
+        {
+            Cas::Done(r) => {
+                let mut marked = marked;
+                object::set_resource_version(&mut marked, r);
+                Deletion::Terminating(marked)
+            }
+            Cas::Failed(_) => Deletion::Conflict,
+        },
+    )
+}
+
+/// DELETE of one object. A namespace turns `Terminating`; the namespace
+/// controller deletes its content in the background, then the namespace.
 pub async fn delete(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let t = &ctx.target;
     let opts = delete_options(ctx)?;
     let name = t.name.as_deref().unwrap_or("");
     let is_namespace = t.res.kind == "Namespace";
-    if is_namespace && matches!(name, "default" | "kube-system" | "kube-public") {
-        return Err(ApiError {
-            details: Some(json!({"name": name, "kind": "namespaces"})),
-            ..ApiError::new(
-                403,
-                "Forbidden",
-                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
-            )
-        });
-    }
     for _ in 0..RETRIES {
         let (obj, rev) = read_object(app, &t.key())
             .await?
@@ -672,18 +777,16 @@ pub async fn delete(app: &App, ctx: &Ctx) -> ApiResult<Response> {
                 return Err(ApiError::conflict(t.res, name, &format!("Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}")));
             }
         }
+        let (obj, _) = admit(app, ctx, Operation::Delete, name, obj, None, opts.dry_run).await?;
         if opts.dry_run {
             return Ok(json_response(StatusCode::OK, &obj));
         }
-        if is_namespace {
-            for r in registry::RESOURCES.iter().filter(|r| r.namespaced) {
-                app.store
-                    .delete_prefix(&r.prefix(Some(name)))
-                    .await
-                    .map_err(store_err)?;
-            }
-        }
-        match delete_or_mark(app, t.res, &t.key(), &obj, rev, opts.grace_period).await? {
+        let deletion = if is_namespace {
+            terminate_namespace(app, &t.key(), &obj, rev).await?
+        } else {
+            delete_or_mark(app, t.res, &t.key(), &obj, rev, opts.grace_period).await?
+        };
+        match deletion {
             Deletion::Removed => return Ok(json_response(StatusCode::OK, &obj)),
             Deletion::Terminating(marked) => return Ok(json_response(StatusCode::OK, &marked)),
             Deletion::Conflict if opts.resource_version.is_some() => return Err(conflict(ctx)),
@@ -706,17 +809,24 @@ pub async fn delete_collection(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             continue;
         }
         let rev = super::read::parse_rv(meta_str(&obj, "resourceVersion"))?.unwrap_or(0);
+        let (obj, _) = admit(
+            app,
+            ctx,
+            Operation::Delete,
+            name,
+            obj.clone(),
+            None,
+            opts.dry_run,
+        )
+        .await?;
         if !opts.dry_run {
-            if res.kind == "Namespace" {
-                for r in registry::RESOURCES.iter().filter(|r| r.namespaced) {
-                    app.store
-                        .delete_prefix(&r.prefix(Some(name)))
-                        .await
-                        .map_err(store_err)?;
-                }
-            }
-            match delete_or_mark(app, res, &res.key(ns, name), &obj, rev, opts.grace_period).await?
-            {
+            let key = res.key(ns, name);
+            let deletion = if res.kind == "Namespace" {
+                terminate_namespace(app, &key, &obj, rev).await?
+            } else {
+                delete_or_mark(app, res, &key, &obj, rev, opts.grace_period).await?
+            };
+            match deletion {
                 Deletion::Removed => {}
                 Deletion::Terminating(marked) => {
                     deleted.push(marked);
