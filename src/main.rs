@@ -94,6 +94,28 @@ struct ApiserverArgs {
     /// Log level (`error`, `warn`, `info`, `debug`).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Static bearer tokens: CSV `token,user,uid[,"group1,group2"]`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// More keys that verify service account tokens (PEM, public or private; repeatable).
+    #[arg(long)]
+    service_account_key_file: Vec<PathBuf>,
+    /// The key that signs service account tokens (PKCS#8 PEM, ECDSA or RSA;
+    /// default: `sa.key` in the cert dir, created on first start).
+    #[arg(long)]
+    service_account_signing_key_file: Option<PathBuf>,
+    /// Issuer of service account tokens (repeatable; the first one signs).
+    #[arg(long)]
+    service_account_issuer: Vec<String>,
+    /// Audiences the API accepts in service account tokens (default: the issuer).
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
+    /// Serve requests without credentials as `system:anonymous`.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    anonymous_auth: bool,
+    /// Authorizers, in order (comma list): `RBAC`, `AlwaysAllow`.
+    #[arg(long, default_value = "RBAC")]
+    authorization_mode: String,
 }
 
 /// `keel kubeconfig` flags.
@@ -416,6 +438,18 @@ async fn run_apiserver(
         bind_address: args.bind_address,
         secure_port: args.secure_port,
         cert_dir: args.cert_dir.clone(),
+        authn: keel_apiserver::authn::AuthnConfig {
+            token_auth_file: args.token_auth_file.clone(),
+            service_accounts: keel_apiserver::authn::service_account::SaConfig {
+                signing_key_file: args.service_account_signing_key_file.clone(),
+                key_files: args.service_account_key_file.clone(),
+                issuers: args.service_account_issuer.clone(),
+                api_audiences: args.api_audiences.clone(),
+            },
+            anonymous_auth: args.anonymous_auth,
+        },
+        authorization_modes: keel_apiserver::authz::parse_modes(&args.authorization_mode)
+            .map_err(|e| anyhow::anyhow!("--authorization-mode: {e}"))?,
     };
     let server = keel_apiserver::Server::bind(&cfg)
         .await
@@ -488,6 +522,13 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
         cert_dir: data_dir.join("pki"),
         log_level: "info".into(),
+        token_auth_file: None,
+        service_account_key_file: Vec::new(),
+        service_account_signing_key_file: None,
+        service_account_issuer: Vec::new(),
+        api_audiences: Vec::new(),
+        anonymous_auth: false,
+        authorization_mode: "RBAC".into(),
     };
     let kubeconfig = data_dir.join("kubeconfig");
     keel_apiserver::tls::ensure_pki(&api.cert_dir, &[]).context("creating the cluster CA")?;

@@ -38,9 +38,24 @@ pub struct ResourceInfo {
     pub dns_label_names: bool,
     /// Has a `/scale` subresource (`autoscaling/v1 Scale` on `spec.replicas`).
     pub scale: bool,
+    /// Objects are kept in the store (else a create-only review kind,
+    /// answered and forgotten: SubjectAccessReview, SelfSubjectReview, ...).
+    pub stored: bool,
 }
 
+/// The verbs of create-only kinds (reviews).
+pub const CREATE_ONLY: &[&str] = &["create"];
+
 impl ResourceInfo {
+    /// The verbs served (discovery).
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.stored {
+            VERBS
+        } else {
+            CREATE_ONLY
+        }
+    }
+
     /// `group/version`, or `version` for core.
     pub fn group_version(&self) -> String {
         if self.group.is_empty() {
@@ -77,6 +92,9 @@ impl ResourceInfo {
 }
 
 const ALL: &[&str] = &["all"];
+const RBAC: &str = "rbac.authorization.k8s.io";
+const AUTHN: &str = "authentication.k8s.io";
+const AUTHZ: &str = "authorization.k8s.io";
 const NONE: &[&str] = &[];
 
 #[allow(clippy::too_many_arguments)]
@@ -103,6 +121,7 @@ const fn r(
         categories,
         dns_label_names: false,
         scale: false,
+        stored: true,
     }
 }
 
@@ -137,6 +156,22 @@ pub const RESOURCES: &[ResourceInfo] = &[
     r("coordination.k8s.io",   "v1", "Lease",                    "leases",                   "lease",                   true,  NONE,        false, NONE),
     r("autoscaling",           "v2", "HorizontalPodAutoscaler",  "horizontalpodautoscalers", "horizontalpodautoscaler", true,  &["hpa"],    true,  ALL),
     r("networking.k8s.io",     "v1", "Ingress",                  "ingresses",                "ingress",                 true,  &["ing"],    true,  NONE),
+    r(RBAC,                    "v1", "ClusterRole",              "clusterroles",             "clusterrole",             false, NONE,        false, NONE),
+    r(RBAC,                    "v1", "ClusterRoleBinding",       "clusterrolebindings",      "clusterrolebinding",      false, NONE,        false, NONE),
+    r(RBAC,                    "v1", "Role",                     "roles",                    "role",                    true,  NONE,        false, NONE),
+    r(RBAC,                    "v1", "RoleBinding",              "rolebindings",             "rolebinding",             true,  NONE,        false, NONE),
+    ResourceInfo { stored: false,
+      ..r(AUTHN,               "v1", "SelfSubjectReview",        "selfsubjectreviews",       "selfsubjectreview",        false, NONE,        false, NONE) },
+    ResourceInfo { stored: false,
+      ..r(AUTHN,               "v1", "TokenReview",              "tokenreviews",             "tokenreview",              false, NONE,        false, NONE) },
+    ResourceInfo { stored: false,
+      ..r(AUTHZ,               "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", "localsubjectaccessreview", true,  NONE,        false, NONE) },
+    ResourceInfo { stored: false,
+      ..r(AUTHZ,               "v1", "SelfSubjectAccessReview",  "selfsubjectaccessreviews", "selfsubjectaccessreview",  false, NONE,        false, NONE) },
+    ResourceInfo { stored: false,
+      ..r(AUTHZ,               "v1", "SelfSubjectRulesReview",   "selfsubjectrulesreviews",  "selfsubjectrulesreview",   false, NONE,        false, NONE) },
+    ResourceInfo { stored: false,
+      ..r(AUTHZ,               "v1", "SubjectAccessReview",      "subjectaccessreviews",     "subjectaccessreview",      false, NONE,        false, NONE) },
 ];
 
 /// The resource `plural` of `group/version`, if served.

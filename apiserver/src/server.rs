@@ -31,6 +31,10 @@ pub struct Config {
     pub secure_port: u16,
     /// `--cert-dir`: the CA and serving certificate (created if missing).
     pub cert_dir: PathBuf,
+    /// Token files, service account keys, anonymous requests.
+    pub authn: crate::authn::AuthnConfig,
+    /// `--authorization-mode` (empty: RBAC).
+    pub authorization_modes: Vec<crate::authz::Mode>,
 }
 
 /// A bound, not yet serving API server.
@@ -46,6 +50,12 @@ impl Server {
         tls::ensure_pki(&cfg.cert_dir, &[cfg.bind_address.to_string()])?;
         let tls_cfg = tls::server_config(&cfg.cert_dir)?;
         let store = Store::connect(&cfg.etcd_servers)?;
+        let authn = crate::authn::Authenticator::load(&cfg.authn, &cfg.cert_dir)?;
+        let modes = if cfg.authorization_modes.is_empty() {
+            vec![crate::authz::Mode::Rbac]
+        } else {
+            cfg.authorization_modes.clone()
+        };
         let addr = SocketAddr::new(cfg.bind_address, cfg.secure_port);
         let listener = TcpListener::bind(addr)
             .await
@@ -62,6 +72,8 @@ impl Server {
                 ready: Default::default(),
                 metrics: Default::default(),
                 caches: Default::default(),
+                authn,
+                authz: crate::authz::Authorizer::new(modes),
             }),
         })
     }
@@ -77,10 +89,20 @@ impl Server {
         let app = self.app.clone();
         tokio::spawn(async move {
             loop {
-                match handlers::write::bootstrap(&app).await {
+                let boot = async {
+                    handlers::write::bootstrap(&app).await?;
+                    if app.authz.rbac_enabled() {
+                        crate::authz::bootstrap::ensure(&app).await?;
+                    }
+                    Ok::<(), crate::status::ApiError>(())
+                };
+                match boot.await {
                     Ok(()) => {
                         app.ready.store(true, Ordering::Release);
                         tracing::info!("system namespaces ready");
+                        if app.authz.rbac_enabled() {
+                            tokio::spawn(crate::authz::aggregation::run(app.clone()));
+                        }
                         return;
                     }
                     Err(e) => {

@@ -41,6 +41,10 @@ pub struct App {
     pub metrics: crate::metrics::Metrics,
     /// The watch caches, one per resource type.
     pub caches: crate::cache::Caches,
+    /// Who a request comes from (certificates, tokens, impersonation).
+    pub authn: crate::authn::Authenticator,
+    /// What they may do (`--authorization-mode`).
+    pub authz: crate::authz::Authorizer,
 }
 
 /// The object(s) a request is about.
@@ -156,6 +160,8 @@ pub fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
 struct Info {
     verb: &'static str,
     resource: String,
+    /// The user the request acted as (after authentication and impersonation).
+    user: String,
 }
 
 /// The single axum handler: routes by path, runs the verb, logs the request.
@@ -168,7 +174,10 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .unwrap_or_else(User::anonymous);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let mut info = Info::default();
+    let mut info = Info {
+        user: user.name.clone(),
+        ..Info::default()
+    };
     let resp = match route(&app, &user, req, &mut info).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -184,7 +193,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .map(|r| r.0)
         .unwrap_or("");
     tracing::info!(
-        user = %user.name,
+        user = %info.user,
         verb = %info.verb,
         resource = %info.resource,
         method = %method,
@@ -202,13 +211,27 @@ fn public(path: &str) -> bool {
     matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
 }
 
-async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResult<Response> {
+/// Authenticates, then applies impersonation. Health endpoints stay
+/// open to requests without credentials.
+async fn who(app: &App, cert: &User, path: &str, headers: &HeaderMap) -> ApiResult<Option<User>> {
+    let user = match app.authn.authenticate(app, cert, headers).await {
+        Ok(u) => u,
+        Err(_) if public(path) && crate::authn::bearer_token(headers).is_none() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(
+        crate::authn::impersonate::apply(app, user, headers).await?,
+    ))
+}
+
+async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResult<Response> {
     let path = req.uri().path().to_string();
-    if !user.authenticated && !public(&path) {
-        return Err(ApiError::unauthorized());
-    }
     let method = req.method().clone();
     let headers = req.headers().clone();
+    let user = who(app, cert, &path, &headers).await?;
+    let authorize = user.is_some();
+    let user = user.unwrap_or_else(User::anonymous);
+    info.user = user.name.clone();
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -230,6 +253,11 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
         Ok(json_response(StatusCode::OK, &v))
     };
     info.verb = "get";
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    if authorize {
+        let attrs = crate::authz::request_attributes(&user, &method, &path, &segs, watch);
+        app.authz.check(app, &attrs).await?;
+    }
     match segs.as_slice() {
         ["healthz"] | ["livez"] => return Ok((StatusCode::OK, "ok").into_response()),
         ["readyz"] => {
@@ -314,7 +342,6 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
         Some(s) => format!("{}/{s}", target.res.qualified()),
         None => target.res.qualified(),
     };
-    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     info.verb = match (&method, target.name.is_some()) {
         (&Method::GET, _) if watch => "watch",
         (&Method::GET, true) => "get",
@@ -333,6 +360,7 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
             "status" => target.res.status && matches!(info.verb, "get" | "update" | "patch"),
             "scale" => target.res.scale && matches!(info.verb, "get" | "update" | "patch"),
             "binding" | "eviction" => is_pod && info.verb == "create",
+            "token" => target.res.kind == "ServiceAccount" && info.verb == "create",
             _ => false,
         };
         if !served {
@@ -352,7 +380,24 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
         Some("scale") => return scale::handle(app, &ctx, info.verb).await,
         Some("binding") => return pods::bind(app, &ctx).await,
         Some("eviction") => return pods::evict(app, &ctx).await,
+        Some("token") => return crate::authn::review::token_request(app, &ctx).await,
         _ => {}
+    }
+    if !ctx.target.res.stored {
+        if info.verb != "create" {
+            return Err(ApiError::method_not_allowed(&path));
+        }
+        return match ctx.target.res.kind {
+            "SelfSubjectReview" => Ok(crate::authn::review::self_subject_review(&user)),
+            "TokenReview" => crate::authn::review::token_review(app, &ctx).await,
+            "SelfSubjectAccessReview" => {
+                crate::authz::review::self_subject_access_review(app, &ctx, &user).await
+            }
+            "SelfSubjectRulesReview" => {
+                crate::authz::review::self_subject_rules_review(app, &ctx, &user).await
+            }
+            _ => crate::authz::review::subject_access_review(app, &ctx).await,
+        };
     }
     match info.verb {
         "watch" => crate::watch::watch(app, &ctx).await,

@@ -31,7 +31,7 @@ pub(super) fn to_store(obj: &Value) -> ApiResult<Vec<u8>> {
 
 /// The request body as JSON: `application/json` (or no type), or a
 /// Kubernetes protobuf body converted to JSON; anything else is a 415.
-pub(super) fn parse_body(ctx: &Ctx) -> ApiResult<Value> {
+pub(crate) fn parse_body(ctx: &Ctx) -> ApiResult<Value> {
     let ct = ctx.header(header::CONTENT_TYPE).unwrap_or("");
     let base = ct.split(';').next().map(str::trim).unwrap_or("");
     let v: Value = match base {
