@@ -93,6 +93,8 @@ impl Server {
                     handlers::write::bootstrap(&app).await?;
                     if app.authz.rbac_enabled() {
                         crate::authz::bootstrap::ensure(&app).await?;
+                        // admin/edit/view have their rules before we are ready.
+                        crate::authz::aggregation::reconcile(&app).await?;
                     }
                     Ok::<(), crate::status::ApiError>(())
                 };

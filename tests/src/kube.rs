@@ -32,6 +32,8 @@ pub struct KubeApi {
     child: Option<Child>,
     /// More apiservers on the same store and CA: (port, process).
     peers: Vec<(u16, Child)>,
+    /// Extra `keel apiserver` flags.
+    extra_args: Vec<String>,
 }
 
 impl KubeApi {
@@ -54,8 +56,23 @@ impl KubeApi {
         Some(Self::start())
     }
 
+    /// [`KubeApi::start_or_skip`] with extra `keel apiserver` flags.
+    pub fn start_with_or_skip(extra_args: &[String]) -> Option<KubeApi> {
+        let bin = kubectl_bin();
+        if !bin.exists() {
+            println!("skipped: no kubectl at {} (KUBECTL_BIN)", bin.display());
+            return None;
+        }
+        Some(Self::try_start_with(extra_args).unwrap_or_else(|e| panic!("{e:#}")))
+    }
+
     /// Like [`KubeApi::start`] but returns the error.
     pub fn try_start() -> Result<KubeApi> {
+        Self::try_start_with(&[])
+    }
+
+    /// [`KubeApi::try_start`] with extra `keel apiserver` flags.
+    pub fn try_start_with(extra_args: &[String]) -> Result<KubeApi> {
         let store = Member::try_start(Backend::Keel, MemberOpts::default())?;
         let dir = tempfile::Builder::new()
             .prefix("keel-kube-")
@@ -67,6 +84,7 @@ impl KubeApi {
             port: free_port(),
             child: None,
             peers: Vec::new(),
+            extra_args: extra_args.to_vec(),
         };
         // The kubeconfig first: it creates the cert dir's CA, which the
         // apiserver then uses (two processes must not both create one).
@@ -148,6 +166,7 @@ impl KubeApi {
             .args(["--secure-port", &port.to_string()])
             .args(["--bind-address", "127.0.0.1", "--cert-dir"])
             .arg(self.cert_dir())
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -207,6 +226,46 @@ impl KubeApi {
     /// The apiserver log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Writes a kubeconfig for this server that authenticates with the
+    /// bearer `token` (no client certificate; `None`: no credentials the
+    /// server knows: HTTP basic auth, which kube-apiservers ignore, so the
+    /// request is anonymous; kubectl would prompt for a user without
+    /// anything) and returns its path.
+    pub fn token_kubeconfig(&self, name: &str, token: Option<&str>) -> PathBuf {
+        let path = self.dir.path().join(format!("kubeconfig-{name}"));
+        let user = match token {
+            Some(t) => format!("    token: {t}\n"),
+            None => "    username: nobody\n    password: nothing\n".to_string(),
+        };
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: keel\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {name}\n  user:\n{user}contexts:\n- name: keel\n  context:\n    cluster: keel\n    user: {name}\n    namespace: default\ncurrent-context: keel\n",
+            server = self.url(),
+            ca = self.cert_dir().join("ca.crt").display(),
+        );
+        std::fs::write(&path, yaml).expect("write token kubeconfig");
+        path
+    }
+
+    /// Runs kubectl with `args` against the kubeconfig at `kubeconfig`.
+    pub fn kubectl_with(&self, kubeconfig: &std::path::Path, args: &[&str]) -> CtlOutput {
+        let mut cmd = self.kubectl_cmd(args);
+        cmd.env("KUBECONFIG", kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = cmd.output().expect("run kubectl");
+        CtlOutput {
+            cmdline: format!(
+                "kubectl {} (KUBECONFIG={})",
+                args.join(" "),
+                kubeconfig.display()
+            ),
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     /// A kubectl command with this server's kubeconfig (not yet run).

@@ -212,13 +212,21 @@ fn public(path: &str) -> bool {
 }
 
 /// Authenticates, then applies impersonation. Health endpoints stay
-/// open to requests without credentials.
-async fn who(app: &App, cert: &User, path: &str, headers: &HeaderMap) -> ApiResult<Option<User>> {
+/// open to requests without credentials. `info.user` names the
+/// authenticated user (for the log) even if impersonation is refused.
+async fn who(
+    app: &App,
+    cert: &User,
+    path: &str,
+    headers: &HeaderMap,
+    info: &mut Info,
+) -> ApiResult<Option<User>> {
     let user = match app.authn.authenticate(app, cert, headers).await {
         Ok(u) => u,
         Err(_) if public(path) && crate::authn::bearer_token(headers).is_none() => return Ok(None),
         Err(e) => return Err(e),
     };
+    info.user = user.name.clone();
     Ok(Some(
         crate::authn::impersonate::apply(app, user, headers).await?,
     ))
@@ -228,7 +236,7 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let headers = req.headers().clone();
-    let user = who(app, cert, &path, &headers).await?;
+    let user = who(app, cert, &path, &headers, info).await?;
     let authorize = user.is_some();
     let user = user.unwrap_or_else(User::anonymous);
     info.user = user.name.clone();

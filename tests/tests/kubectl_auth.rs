@@ -1,0 +1,356 @@
+//! Authentication and authorization end-to-end with the real kubectl:
+//! static token users refused with Kubernetes' exact 403 messages until a
+//! RoleBinding lets them in, `kubectl auth can-i` (yes/no, `--list`,
+//! `--as`), impersonation, `kubectl auth whoami`, aggregated ClusterRoles,
+//! service account tokens from `kubectl create token` (and their end when
+//! the service account is deleted and recreated), anonymous requests.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use keel_tests::kube::KubeApi;
+
+/// A token file with two users (bob in the group `devs`).
+fn token_file(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("tokens.csv");
+    std::fs::write(
+        &path,
+        "alice-token,alice,uid-alice\nbob-token,bob,uid-bob,\"devs,qa\"\n",
+    )
+    .expect("write token file");
+    path
+}
+
+/// An apiserver with the token file and `extra` flags (and the dir that
+/// holds the token file, to keep as long as the server).
+fn start(extra: &[&str]) -> Option<(KubeApi, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = vec![
+        "--token-auth-file".to_string(),
+        token_file(dir.path()).display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    KubeApi::start_with_or_skip(&args).map(|api| (api, dir))
+}
+
+/// Polls `f` for up to five seconds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn token_users_rbac_can_i_and_impersonation() {
+    let Some((api, _dir)) = start(&[]) else {
+        return;
+    };
+    api.kubectl_ok(&["create", "ns", "prod"]);
+    let alice = api.token_kubeconfig("alice", Some("alice-token"));
+    let bob = api.token_kubeconfig("bob", Some("bob-token"));
+
+    // Refused, in Kubernetes' words: namespaced, cluster scope, subresource.
+    api.kubectl_with(&alice, &["-n", "prod", "get", "pods"]).fails_with(
+        r#"Error from server (Forbidden): pods is forbidden: User "alice" cannot list resource "pods" in API group "" in the namespace "prod""#,
+    );
+    api.kubectl_with(&alice, &["get", "nodes"]).fails_with(
+        r#"Error from server (Forbidden): nodes is forbidden: User "alice" cannot list resource "nodes" in API group "" at the cluster scope"#,
+    );
+    api.kubectl_with(&alice, &["-n", "prod", "get", "deploy", "web"]).fails_with(
+        r#"deployments.apps "web" is forbidden: User "alice" cannot get resource "deployments" in API group "apps" in the namespace "prod""#,
+    );
+    api.kubectl_with(&alice, &["-n", "prod", "create", "token", "default"]).fails_with(
+        r#"serviceaccounts "default" is forbidden: User "alice" cannot create resource "serviceaccounts/token" in API group "" in the namespace "prod""#,
+    );
+    // Discovery and the self reviews are open to every authenticated user.
+    let who = api.kubectl_with(&alice, &["auth", "whoami"]).ok();
+    assert!(
+        who.contains("alice") && who.contains("system:authenticated"),
+        "{who}"
+    );
+    assert!(who.contains("uid-alice"), "{who}");
+    let who = api.kubectl_ok(&["auth", "whoami"]);
+    assert!(
+        who.contains("kubernetes-admin") && who.contains("system:masters"),
+        "{who}"
+    );
+    let no = api.kubectl_with(&alice, &["auth", "can-i", "list", "pods", "-n", "prod"]);
+    assert_eq!(
+        (no.status.code(), no.stdout.trim()),
+        (Some(1), "no"),
+        "{no}"
+    );
+
+    // A RoleBinding to the (aggregated) view role lets alice read prod.
+    assert_eq!(
+        api.kubectl_ok(&[
+            "-n",
+            "prod",
+            "create",
+            "rolebinding",
+            "alice-view",
+            "--clusterrole=view",
+            "--user=alice"
+        ]),
+        "rolebinding.rbac.authorization.k8s.io/alice-view created\n"
+    );
+    let out = api.kubectl_with(&alice, &["-n", "prod", "get", "pods"]);
+    assert!(
+        out.success() && out.stderr.contains("No resources found"),
+        "{out}"
+    );
+    api.kubectl_with(&alice, &["-n", "default", "get", "pods"])
+        .fails_with(r#"User "alice" cannot list resource "pods" in API group "" in the namespace "default""#);
+    api.kubectl_with(&alice, &["-n", "prod", "create", "configmap", "c1"])
+        .fails_with(r#"configmaps is forbidden: User "alice" cannot create resource "configmaps" in API group "" in the namespace "prod""#);
+    let table = api.kubectl_ok(&["-n", "prod", "get", "rolebindings"]);
+    assert!(
+        table.contains("alice-view") && table.contains("ClusterRole/view"),
+        "{table}"
+    );
+
+    // kubectl auth can-i, as alice and as the admin impersonating her.
+    let can = |kc: &std::path::Path, args: &[&str]| {
+        let mut a = vec!["auth", "can-i"];
+        a.extend_from_slice(args);
+        api.kubectl_with(kc, &a).stdout.trim().to_string()
+    };
+    assert_eq!(can(&alice, &["list", "pods", "-n", "prod"]), "yes");
+    assert_eq!(
+        can(&alice, &["get", "deployments.apps", "-n", "prod"]),
+        "yes"
+    );
+    assert_eq!(can(&alice, &["delete", "pods", "-n", "prod"]), "no");
+    assert_eq!(can(&alice, &["list", "pods", "-n", "default"]), "no");
+    assert_eq!(can(&alice, &["get", "secrets", "-n", "prod"]), "no");
+    let admin = api.kubeconfig();
+    assert_eq!(
+        can(&admin, &["list", "pods", "-n", "prod", "--as", "alice"]),
+        "yes"
+    );
+    assert_eq!(
+        can(&admin, &["create", "pods", "-n", "prod", "--as", "alice"]),
+        "no"
+    );
+    assert_eq!(
+        can(&admin, &["list", "pods", "-n", "prod", "--as", "bob"]),
+        "no"
+    );
+    assert_eq!(can(&admin, &["delete", "nodes"]), "yes");
+    let list = api
+        .kubectl_with(&alice, &["auth", "can-i", "--list", "-n", "prod"])
+        .ok();
+    let pods = list
+        .lines()
+        .find(|l| l.starts_with("pods "))
+        .unwrap_or_else(|| panic!("no pods line in {list}"));
+    assert!(pods.contains("[get list watch]"), "{list}");
+    assert!(
+        list.contains("selfsubjectaccessreviews.authorization.k8s.io"),
+        "{list}"
+    );
+    assert!(list.contains("[/api/*]"), "{list}");
+    let list = api.kubectl_ok(&["auth", "can-i", "--list", "-n", "prod", "--as", "alice"]);
+    assert!(list.contains("deployments.apps"), "{list}");
+
+    // Impersonation needs the impersonate verb.
+    api.kubectl_with(&alice, &["--as", "bob", "-n", "prod", "get", "pods"])
+        .fails_with(r#"users "bob" is forbidden: User "alice" cannot impersonate resource "users" in API group "" at the cluster scope"#);
+    let who = api.kubectl_ok(&["auth", "whoami", "--as", "bob", "--as-group", "devs"]);
+    assert!(who.contains("bob") && who.contains("devs"), "{who}");
+
+    // A group binding; cluster-wide.
+    api.kubectl_with(&bob, &["get", "pods", "-A"])
+        .fails_with(r#"pods is forbidden: User "bob" cannot list resource "pods" in API group "" at the cluster scope"#);
+    api.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "devs-view",
+        "--clusterrole=view",
+        "--group=devs",
+    ]);
+    api.kubectl_with(&bob, &["get", "pods", "-A"]).ok();
+    // A binding to a missing role says so.
+    api.kubectl_ok(&[
+        "-n",
+        "prod",
+        "create",
+        "rolebinding",
+        "bob-ghost",
+        "--role=ghost",
+        "--user=bob",
+    ]);
+    api.kubectl_with(&bob, &["-n", "prod", "delete", "pod", "x"])
+        .fails_with(r#"pods "x" is forbidden: User "bob" cannot delete resource "pods" in API group "" in the namespace "prod": RBAC: role.rbac.authorization.k8s.io "ghost" not found"#);
+
+    // Aggregation: a ClusterRole labelled aggregate-to-view adds to view.
+    api.kubectl_ok(&[
+        "create",
+        "clusterrole",
+        "lease-reader",
+        "--verb=get,list",
+        "--resource=leases.coordination.k8s.io",
+    ]);
+    assert_eq!(
+        can(
+            &alice,
+            &["list", "leases.coordination.k8s.io", "-n", "prod"]
+        ),
+        "no"
+    );
+    api.kubectl_ok(&[
+        "label",
+        "clusterrole",
+        "lease-reader",
+        "rbac.authorization.k8s.io/aggregate-to-view=true",
+    ]);
+    eventually("view to aggregate lease-reader", || {
+        api.kubectl_ok(&["get", "clusterrole", "view", "-o", "json"])
+            .contains("\"leases\"")
+    });
+    assert_eq!(
+        can(
+            &alice,
+            &["list", "leases.coordination.k8s.io", "-n", "prod"]
+        ),
+        "yes"
+    );
+    assert_eq!(
+        can(
+            &alice,
+            &["list", "leases.coordination.k8s.io", "-n", "default"]
+        ),
+        "no"
+    );
+    let roles = api.kubectl_ok(&["get", "clusterroles"]);
+    for r in [
+        "cluster-admin",
+        "admin",
+        "edit",
+        "view",
+        "system:discovery",
+        "system:basic-user",
+        "system:public-info-viewer",
+    ] {
+        assert!(
+            roles
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(r)),
+            "{r} missing: {roles}"
+        );
+    }
+}
+
+#[test]
+fn service_account_tokens_and_anonymous_requests() {
+    let Some((api, _dir)) = start(&[]) else {
+        return;
+    };
+    api.kubectl_ok(&["create", "ns", "ci"]);
+    api.kubectl_ok(&["-n", "ci", "create", "serviceaccount", "robot"]);
+    let token = api.kubectl_ok(&["-n", "ci", "create", "token", "robot"]);
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let robot = api.token_kubeconfig("robot", Some(token));
+    api.kubectl_with(&robot, &["-n", "ci", "get", "configmaps"]).fails_with(
+        r#"configmaps is forbidden: User "system:serviceaccount:ci:robot" cannot list resource "configmaps" in API group "" in the namespace "ci""#,
+    );
+    let who = api
+        .kubectl_with(&robot, &["auth", "whoami", "-o", "json"])
+        .ok();
+    for want in [
+        "system:serviceaccount:ci:robot",
+        "system:serviceaccounts:ci",
+        "system:serviceaccounts",
+        "system:authenticated",
+    ] {
+        assert!(who.contains(&format!("\"{want}\"")), "{want}: {who}");
+    }
+    api.kubectl_ok(&[
+        "-n",
+        "ci",
+        "create",
+        "rolebinding",
+        "robot-edit",
+        "--clusterrole=edit",
+        "--serviceaccount=ci:robot",
+    ]);
+    assert_eq!(
+        api.kubectl_with(
+            &robot,
+            &["-n", "ci", "create", "configmap", "made-by-robot"]
+        )
+        .ok(),
+        "configmap/made-by-robot created\n"
+    );
+    api.kubectl_with(&robot, &["-n", "ci", "get", "roles"])
+        .fails_with(r#"roles.rbac.authorization.k8s.io is forbidden: User "system:serviceaccount:ci:robot" cannot list resource "roles" in API group "rbac.authorization.k8s.io" in the namespace "ci""#);
+    // Too short a lifetime; a missing service account.
+    api.kubectl(&["-n", "ci", "create", "token", "robot", "--duration=1m"])
+        .fails_with("may not specify a duration less than 10 minutes");
+    api.kubectl(&["-n", "ci", "create", "token", "nobody"])
+        .fails_with(r#"serviceaccounts "nobody" not found"#);
+
+    // Deleted and recreated: same name, new uid; the old token is dead.
+    api.kubectl_ok(&["-n", "ci", "delete", "serviceaccount", "robot"]);
+    api.kubectl_with(&robot, &["-n", "ci", "get", "configmaps"])
+        .fails_with("error: You must be logged in to the server (Unauthorized)");
+    api.kubectl_ok(&["-n", "ci", "create", "serviceaccount", "robot"]);
+    api.kubectl_with(&robot, &["-n", "ci", "get", "configmaps"])
+        .fails_with("error: You must be logged in to the server (Unauthorized)");
+    let fresh = api.kubectl_ok(&["-n", "ci", "create", "token", "robot", "--duration=20m"]);
+    let fresh = api.token_kubeconfig("robot2", Some(fresh.trim()));
+    let cms = api
+        .kubectl_with(&fresh, &["-n", "ci", "get", "configmaps", "-o", "name"])
+        .ok();
+    assert!(cms.contains("configmap/made-by-robot"), "{cms}");
+
+    // Anonymous and bad tokens: 401.
+    let anon = api.token_kubeconfig("anon", None);
+    api.kubectl_with(&anon, &["get", "pods"])
+        .fails_with("error: You must be logged in to the server (Unauthorized)");
+    let bad = api.token_kubeconfig("bad", Some("not-a-token"));
+    api.kubectl_with(&bad, &["get", "ns"])
+        .fails_with("error: You must be logged in to the server (Unauthorized)");
+    let raw = api.kubectl_with(&anon, &["get", "--raw", "/api/v1/namespaces"]);
+    assert!(
+        !raw.success() && raw.stderr.contains("Unauthorized"),
+        "{raw}"
+    );
+}
+
+#[test]
+fn anonymous_auth_on_and_always_allow() {
+    let Some((api, _dir)) = start(&["--anonymous-auth=true"]) else {
+        return;
+    };
+    let anon = api.token_kubeconfig("anon", None);
+    // Not even discovery (system:discovery is for system:authenticated).
+    api.kubectl_with(&anon, &["get", "--raw", "/api/v1/namespaces/default/pods"]).fails_with(
+        r#"Error from server (Forbidden): pods is forbidden: User "system:anonymous" cannot list resource "pods" in API group "" in the namespace "default""#,
+    );
+    api.kubectl_with(&anon, &["get", "--raw", "/apis"])
+        .fails_with(r#"forbidden: User "system:anonymous" cannot get path "/apis""#);
+    // system:public-info-viewer is bound to system:unauthenticated.
+    assert!(api
+        .kubectl_with(&anon, &["get", "--raw", "/version"])
+        .ok()
+        .contains("gitVersion"));
+    // A bad token is still refused when anonymous requests are on.
+    let bad = api.token_kubeconfig("bad", Some("nope"));
+    api.kubectl_with(&bad, &["get", "pods"])
+        .fails_with("the server has asked for the client to provide credentials");
+    drop(api);
+
+    let Some((api, _dir2)) = start(&["--authorization-mode=AlwaysAllow"]) else {
+        return;
+    };
+    let alice = api.token_kubeconfig("alice", Some("alice-token"));
+    api.kubectl_with(&alice, &["get", "nodes"]).ok();
+    let yes = api
+        .kubectl_with(&alice, &["auth", "can-i", "delete", "nodes"])
+        .ok();
+    assert_eq!(yes.trim(), "yes");
+}
