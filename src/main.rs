@@ -113,9 +113,12 @@ struct ApiserverArgs {
     /// Serve requests without credentials as `system:anonymous`.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     anonymous_auth: bool,
-    /// Authorizers, in order (comma list): `RBAC`, `AlwaysAllow`.
+    /// Authorizers, in order (comma list): `RBAC`, `AlwaysAllow`, `Webhook`.
     #[arg(long, default_value = "RBAC")]
     authorization_mode: String,
+    /// A kubeconfig naming the HTTPS endpoint of the `Webhook` mode.
+    #[arg(long)]
+    authorization_webhook_config_file: Option<PathBuf>,
 }
 
 /// `keel kubeconfig` flags.
@@ -450,6 +453,7 @@ async fn run_apiserver(
         },
         authorization_modes: keel_apiserver::authz::parse_modes(&args.authorization_mode)
             .map_err(|e| anyhow::anyhow!("--authorization-mode: {e}"))?,
+        authorization_webhook_config_file: args.authorization_webhook_config_file.clone(),
     };
     let server = keel_apiserver::Server::bind(&cfg)
         .await
@@ -529,6 +533,7 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         api_audiences: Vec::new(),
         anonymous_auth: false,
         authorization_mode: "RBAC".into(),
+        authorization_webhook_config_file: None,
     };
     let kubeconfig = data_dir.join("kubeconfig");
     keel_apiserver::tls::ensure_pki(&api.cert_dir, &[]).context("creating the cluster CA")?;

@@ -54,6 +54,12 @@ pub enum Error {
     /// Token files or service account keys.
     #[error(transparent)]
     Authn(#[from] authn::AuthnError),
+    /// The authorization webhook's kubeconfig.
+    #[error(transparent)]
+    Webhook(#[from] authz::webhook::WebhookError),
+    /// An unusable authorization setup.
+    #[error("authorization: {0}")]
+    Authz(String),
     /// The store client.
     #[error(transparent)]
     Store(#[from] store::StoreError),

@@ -35,6 +35,8 @@ pub struct Config {
     pub authn: crate::authn::AuthnConfig,
     /// `--authorization-mode` (empty: RBAC).
     pub authorization_modes: Vec<crate::authz::Mode>,
+    /// `--authorization-webhook-config-file` (the `Webhook` mode's endpoint).
+    pub authorization_webhook_config_file: Option<PathBuf>,
 }
 
 /// A bound, not yet serving API server.
@@ -56,6 +58,11 @@ impl Server {
         } else {
             cfg.authorization_modes.clone()
         };
+        let webhook = match &cfg.authorization_webhook_config_file {
+            Some(p) => Some(crate::authz::webhook::Webhook::load(p)?),
+            None => None,
+        };
+        let authz = crate::authz::Authorizer::new(modes, webhook).map_err(Error::Authz)?;
         let addr = SocketAddr::new(cfg.bind_address, cfg.secure_port);
         let listener = TcpListener::bind(addr)
             .await
@@ -73,7 +80,7 @@ impl Server {
                 metrics: Default::default(),
                 caches: Default::default(),
                 authn,
-                authz: crate::authz::Authorizer::new(modes),
+                authz,
             }),
         })
     }

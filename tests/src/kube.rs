@@ -107,7 +107,7 @@ impl KubeApi {
     }
 
     fn launch(&mut self) -> Result<()> {
-        let child = self.spawn_apiserver(self.port)?;
+        let child = self.spawn_apiserver(self.port, &self.extra_args)?;
         self.child = Some(child);
         Ok(())
     }
@@ -116,6 +116,13 @@ impl KubeApi {
     /// waits until it is ready and returns the path of its kubeconfig:
     /// `kubectl_cmd(..).env("KUBECONFIG", path)` talks to it.
     pub fn add_apiserver(&mut self) -> Result<PathBuf> {
+        let args = self.extra_args.clone();
+        self.add_apiserver_with(&args).map(|(_, kc)| kc)
+    }
+
+    /// [`KubeApi::add_apiserver`] with its own extra `keel apiserver`
+    /// flags; returns its port and the path of its (admin) kubeconfig.
+    pub fn add_apiserver_with(&mut self, extra_args: &[String]) -> Result<(u16, PathBuf)> {
         let port = free_port();
         let kubeconfig = self.dir.path().join(format!("kubeconfig-{port}"));
         let out = Command::new(keel_bin())
@@ -131,7 +138,7 @@ impl KubeApi {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let child = self.spawn_apiserver(port)?;
+        let child = self.spawn_apiserver(port, extra_args)?;
         self.peers.push((port, child));
         let deadline = Instant::now() + API_READY_TIMEOUT;
         loop {
@@ -141,7 +148,7 @@ impl KubeApi {
                 .output()
                 .context("kubectl")?;
             if out.status.success() {
-                return Ok(kubeconfig);
+                return Ok((port, kubeconfig));
             }
             if Instant::now() >= deadline {
                 return Err(anyhow!(
@@ -153,7 +160,7 @@ impl KubeApi {
         }
     }
 
-    fn spawn_apiserver(&self, port: u16) -> Result<Child> {
+    fn spawn_apiserver(&self, port: u16, extra_args: &[String]) -> Result<Child> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -166,7 +173,7 @@ impl KubeApi {
             .args(["--secure-port", &port.to_string()])
             .args(["--bind-address", "127.0.0.1", "--cert-dir"])
             .arg(self.cert_dir())
-            .args(&self.extra_args)
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -234,6 +241,11 @@ impl KubeApi {
     /// request is anonymous; kubectl would prompt for a user without
     /// anything) and returns its path.
     pub fn token_kubeconfig(&self, name: &str, token: Option<&str>) -> PathBuf {
+        self.token_kubeconfig_at(&self.url(), name, token)
+    }
+
+    /// [`KubeApi::token_kubeconfig`] for the server at `url` (a peer).
+    pub fn token_kubeconfig_at(&self, url: &str, name: &str, token: Option<&str>) -> PathBuf {
         let path = self.dir.path().join(format!("kubeconfig-{name}"));
         let user = match token {
             Some(t) => format!("    token: {t}\n"),
@@ -241,7 +253,7 @@ impl KubeApi {
         };
         let yaml = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: keel\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {name}\n  user:\n{user}contexts:\n- name: keel\n  context:\n    cluster: keel\n    user: {name}\n    namespace: default\ncurrent-context: keel\n",
-            server = self.url(),
+            server = url,
             ca = self.cert_dir().join("ca.crt").display(),
         );
         std::fs::write(&path, yaml).expect("write token kubeconfig");

@@ -354,3 +354,61 @@ fn anonymous_auth_on_and_always_allow() {
         .ok();
     assert_eq!(yes.trim(), "yes");
 }
+
+/// `--authorization-mode=Webhook`: a second apiserver asks the first one
+/// (its SubjectAccessReview endpoint, as a webhook) about every request.
+#[test]
+fn webhook_mode_asks_a_subject_access_review_endpoint() {
+    let Some((mut api, dir)) = start(&[]) else {
+        return;
+    };
+    api.kubectl_ok(&["create", "ns", "prod"]);
+    let hook = dir.path().join("webhook.kubeconfig");
+    let sar = format!(
+        "{}/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        api.url()
+    );
+    let out = std::process::Command::new(keel_tests::keel_bin())
+        .args(["kubeconfig", "--cert-dir"])
+        .arg(api.cert_dir())
+        .args(["--server", &sar, "--output"])
+        .arg(&hook)
+        .output()
+        .expect("keel kubeconfig");
+    assert!(out.status.success(), "{out:?}");
+    let (port, _) = api
+        .add_apiserver_with(&[
+            "--token-auth-file".into(),
+            dir.path().join("tokens.csv").display().to_string(),
+            "--authorization-mode=Webhook".into(),
+            "--authorization-webhook-config-file".into(),
+            hook.display().to_string(),
+        ])
+        .expect("webhook apiserver");
+    let alice = api.token_kubeconfig_at(
+        &format!("https://127.0.0.1:{port}"),
+        "alice-peer",
+        Some("alice-token"),
+    );
+    api.kubectl_with(&alice, &["-n", "prod", "get", "pods"]).fails_with(
+        r#"Error from server (Forbidden): pods is forbidden: User "alice" cannot list resource "pods" in API group "" in the namespace "prod""#,
+    );
+    api.kubectl_ok(&[
+        "-n",
+        "prod",
+        "create",
+        "rolebinding",
+        "alice-view",
+        "--clusterrole=view",
+        "--user=alice",
+    ]);
+    let out = api.kubectl_with(&alice, &["-n", "prod", "get", "pods"]);
+    assert!(
+        out.success() && out.stderr.contains("No resources found"),
+        "{out}"
+    );
+    let yes = api
+        .kubectl_with(&alice, &["auth", "can-i", "watch", "pods", "-n", "prod"])
+        .ok();
+    assert_eq!(yes.trim(), "yes");
+}

@@ -8,12 +8,15 @@
 //! - [`bootstrap`]: the default roles and bindings created at startup.
 //! - [`aggregation`]: the loop that fills aggregated ClusterRoles' rules.
 //! - [`review`]: SubjectAccessReview and friends (`kubectl auth can-i`).
+//! - [`webhook`]: the `Webhook` mode (a SubjectAccessReview POSTed to an
+//!   HTTPS endpoint).
 
 pub mod aggregation;
 pub mod bootstrap;
 pub mod policy_cache;
 pub mod rbac;
 pub mod review;
+pub mod webhook;
 
 use axum::http::Method;
 
@@ -118,6 +121,8 @@ pub enum Decision {
     Allow(String),
     /// No rule allows it; the next authorizer may (reason, possibly empty).
     NoOpinion(String),
+    /// Explicitly denied (a webhook's `denied`): no later authorizer is asked.
+    Deny(String),
 }
 
 /// One `--authorization-mode` entry.
@@ -127,6 +132,8 @@ pub enum Mode {
     AlwaysAllow,
     /// Roles and bindings.
     Rbac,
+    /// A SubjectAccessReview webhook (`--authorization-webhook-config-file`).
+    Webhook,
 }
 
 impl std::str::FromStr for Mode {
@@ -135,8 +142,9 @@ impl std::str::FromStr for Mode {
         match s.trim() {
             "AlwaysAllow" => Ok(Mode::AlwaysAllow),
             "RBAC" => Ok(Mode::Rbac),
+            "Webhook" => Ok(Mode::Webhook),
             other => Err(format!(
-                "authorization mode {other:?} is not supported (supported: AlwaysAllow, RBAC)"
+                "authorization mode {other:?} is not supported (supported: AlwaysAllow, RBAC, Webhook)"
             )),
         }
     }
@@ -161,15 +169,23 @@ pub struct Authorizer {
     modes: Vec<Mode>,
     /// The RBAC policy snapshot.
     pub policy: policy_cache::PolicyCache,
+    /// The webhook of the `Webhook` mode.
+    webhook: Option<webhook::Webhook>,
 }
 
 impl Authorizer {
-    /// A chain of `modes`, tried in order.
-    pub fn new(modes: Vec<Mode>) -> Authorizer {
-        Authorizer {
+    /// A chain of `modes`, tried in order. `Webhook` needs `webhook`.
+    pub fn new(modes: Vec<Mode>, webhook: Option<webhook::Webhook>) -> Result<Authorizer, String> {
+        if modes.contains(&Mode::Webhook) && webhook.is_none() {
+            return Err(
+                "authorization mode Webhook needs --authorization-webhook-config-file".into(),
+            );
+        }
+        Ok(Authorizer {
             modes,
             policy: policy_cache::PolicyCache::default(),
-        }
+            webhook,
+        })
     }
 
     /// True if RBAC is one of the modes.
@@ -197,6 +213,21 @@ impl Authorizer {
                         reasons.push(why);
                     }
                 }
+                Mode::Webhook => {
+                    let Some(hook) = &self.webhook else { continue };
+                    match hook.authorize(a).await {
+                        Ok(webhook::Verdict::Allow(why)) => return Ok(Decision::Allow(why)),
+                        Ok(webhook::Verdict::Deny(why)) => return Ok(Decision::Deny(why)),
+                        Ok(webhook::Verdict::NoOpinion(why)) if !why.is_empty() => {
+                            reasons.push(why)
+                        }
+                        Ok(webhook::Verdict::NoOpinion(_)) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "authorization webhook failed");
+                            reasons.push(e.to_string());
+                        }
+                    }
+                }
             }
         }
         Ok(Decision::NoOpinion(reasons.join("\n")))
@@ -206,7 +237,7 @@ impl Authorizer {
     pub async fn check(&self, app: &App, a: &Attributes) -> Result<(), ApiError> {
         match self.authorize(app, a).await? {
             Decision::Allow(_) => Ok(()),
-            Decision::NoOpinion(reason) => Err(forbidden(a, &reason)),
+            Decision::NoOpinion(reason) | Decision::Deny(reason) => Err(forbidden(a, &reason)),
         }
     }
 }
@@ -356,6 +387,11 @@ mod tests {
             parse_modes("RBAC,AlwaysAllow").expect("two"),
             [Mode::Rbac, Mode::AlwaysAllow]
         );
+        assert_eq!(
+            parse_modes("Webhook,RBAC").expect("webhook"),
+            [Mode::Webhook, Mode::Rbac]
+        );
+        assert!(Authorizer::new(vec![Mode::Webhook], None).is_err());
         assert!(parse_modes("Node").is_err());
         assert!(parse_modes("").is_err());
     }

@@ -93,6 +93,7 @@ async fn answer(app: &App, mut obj: Value, a: &Attributes, kind: &str) -> ApiRes
             }
             st
         }
+        Decision::Deny(reason) => json!({"allowed": false, "denied": true, "reason": reason}),
         Decision::NoOpinion(reason) => {
             let mut st = json!({"allowed": false});
             if !reason.is_empty() {
