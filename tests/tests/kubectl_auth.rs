@@ -412,3 +412,92 @@ fn webhook_mode_asks_a_subject_access_review_endpoint() {
         .ok();
     assert_eq!(yes.trim(), "yes");
 }
+
+/// No escalation: a namespace admin may write roles and bindings only for
+/// rights they hold themselves.
+#[test]
+fn roles_and_bindings_cannot_grant_more_than_one_holds() {
+    let Some((api, _dir)) = start(&[]) else {
+        return;
+    };
+    api.kubectl_ok(&["create", "ns", "team"]);
+    api.kubectl_ok(&[
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "alice-admin",
+        "--clusterrole=admin",
+        "--user=alice",
+    ]);
+    let alice = api.token_kubeconfig("alice", Some("alice-token"));
+    assert_eq!(
+        api.kubectl_with(
+            &alice,
+            &[
+                "-n",
+                "team",
+                "create",
+                "role",
+                "pod-reader",
+                "--verb=get,list",
+                "--resource=pods"
+            ]
+        )
+        .ok(),
+        "role.rbac.authorization.k8s.io/pod-reader created\n"
+    );
+    api.kubectl_with(&alice, &["-n", "team", "create", "role", "node-reader", "--verb=get", "--resource=nodes"]).fails_with(
+        "roles.rbac.authorization.k8s.io \"node-reader\" is forbidden: user \"alice\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"get\"]}",
+    );
+    let patch = r#"[{"op": "add", "path": "/rules/-", "value": {"verbs": ["delete"], "apiGroups": [""], "resources": ["nodes"]}}]"#;
+    api.kubectl_with(&alice, &["-n", "team", "patch", "role", "pod-reader", "--type=json", "-p", patch])
+        .fails_with("is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"delete\"]}");
+    api.kubectl_with(
+        &alice,
+        &[
+            "-n",
+            "team",
+            "create",
+            "rolebinding",
+            "bob-view",
+            "--clusterrole=view",
+            "--user=bob",
+        ],
+    )
+    .ok();
+    api.kubectl_with(&alice, &["-n", "team", "create", "rolebinding", "bob-root", "--clusterrole=cluster-admin", "--user=bob"]).fails_with(
+        "rolebindings.rbac.authorization.k8s.io \"bob-root\" is forbidden: user \"alice\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}",
+    );
+    // With the bind verb on cluster-admin she may bind it (as Kubernetes).
+    api.kubectl_ok(&[
+        "create",
+        "clusterrole",
+        "bind-root",
+        "--verb=bind",
+        "--resource=clusterroles",
+        "--resource-name=cluster-admin",
+    ]);
+    api.kubectl_ok(&[
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "alice-bind-root",
+        "--clusterrole=bind-root",
+        "--user=alice",
+    ]);
+    api.kubectl_with(
+        &alice,
+        &[
+            "-n",
+            "team",
+            "create",
+            "rolebinding",
+            "bob-root",
+            "--clusterrole=cluster-admin",
+            "--user=bob",
+        ],
+    )
+    .ok();
+}

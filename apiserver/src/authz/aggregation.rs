@@ -77,8 +77,28 @@ fn name_of(v: &Value) -> &str {
 }
 
 /// The aggregated roles among `roles` whose rules must change: (index in
-/// `roles`, the new rules).
+/// `roles`, the new rules). Aggregated roles that aggregate others (admin
+/// takes edit, edit takes view) are followed to the fixpoint, so one pass
+/// writes the final rules.
 pub fn plan(roles: &[Value]) -> Vec<(usize, Vec<PolicyRule>)> {
+    let mut work = roles.to_vec();
+    for _ in 0..=roles.len() {
+        let step = plan_once(&work);
+        if step.is_empty() {
+            break;
+        }
+        for (i, rules) in step {
+            work[i]["rules"] = json!(rules);
+        }
+    }
+    (0..roles.len())
+        .filter(|&i| rules_of(&work[i]) != rules_of(&roles[i]))
+        .map(|i| (i, rules_of(&work[i])))
+        .collect()
+}
+
+/// One step of [`plan`]: each aggregated role from the others as they are.
+fn plan_once(roles: &[Value]) -> Vec<(usize, Vec<PolicyRule>)> {
     let mut order: Vec<usize> = (0..roles.len()).collect();
     order.sort_by(|a, b| name_of(&roles[*a]).cmp(name_of(&roles[*b])));
     let mut out = Vec::new();
@@ -240,6 +260,16 @@ mod tests {
         let mut done = roles.clone();
         done[0]["rules"] = json!(rules);
         assert!(plan(&done).is_empty());
+        // Chains (admin ← edit ← view) settle in one plan.
+        let mut chain = roles.clone();
+        let mut top = role("top", json!({}), json!([]));
+        top["aggregationRule"] =
+            json!({"clusterRoleSelectors": [{"matchLabels": {"to-top": "true"}}]});
+        chain[0]["metadata"]["labels"] = json!({"to-top": "true"});
+        chain.insert(0, top);
+        let p = plan(&chain);
+        let top_rules = &p.iter().find(|(i, _)| *i == 0).expect("top planned").1;
+        assert_eq!(top_rules.len(), 2, "{top_rules:?}");
         // A role that stops matching is dropped from the union.
         done[1]["metadata"]["labels"] = json!({});
         let plan2 = plan(&done);

@@ -7,12 +7,14 @@
 //! - [`policy_cache`]: that snapshot, built from the watch caches.
 //! - [`bootstrap`]: the default roles and bindings created at startup.
 //! - [`aggregation`]: the loop that fills aggregated ClusterRoles' rules.
+//! - [`escalation`]: no granting (or binding) of rights one lacks.
 //! - [`review`]: SubjectAccessReview and friends (`kubectl auth can-i`).
 //! - [`webhook`]: the `Webhook` mode (a SubjectAccessReview POSTed to an
 //!   HTTPS endpoint).
 
 pub mod aggregation;
 pub mod bootstrap;
+pub mod escalation;
 pub mod policy_cache;
 pub mod rbac;
 pub mod review;

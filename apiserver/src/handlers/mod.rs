@@ -81,6 +81,8 @@ pub struct Ctx {
     pub headers: HeaderMap,
     /// The body (at most [`MAX_BODY`]).
     pub body: Bytes,
+    /// Who asks (after impersonation).
+    pub user: User,
 }
 
 impl Ctx {
@@ -383,6 +385,7 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
         query,
         headers,
         body,
+        user: user.clone(),
     };
     match ctx.target.sub.as_deref() {
         Some("scale") => return scale::handle(app, &ctx, info.verb).await,

@@ -167,6 +167,7 @@ pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         name_label(&mut obj, &name);
     }
     crate::defaults::apply(res.kind, &mut obj);
+    crate::authz::escalation::check(app, ctx, &obj).await?;
     require_namespace(app, ctx).await?;
     if dry {
         return Ok(with_warnings(
@@ -320,6 +321,9 @@ async fn write_if(
         };
         strip(old) == strip(&new)
     };
+    if !unchanged {
+        crate::authz::escalation::check(app, ctx, &new).await?;
+    }
     if unchanged || ctx.dry_run()? {
         object::set_resource_version(&mut new, rev);
         return Ok(Some(new));
