@@ -195,13 +195,18 @@ pub async fn self_subject_rules_review(app: &App, ctx: &Ctx, user: &User) -> Api
         let (found, errs) = policy.rules_for(user, &ns);
         errors = errs;
         for f in found {
+            // Each rule once (a superuser's cluster-admin rules repeat `*`).
             if !f.rule.resources.is_empty() {
-                resource_rules.push(resource_rule(f.rule));
+                let r = resource_rule(f.rule);
+                if !resource_rules.contains(&r) {
+                    resource_rules.push(r);
+                }
             }
             if !f.rule.non_resource_urls.is_empty() {
-                non_resource_rules.push(
-                    json!({"verbs": f.rule.verbs, "nonResourceURLs": f.rule.non_resource_urls}),
-                );
+                let r = json!({"verbs": f.rule.verbs, "nonResourceURLs": f.rule.non_resource_urls});
+                if !non_resource_rules.contains(&r) {
+                    non_resource_rules.push(r);
+                }
             }
         }
     }
