@@ -110,6 +110,9 @@ struct ApiserverArgs {
     /// Audiences the API accepts in service account tokens (default: the issuer).
     #[arg(long, value_delimiter = ',')]
     api_audiences: Vec<String>,
+    /// The longest lifetime of a requested service account token (Go duration, e.g. `48h`).
+    #[arg(long)]
+    service_account_max_token_expiration: Option<String>,
     /// Serve requests without credentials as `system:anonymous`.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     anonymous_auth: bool,
@@ -448,6 +451,12 @@ async fn run_apiserver(
                 key_files: args.service_account_key_file.clone(),
                 issuers: args.service_account_issuer.clone(),
                 api_audiences: args.api_audiences.clone(),
+                max_expiration_seconds: args
+                    .service_account_max_token_expiration
+                    .as_deref()
+                    .map(keel_apiserver::authn::service_account::parse_duration_seconds)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--service-account-max-token-expiration: {e}"))?,
             },
             anonymous_auth: args.anonymous_auth,
         },
@@ -531,6 +540,7 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         service_account_signing_key_file: None,
         service_account_issuer: Vec::new(),
         api_audiences: Vec::new(),
+        service_account_max_token_expiration: None,
         anonymous_auth: false,
         authorization_mode: "RBAC".into(),
         authorization_webhook_config_file: None,

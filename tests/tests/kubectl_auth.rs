@@ -245,7 +245,7 @@ fn token_users_rbac_can_i_and_impersonation() {
 
 #[test]
 fn service_account_tokens_and_anonymous_requests() {
-    let Some((api, _dir)) = start(&[]) else {
+    let Some((api, _dir)) = start(&["--service-account-max-token-expiration=2h"]) else {
         return;
     };
     api.kubectl_ok(&["create", "ns", "ci"]);
@@ -287,7 +287,24 @@ fn service_account_tokens_and_anonymous_requests() {
     );
     api.kubectl_with(&robot, &["-n", "ci", "get", "roles"])
         .fails_with(r#"roles.rbac.authorization.k8s.io is forbidden: User "system:serviceaccount:ci:robot" cannot list resource "roles" in API group "rbac.authorization.k8s.io" in the namespace "ci""#);
-    // Too short a lifetime; a missing service account.
+    // Too long a lifetime is cut to the maximum; too short is refused.
+    let long = api.kubectl_ok(&[
+        "-n",
+        "ci",
+        "create",
+        "token",
+        "robot",
+        "--duration=48h",
+        "-o",
+        "json",
+    ]);
+    let long: serde_json::Value = serde_json::from_str(&long).expect("TokenRequest JSON");
+    assert_eq!(long["kind"], "TokenRequest");
+    assert_eq!(long["spec"]["expirationSeconds"], 7200, "{long}");
+    assert!(long["status"]["token"]
+        .as_str()
+        .is_some_and(|t| t.split('.').count() == 3));
+    // A missing service account.
     api.kubectl(&["-n", "ci", "create", "token", "robot", "--duration=1m"])
         .fails_with("may not specify a duration less than 10 minutes");
     api.kubectl(&["-n", "ci", "create", "token", "nobody"])

@@ -79,7 +79,8 @@ pub async fn token_review(app: &App, ctx: &Ctx) -> ApiResult<Response> {
 /// POST `serviceaccounts/<name>/token`: a TokenRequest. Signs a token for
 /// the service account (which must exist) with the requested audiences
 /// (default: the API server's) and lifetime (default one hour, at least
-/// ten minutes). `boundObjectRef` is not supported yet (400).
+/// ten minutes, at most `--service-account-max-token-expiration`).
+/// `boundObjectRef` is not supported yet (400).
 pub async fn token_request(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let t = &ctx.target;
     let name = t.name.clone().unwrap_or_default();
@@ -141,6 +142,11 @@ pub async fn token_request(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             "spec.expirationSeconds",
         ));
     }
+    // Kubernetes cuts longer requests to --service-account-max-token-expiration.
+    let seconds = match app.authn.issuer.max_expiration() {
+        Some(max) if seconds > max => max,
+        _ => seconds,
+    };
     let audiences: Vec<String> = match spec.get("audiences").and_then(Value::as_array) {
         Some(a) if !a.is_empty() => a
             .iter()

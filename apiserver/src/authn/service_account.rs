@@ -154,12 +154,49 @@ pub struct SaConfig {
     pub issuers: Vec<String>,
     /// `--api-audiences` (empty: the issuers).
     pub api_audiences: Vec<String>,
+    /// `--service-account-max-token-expiration` in seconds (longer
+    /// TokenRequests are cut to it; `None`: no limit).
+    pub max_expiration_seconds: Option<i64>,
+}
+
+/// Parses a Go duration (`48h`, `1h30m`, `90s`, `1.5h`) into seconds.
+pub fn parse_duration_seconds(s: &str) -> Result<i64, String> {
+    let bad = || format!("invalid duration {s:?} (e.g. 48h, 1h30m, 3600s)");
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..n].parse().map_err(|_| bad())?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let scale = match &rest[..u] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[u..];
+    }
+    Ok(total as i64)
 }
 
 /// Signs and verifies service account tokens.
 pub struct TokenIssuer {
     signing: EncodingKey,
     alg: Algorithm,
+    /// Kubernetes' key id: the unpadded base64url SHA-256 of the public
+    /// key's DER.
+    kid: String,
+    max_expiration: Option<i64>,
     verify: Vec<(Algorithm, DecodingKey)>,
     issuers: Vec<String>,
     audiences: Vec<String>,
@@ -217,8 +254,17 @@ pub fn ensure_key(dir: &Path) -> Result<(), SaTokenError> {
     write(&dir.join(SA_PUB), &key.public_key_pem(), false)
 }
 
-/// A private key file: the signing key, its algorithm and public half.
-fn load_private(path: &Path) -> Result<(EncodingKey, Algorithm, DecodingKey), SaTokenError> {
+/// Kubernetes' `keyIDFromPublicKey`.
+fn key_id(public_der: &[u8]) -> String {
+    use base64::Engine;
+    let digest = ring::digest::digest(&ring::digest::SHA256, public_der);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+/// A private key file: the signing key, its algorithm, public half and key id.
+fn load_private(
+    path: &Path,
+) -> Result<(EncodingKey, Algorithm, DecodingKey, String), SaTokenError> {
     let pem = read(path)?;
     let bad = |why: String| SaTokenError::Key {
         path: path.to_path_buf(),
@@ -227,6 +273,7 @@ fn load_private(path: &Path) -> Result<(EncodingKey, Algorithm, DecodingKey), Sa
     let pair = rcgen::KeyPair::from_pem(&pem)
         .map_err(|e| bad(format!("not a PKCS#8 private key: {e}")))?;
     let public = pair.public_key_pem();
+    let kid = key_id(&rcgen::PublicKeyData::subject_public_key_info(&pair));
     if let Ok(enc) = EncodingKey::from_ec_pem(pem.as_bytes()) {
         let dec = DecodingKey::from_ec_pem(public.as_bytes()).map_err(|e| bad(e.to_string()))?;
         let alg = if pair.algorithm() == &rcgen::PKCS_ECDSA_P384_SHA384 {
@@ -234,19 +281,19 @@ fn load_private(path: &Path) -> Result<(EncodingKey, Algorithm, DecodingKey), Sa
         } else {
             Algorithm::ES256
         };
-        return Ok((enc, alg, dec));
+        return Ok((enc, alg, dec, kid));
     }
     let enc = EncodingKey::from_rsa_pem(pem.as_bytes())
         .map_err(|e| bad(format!("neither an ECDSA nor an RSA key: {e}")))?;
     let dec = DecodingKey::from_rsa_pem(public.as_bytes()).map_err(|e| bad(e.to_string()))?;
-    Ok((enc, Algorithm::RS256, dec))
+    Ok((enc, Algorithm::RS256, dec, kid))
 }
 
 /// The verification keys of a `--service-account-key-file`.
 fn load_verification(path: &Path) -> Result<Vec<(Algorithm, DecodingKey)>, SaTokenError> {
     let pem = read(path)?;
     if pem.contains("PRIVATE KEY") {
-        let (_, alg, dec) = load_private(path)?;
+        let (_, alg, dec, _) = load_private(path)?;
         return Ok(vec![(alg, dec)]);
     }
     if let Ok(dec) = DecodingKey::from_ec_pem(pem.as_bytes()) {
@@ -273,7 +320,7 @@ impl TokenIssuer {
                 cert_dir.join(SA_KEY)
             }
         };
-        let (signing, alg, dec) = load_private(&signing_path)?;
+        let (signing, alg, dec, kid) = load_private(&signing_path)?;
         let mut verify = vec![(alg, dec)];
         for f in &cfg.key_files {
             verify.extend(load_verification(f)?);
@@ -291,10 +338,17 @@ impl TokenIssuer {
         Ok(TokenIssuer {
             signing,
             alg,
+            kid,
+            max_expiration: cfg.max_expiration_seconds,
             verify,
             issuers,
             audiences,
         })
+    }
+
+    /// The longest lifetime a TokenRequest gets (`None`: no limit).
+    pub fn max_expiration(&self) -> Option<i64> {
+        self.max_expiration
     }
 
     /// The API server's audiences (a TokenRequest's default).
@@ -331,7 +385,9 @@ impl TokenIssuer {
                 secret: None,
             },
         };
-        let token = jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.signing)
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.signing)
             .map_err(|e| SaTokenError::Sign(e.to_string()))?;
         Ok((token, claims))
     }
@@ -388,6 +444,12 @@ mod tests {
             .issue("prod", "robot", "uid-1", aud, now(), 600)
             .expect("issue");
         assert!(TokenIssuer::looks_like_jwt(&token));
+        let header = jsonwebtoken::decode_header(&token).expect("header");
+        assert_eq!(
+            header.kid.as_deref().map(str::len),
+            Some(43),
+            "sha256, base64url"
+        );
         let c = issuer.verify(&token).expect("verify");
         assert_eq!(c.iss, DEFAULT_ISSUER);
         assert_eq!(c.sub, "system:serviceaccount:prod:robot");
@@ -439,6 +501,17 @@ mod tests {
             .expect("issue");
         both.verify(&t)
             .expect("accepted with --service-account-key-file");
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration_seconds("48h"), Ok(172_800));
+        assert_eq!(parse_duration_seconds("1h30m"), Ok(5400));
+        assert_eq!(parse_duration_seconds("90s"), Ok(90));
+        assert_eq!(parse_duration_seconds("1.5h"), Ok(5400));
+        assert!(parse_duration_seconds("").is_err());
+        assert!(parse_duration_seconds("10").is_err());
+        assert!(parse_duration_seconds("3d").is_err());
     }
 
     #[test]
