@@ -518,3 +518,95 @@ fn roles_and_bindings_cannot_grant_more_than_one_holds() {
     )
     .ok();
 }
+
+/// SubjectAccessReview, LocalSubjectAccessReview and TokenReview through
+/// `kubectl create -f`, as an admission webhook or a proxy would use them.
+#[test]
+fn review_apis_through_kubectl_create() {
+    let Some((api, _dir)) = start(&[]) else {
+        return;
+    };
+    api.kubectl_ok(&["create", "ns", "prod"]);
+    api.kubectl_ok(&[
+        "-n",
+        "prod",
+        "create",
+        "rolebinding",
+        "alice-view",
+        "--clusterrole=view",
+        "--user=alice",
+    ]);
+    let create = |body: serde_json::Value| -> serde_json::Value {
+        let out = api
+            .kubectl_stdin(
+                &["create", "-f", "-", "-o", "json"],
+                Some(&body.to_string()),
+            )
+            .ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let sar = |spec: serde_json::Value| {
+        create(
+            serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}),
+        )
+    };
+    let r = sar(
+        serde_json::json!({"user": "alice", "resourceAttributes": {"namespace": "prod", "verb": "list", "resource": "pods"}}),
+    );
+    assert_eq!(r["status"]["allowed"], true, "{r}");
+    assert_eq!(
+        r["status"]["reason"],
+        r#"RBAC: allowed by RoleBinding "alice-view/prod" of ClusterRole "view" to User "alice""#
+    );
+    let r = sar(
+        serde_json::json!({"user": "alice", "resourceAttributes": {"namespace": "prod", "verb": "delete", "resource": "pods"}}),
+    );
+    assert_eq!(r["status"]["allowed"], false, "{r}");
+    let r = sar(
+        serde_json::json!({"user": "nobody", "groups": ["system:authenticated"], "nonResourceAttributes": {"path": "/apis/apps", "verb": "get"}}),
+    );
+    assert_eq!(r["status"]["allowed"], true, "{r}");
+    let r = sar(
+        serde_json::json!({"user": "nobody", "nonResourceAttributes": {"path": "/metrics", "verb": "get"}}),
+    );
+    assert_eq!(r["status"]["allowed"], false, "{r}");
+    let r = create(serde_json::json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "LocalSubjectAccessReview",
+        "metadata": {"namespace": "prod"},
+        "spec": {"user": "alice", "resourceAttributes": {"namespace": "prod", "verb": "get", "group": "apps", "resource": "deployments"}},
+    }));
+    assert_eq!(
+        (r["kind"].as_str(), r["status"]["allowed"].as_bool()),
+        (Some("LocalSubjectAccessReview"), Some(true)),
+        "{r}"
+    );
+    let body = serde_json::json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "LocalSubjectAccessReview",
+        "metadata": {"namespace": "prod"},
+        "spec": {"user": "alice", "resourceAttributes": {"namespace": "other", "verb": "get", "resource": "pods"}},
+    });
+    api.kubectl_stdin(&["create", "-f", "-"], Some(&body.to_string()))
+        .fails_with("spec.resourceAttributes.namespace must match namespace: prod");
+    let tr = |token: &str| {
+        create(
+            serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}),
+        )
+    };
+    let r = tr("bob-token");
+    assert_eq!(r["status"]["authenticated"], true, "{r}");
+    assert_eq!(r["status"]["user"]["username"], "bob");
+    assert_eq!(
+        r["status"]["user"]["groups"],
+        serde_json::json!(["devs", "qa", "system:authenticated"])
+    );
+    let r = tr("forged");
+    assert_ne!(r["status"]["authenticated"], true, "{r}");
+    // Only who may create SubjectAccessReviews may ask about others.
+    let alice = api.token_kubeconfig("alice", Some("alice-token"));
+    let body = serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {"user": "bob", "nonResourceAttributes": {"path": "/", "verb": "get"}}});
+    let path = api.scratch().join("sar.json");
+    std::fs::write(&path, body.to_string()).expect("write sar.json");
+    api.kubectl_with(&alice, &["create", "-f", &path.display().to_string()]).fails_with(
+        r#"subjectaccessreviews.authorization.k8s.io is forbidden: User "alice" cannot create resource "subjectaccessreviews" in API group "authorization.k8s.io" at the cluster scope"#,
+    );
+}
