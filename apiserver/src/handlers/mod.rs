@@ -266,6 +266,20 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
     let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     if authorize {
         let attrs = crate::authz::request_attributes(&user, &method, &path, &segs, watch);
+        if attrs.resource_request {
+            // For the log line of a refused request (routing sets them again).
+            info.verb = registry::VERBS
+                .iter()
+                .find(|v| **v == attrs.verb)
+                .copied()
+                .unwrap_or("get");
+            info.resource = match (attrs.api_group.as_str(), attrs.subresource.as_str()) {
+                ("", "") => attrs.resource.clone(),
+                ("", sub) => format!("{}/{sub}", attrs.resource),
+                (g, "") => format!("{}.{g}", attrs.resource),
+                (g, sub) => format!("{}.{g}/{sub}", attrs.resource),
+            };
+        }
         app.authz.check(app, &attrs).await?;
     }
     match segs.as_slice() {
