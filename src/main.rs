@@ -122,6 +122,12 @@ struct ApiserverArgs {
     /// A kubeconfig naming the HTTPS endpoint of the `Webhook` mode.
     #[arg(long)]
     authorization_webhook_config_file: Option<PathBuf>,
+    /// How long the webhook's "allowed" answers are reused (Go duration; 0s: never).
+    #[arg(long, default_value = "5m")]
+    authorization_webhook_cache_authorized_ttl: String,
+    /// How long the webhook's other answers are reused (Go duration; 0s: never).
+    #[arg(long, default_value = "30s")]
+    authorization_webhook_cache_unauthorized_ttl: String,
 }
 
 /// `keel kubeconfig` flags.
@@ -434,6 +440,13 @@ async fn run_store(args: StoreArgs) -> Result<()> {
     run_until_stopped(vec![running]).await
 }
 
+/// A Go-style duration flag (`5m`, `30s`, `0s`).
+fn go_duration(flag: &str, value: &str) -> Result<std::time::Duration> {
+    let secs = keel_apiserver::authn::service_account::parse_duration_seconds(value)
+        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    Ok(std::time::Duration::from_secs(secs.max(0) as u64))
+}
+
 /// Runs an apiserver until `stop` fires.
 async fn run_apiserver(
     args: &ApiserverArgs,
@@ -463,6 +476,16 @@ async fn run_apiserver(
         authorization_modes: keel_apiserver::authz::parse_modes(&args.authorization_mode)
             .map_err(|e| anyhow::anyhow!("--authorization-mode: {e}"))?,
         authorization_webhook_config_file: args.authorization_webhook_config_file.clone(),
+        authorization_webhook_cache_ttls: (
+            go_duration(
+                "--authorization-webhook-cache-authorized-ttl",
+                &args.authorization_webhook_cache_authorized_ttl,
+            )?,
+            go_duration(
+                "--authorization-webhook-cache-unauthorized-ttl",
+                &args.authorization_webhook_cache_unauthorized_ttl,
+            )?,
+        ),
     };
     let server = keel_apiserver::Server::bind(&cfg)
         .await
@@ -544,6 +567,8 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         anonymous_auth: false,
         authorization_mode: "RBAC".into(),
         authorization_webhook_config_file: None,
+        authorization_webhook_cache_authorized_ttl: "5m".into(),
+        authorization_webhook_cache_unauthorized_ttl: "30s".into(),
     };
     let kubeconfig = data_dir.join("kubeconfig");
     keel_apiserver::tls::ensure_pki(&api.cert_dir, &[]).context("creating the cluster CA")?;

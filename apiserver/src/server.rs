@@ -37,6 +37,9 @@ pub struct Config {
     pub authorization_modes: Vec<crate::authz::Mode>,
     /// `--authorization-webhook-config-file` (the `Webhook` mode's endpoint).
     pub authorization_webhook_config_file: Option<PathBuf>,
+    /// `--authorization-webhook-cache-authorized-ttl` and
+    /// `--authorization-webhook-cache-unauthorized-ttl`.
+    pub authorization_webhook_cache_ttls: (Duration, Duration),
 }
 
 /// A bound, not yet serving API server.
@@ -59,7 +62,12 @@ impl Server {
             cfg.authorization_modes.clone()
         };
         let webhook = match &cfg.authorization_webhook_config_file {
-            Some(p) => Some(crate::authz::webhook::Webhook::load(p)?),
+            Some(p) => {
+                let (allowed, other) = cfg.authorization_webhook_cache_ttls;
+                Some(crate::authz::webhook::Webhook::load(p)?.with_cache(
+                    crate::authz::decision_cache::DecisionCache::new(allowed, other),
+                ))
+            }
             None => None,
         };
         let authz = crate::authz::Authorizer::new(modes, webhook).map_err(Error::Authz)?;

@@ -400,6 +400,8 @@ fn webhook_mode_asks_a_subject_access_review_endpoint() {
             "--authorization-mode=Webhook".into(),
             "--authorization-webhook-config-file".into(),
             hook.display().to_string(),
+            // "No" is not remembered, so the new binding counts at once.
+            "--authorization-webhook-cache-unauthorized-ttl=0s".into(),
         ])
         .expect("webhook apiserver");
     let alice = api.token_kubeconfig_at(
@@ -428,6 +430,17 @@ fn webhook_mode_asks_a_subject_access_review_endpoint() {
         .kubectl_with(&alice, &["auth", "can-i", "watch", "pods", "-n", "prod"])
         .ok();
     assert_eq!(yes.trim(), "yes");
+    // "Yes" is remembered (5m by default): the same request again asks nobody.
+    let reviews = || {
+        api.log()
+            .matches("path=/apis/authorization.k8s.io/v1/subjectaccessreviews ")
+            .count()
+    };
+    let before = reviews();
+    assert!(before > 0, "the webhook was never asked");
+    api.kubectl_with(&alice, &["-n", "prod", "get", "pods"])
+        .ok();
+    assert_eq!(reviews(), before, "the webhook was asked again");
 }
 
 /// No escalation: a namespace admin may write roles and bindings only for

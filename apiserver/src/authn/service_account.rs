@@ -163,6 +163,9 @@ pub struct SaConfig {
 pub fn parse_duration_seconds(s: &str) -> Result<i64, String> {
     let bad = || format!("invalid duration {s:?} (e.g. 48h, 1h30m, 3600s)");
     let mut rest = s.trim();
+    if rest == "0" {
+        return Ok(0);
+    }
     if rest.is_empty() {
         return Err(bad());
     }
@@ -509,6 +512,8 @@ mod tests {
         assert_eq!(parse_duration_seconds("1h30m"), Ok(5400));
         assert_eq!(parse_duration_seconds("90s"), Ok(90));
         assert_eq!(parse_duration_seconds("1.5h"), Ok(5400));
+        assert_eq!(parse_duration_seconds("0"), Ok(0));
+        assert_eq!(parse_duration_seconds("0s"), Ok(0));
         assert!(parse_duration_seconds("").is_err());
         assert!(parse_duration_seconds("10").is_err());
         assert!(parse_duration_seconds("3d").is_err());

@@ -10,10 +10,11 @@
 //! - [`escalation`]: no granting (or binding) of rights one lacks.
 //! - [`review`]: SubjectAccessReview and friends (`kubectl auth can-i`).
 //! - [`webhook`]: the `Webhook` mode (a SubjectAccessReview POSTed to an
-//!   HTTPS endpoint).
+//!   HTTPS endpoint); [`decision_cache`]: its answers, kept for a while.
 
 pub mod aggregation;
 pub mod bootstrap;
+pub mod decision_cache;
 pub mod escalation;
 pub mod policy_cache;
 pub mod rbac;
