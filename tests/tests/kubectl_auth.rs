@@ -499,6 +499,23 @@ fn roles_and_bindings_cannot_grant_more_than_one_holds() {
     api.kubectl_with(&alice, &["-n", "team", "create", "rolebinding", "bob-root", "--clusterrole=cluster-admin", "--user=bob"]).fails_with(
         "rolebindings.rbac.authorization.k8s.io \"bob-root\" is forbidden: user \"alice\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}",
     );
+    // Aggregation rules need full authority.
+    api.kubectl_ok(&[
+        "create",
+        "clusterrole",
+        "role-writer",
+        "--verb=create",
+        "--resource=clusterroles.rbac.authorization.k8s.io",
+    ]);
+    api.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "alice-role-writer",
+        "--clusterrole=role-writer",
+        "--user=alice",
+    ]);
+    api.kubectl_with(&alice, &["create", "clusterrole", "grab-all", "--aggregation-rule=rbac.authorization.k8s.io/aggregate-to-admin=true"])
+        .fails_with(r#"clusterroles.rbac.authorization.k8s.io "grab-all" is forbidden: must have cluster-admin privileges to use the aggregationRule"#);
     // With the bind verb on cluster-admin she may bind it (as Kubernetes).
     api.kubectl_ok(&[
         "create",

@@ -2,7 +2,8 @@
 //! storage: a user may only write a Role/ClusterRole whose rules they
 //! already hold (or with the `escalate` verb on it), and only bind a role
 //! whose rules they already hold (or with the `bind` verb on it).
-//! `system:masters` may do anything. "Already hold" is Kubernetes'
+//! A ClusterRole with an `aggregationRule` takes full authority (or
+//! `escalate`). `system:masters` may do anything. "Already hold" is Kubernetes'
 //! `Covers`: every rule is broken down into single verb × group ×
 //! resource (× name) and verb × URL parts, and each part must be covered
 //! by one of the user's rules in that namespace.
@@ -193,6 +194,24 @@ pub fn escalation_message(user: &User, missing: Vec<PolicyRule>, errors: &[Strin
     msg
 }
 
+/// Kubernetes' `fullAuthority`: everything, resources and paths.
+fn full_authority() -> Vec<PolicyRule> {
+    let all = || vec!["*".to_string()];
+    vec![
+        PolicyRule {
+            verbs: all(),
+            api_groups: all(),
+            resources: all(),
+            ..PolicyRule::default()
+        },
+        PolicyRule {
+            verbs: all(),
+            non_resource_urls: all(),
+            ..PolicyRule::default()
+        },
+    ]
+}
+
 fn allowed(d: Decision) -> bool {
     matches!(d, Decision::Allow(_))
 }
@@ -288,10 +307,18 @@ pub async fn check(app: &App, ctx: &Ctx, obj: &Value) -> ApiResult<()> {
         let (found, errors) = policy.rules_for(user, &ns);
         let owner: Vec<PolicyRule> = found.into_iter().map(|f| f.rule.clone()).collect();
         let lacking = missing(&owner, &servant);
-        if lacking.is_empty() {
-            return Ok(());
+        if !lacking.is_empty() {
+            last = Some(escalation_message(user, lacking, &errors));
+            continue;
         }
-        last = Some(escalation_message(user, lacking, &errors));
+        // An aggregation rule can gather anything: it takes `*` on `*.*`.
+        let aggregates =
+            res.kind == "ClusterRole" && obj.get("aggregationRule").is_some_and(|a| !a.is_null());
+        if aggregates && !missing(&owner, &full_authority()).is_empty() {
+            last = Some("must have cluster-admin privileges to use the aggregationRule".into());
+            continue;
+        }
+        return Ok(());
     }
     Err(forbid(last.unwrap_or_default()))
 }
