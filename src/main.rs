@@ -110,6 +110,10 @@ struct ApiserverArgs {
     /// Audiences the API accepts in service account tokens (default: the issuer).
     #[arg(long, value_delimiter = ',')]
     api_audiences: Vec<String>,
+    /// The `jwks_uri` of the service account issuer discovery document
+    /// (default: https://<this server>/openid/v1/jwks).
+    #[arg(long)]
+    service_account_jwks_uri: Option<String>,
     /// The longest lifetime of a requested service account token (Go duration, e.g. `48h`).
     #[arg(long)]
     service_account_max_token_expiration: Option<String>,
@@ -464,6 +468,7 @@ async fn run_apiserver(
                 key_files: args.service_account_key_file.clone(),
                 issuers: args.service_account_issuer.clone(),
                 api_audiences: args.api_audiences.clone(),
+                jwks_uri: args.service_account_jwks_uri.clone(),
                 max_expiration_seconds: args
                     .service_account_max_token_expiration
                     .as_deref()
@@ -564,6 +569,7 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         service_account_issuer: Vec::new(),
         api_audiences: Vec::new(),
         service_account_max_token_expiration: None,
+        service_account_jwks_uri: None,
         anonymous_auth: false,
         authorization_mode: "RBAC".into(),
         authorization_webhook_config_file: None,

@@ -33,6 +33,31 @@ fn start(extra: &[&str]) -> Option<(KubeApi, tempfile::TempDir)> {
     KubeApi::start_with_or_skip(&args).map(|api| (api, dir))
 }
 
+/// Decodes unpadded base64url (a JWT segment).
+fn b64url(s: &str) -> Vec<u8> {
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => continue,
+        };
+        bits = (bits << 6) | u32::from(v);
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    out
+}
+
 /// Polls `f` for up to five seconds.
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -254,6 +279,37 @@ fn service_account_tokens_and_anonymous_requests() {
     let token = token.trim();
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
     let robot = api.token_kubeconfig("robot", Some(token));
+    // Issuer discovery, for service accounts: the JWKS has the token's key.
+    let disc: serde_json::Value = serde_json::from_str(
+        &api.kubectl_with(
+            &robot,
+            &["get", "--raw", "/.well-known/openid-configuration"],
+        )
+        .ok(),
+    )
+    .expect("discovery JSON");
+    assert_eq!(
+        disc["issuer"],
+        "https://kubernetes.default.svc.cluster.local"
+    );
+    assert_eq!(
+        disc["id_token_signing_alg_values_supported"],
+        serde_json::json!(["ES256"])
+    );
+    let jwks: serde_json::Value = serde_json::from_str(
+        &api.kubectl_with(&robot, &["get", "--raw", "/openid/v1/jwks"])
+            .ok(),
+    )
+    .expect("JWKS JSON");
+    let header: serde_json::Value =
+        serde_json::from_slice(&b64url(token.split('.').next().unwrap_or(""))).expect("JWT header");
+    assert_eq!(jwks["keys"][0]["kid"], header["kid"], "{jwks} vs {header}");
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    api.kubectl_with(
+        &api.token_kubeconfig("alice", Some("alice-token")),
+        &["get", "--raw", "/openid/v1/jwks"],
+    )
+    .fails_with(r#"forbidden: User "alice" cannot get path "/openid/v1/jwks""#);
     api.kubectl_with(&robot, &["-n", "ci", "get", "configmaps"]).fails_with(
         r#"configmaps is forbidden: User "system:serviceaccount:ci:robot" cannot list resource "configmaps" in API group "" in the namespace "ci""#,
     );

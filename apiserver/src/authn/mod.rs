@@ -16,6 +16,7 @@
 //! (SelfSubjectReview, TokenReview, TokenRequest) are in [`review`].
 
 pub mod impersonate;
+pub mod oidc;
 pub mod review;
 pub mod service_account;
 pub mod token_file;

@@ -154,6 +154,9 @@ pub struct SaConfig {
     pub issuers: Vec<String>,
     /// `--api-audiences` (empty: the issuers).
     pub api_audiences: Vec<String>,
+    /// `--service-account-jwks-uri` (the discovery document's `jwks_uri`;
+    /// `None`: `https://<this server>/openid/v1/jwks`).
+    pub jwks_uri: Option<String>,
     /// `--service-account-max-token-expiration` in seconds (longer
     /// TokenRequests are cut to it; `None`: no limit).
     pub max_expiration_seconds: Option<i64>,
@@ -200,6 +203,10 @@ pub struct TokenIssuer {
     /// key's DER.
     kid: String,
     max_expiration: Option<i64>,
+    /// `--service-account-jwks-uri`.
+    jwks_uri: Option<String>,
+    /// Every verification key's public key (SPKI DER), for the JWKS.
+    public_keys: Vec<Vec<u8>>,
     verify: Vec<(Algorithm, DecodingKey)>,
     issuers: Vec<String>,
     audiences: Vec<String>,
@@ -265,9 +272,10 @@ fn key_id(public_der: &[u8]) -> String {
 }
 
 /// A private key file: the signing key, its algorithm, public half and key id.
-fn load_private(
-    path: &Path,
-) -> Result<(EncodingKey, Algorithm, DecodingKey, String), SaTokenError> {
+/// A loaded private key: signing half, algorithm, verifying half, public key (SPKI DER).
+type PrivateKey = (EncodingKey, Algorithm, DecodingKey, Vec<u8>);
+
+fn load_private(path: &Path) -> Result<PrivateKey, SaTokenError> {
     let pem = read(path)?;
     let bad = |why: String| SaTokenError::Key {
         path: path.to_path_buf(),
@@ -276,7 +284,7 @@ fn load_private(
     let pair = rcgen::KeyPair::from_pem(&pem)
         .map_err(|e| bad(format!("not a PKCS#8 private key: {e}")))?;
     let public = pair.public_key_pem();
-    let kid = key_id(&rcgen::PublicKeyData::subject_public_key_info(&pair));
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&pair);
     if let Ok(enc) = EncodingKey::from_ec_pem(pem.as_bytes()) {
         let dec = DecodingKey::from_ec_pem(public.as_bytes()).map_err(|e| bad(e.to_string()))?;
         let alg = if pair.algorithm() == &rcgen::PKCS_ECDSA_P384_SHA384 {
@@ -284,32 +292,41 @@ fn load_private(
         } else {
             Algorithm::ES256
         };
-        return Ok((enc, alg, dec, kid));
+        return Ok((enc, alg, dec, spki));
     }
     let enc = EncodingKey::from_rsa_pem(pem.as_bytes())
         .map_err(|e| bad(format!("neither an ECDSA nor an RSA key: {e}")))?;
     let dec = DecodingKey::from_rsa_pem(public.as_bytes()).map_err(|e| bad(e.to_string()))?;
-    Ok((enc, Algorithm::RS256, dec, kid))
+    Ok((enc, Algorithm::RS256, dec, spki))
 }
 
-/// The verification keys of a `--service-account-key-file`.
-fn load_verification(path: &Path) -> Result<Vec<(Algorithm, DecodingKey)>, SaTokenError> {
+/// The verification keys of a `--service-account-key-file`, and its
+/// public key (SPKI DER).
+fn load_verification(
+    path: &Path,
+) -> Result<(Vec<(Algorithm, DecodingKey)>, Vec<u8>), SaTokenError> {
+    use rustls::pki_types::{pem::PemObject, SubjectPublicKeyInfoDer};
     let pem = read(path)?;
     if pem.contains("PRIVATE KEY") {
-        let (_, alg, dec, _) = load_private(path)?;
-        return Ok(vec![(alg, dec)]);
+        let (_, alg, dec, spki) = load_private(path)?;
+        return Ok((vec![(alg, dec)], spki));
     }
-    if let Ok(dec) = DecodingKey::from_ec_pem(pem.as_bytes()) {
-        return Ok(vec![
-            (Algorithm::ES256, dec.clone()),
-            (Algorithm::ES384, dec),
-        ]);
-    }
-    let dec = DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| SaTokenError::Key {
+    let bad = |why: String| SaTokenError::Key {
         path: path.to_path_buf(),
-        why: format!("neither an ECDSA nor an RSA public key: {e}"),
-    })?;
-    Ok(vec![(Algorithm::RS256, dec)])
+        why,
+    };
+    let spki = SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| bad(format!("not a PEM public key: {e}")))?
+        .to_vec();
+    if let Ok(dec) = DecodingKey::from_ec_pem(pem.as_bytes()) {
+        return Ok((
+            vec![(Algorithm::ES256, dec.clone()), (Algorithm::ES384, dec)],
+            spki,
+        ));
+    }
+    let dec = DecodingKey::from_rsa_pem(pem.as_bytes())
+        .map_err(|e| bad(format!("neither an ECDSA nor an RSA public key: {e}")))?;
+    Ok((vec![(Algorithm::RS256, dec)], spki))
 }
 
 impl TokenIssuer {
@@ -323,10 +340,16 @@ impl TokenIssuer {
                 cert_dir.join(SA_KEY)
             }
         };
-        let (signing, alg, dec, kid) = load_private(&signing_path)?;
+        let (signing, alg, dec, spki) = load_private(&signing_path)?;
+        let kid = key_id(&spki);
         let mut verify = vec![(alg, dec)];
+        let mut public_keys = vec![spki];
         for f in &cfg.key_files {
-            verify.extend(load_verification(f)?);
+            let (keys, spki) = load_verification(f)?;
+            verify.extend(keys);
+            if !public_keys.contains(&spki) {
+                public_keys.push(spki);
+            }
         }
         let issuers = if cfg.issuers.is_empty() {
             vec![DEFAULT_ISSUER.to_string()]
@@ -343,10 +366,38 @@ impl TokenIssuer {
             alg,
             kid,
             max_expiration: cfg.max_expiration_seconds,
+            jwks_uri: cfg.jwks_uri.clone(),
+            public_keys,
             verify,
             issuers,
             audiences,
         })
+    }
+
+    /// `/openid/v1/jwks`: every verification key as a JWK.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<serde_json::Value> = self
+            .public_keys
+            .iter()
+            .filter_map(|spki| super::oidc::jwk(spki, &key_id(spki)))
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// `/.well-known/openid-configuration`; `server` is this server's
+    /// `host:port` (for the default `jwks_uri`).
+    pub fn discovery(&self, server: &str) -> serde_json::Value {
+        let jwks_uri = self
+            .jwks_uri
+            .clone()
+            .unwrap_or_else(|| format!("https://{server}/openid/v1/jwks"));
+        let mut algs: Vec<String> = Vec::new();
+        for k in self.jwks()["keys"].as_array().into_iter().flatten() {
+            if let Some(a) = k["alg"].as_str().filter(|a| !algs.iter().any(|x| x == a)) {
+                algs.push(a.to_string());
+            }
+        }
+        super::oidc::discovery(&self.issuers[0], &jwks_uri, &algs)
     }
 
     /// The longest lifetime a TokenRequest gets (`None`: no limit).
@@ -467,6 +518,13 @@ mod tests {
                 "system:serviceaccounts:prod",
                 "system:authenticated"
             ]
+        );
+        // The JWKS holds the key the token names.
+        let jwks = issuer.jwks();
+        assert_eq!(jwks["keys"][0]["kid"].as_str(), header.kid.as_deref());
+        assert_eq!(
+            issuer.discovery("h:1")["jwks_uri"],
+            "https://h:1/openid/v1/jwks"
         );
         // The same key is used after a restart.
         let again = TokenIssuer::load(&SaConfig::default(), dir.path()).expect("reload");

@@ -9,7 +9,9 @@
 //!   that aggregate `view` into `edit` and `edit` into `admin`;
 //! - `system:discovery`, `system:basic-user` (bound to
 //!   `system:authenticated`) and `system:public-info-viewer` (bound to
-//!   `system:authenticated` and `system:unauthenticated`).
+//!   `system:authenticated` and `system:unauthenticated`),
+//!   `system:service-account-issuer-discovery` (bound to
+//!   `system:serviceaccounts`).
 
 use serde_json::{json, Value};
 
@@ -259,6 +261,19 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
         ),
         cluster_role(
+            "system:service-account-issuer-discovery",
+            json!({}),
+            vec![url_rule(
+                &["get"],
+                &[
+                    "/.well-known/openid-configuration",
+                    "/.well-known/openid-configuration/",
+                    "/openid/v1/jwks",
+                    "/openid/v1/jwks/",
+                ],
+            )],
+        ),
+        cluster_role(
             "system:public-info-viewer",
             json!({}),
             vec![url_rule(
@@ -282,6 +297,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:basic-user",
             "system:basic-user",
             &["system:authenticated"],
+        ),
+        binding(
+            "system:service-account-issuer-discovery",
+            "system:service-account-issuer-discovery",
+            &["system:serviceaccounts"],
         ),
         binding(
             "system:public-info-viewer",

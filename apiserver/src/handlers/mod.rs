@@ -292,6 +292,20 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
             })
         }
         ["version"] => return get_only(discovery::version()),
+        [".well-known", "openid-configuration"] => {
+            return get_only(app.authn.issuer.discovery(&app.server_address))
+        }
+        ["openid", "v1", "jwks"] => {
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed(&path));
+            }
+            let mut resp = json_response(StatusCode::OK, &app.authn.issuer.jwks());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/jwk-set+json"),
+            );
+            return Ok(resp);
+        }
         ["metrics"] => {
             return Ok((
                 StatusCode::OK,
