@@ -207,7 +207,7 @@ pub struct TokenIssuer {
     jwks_uri: Option<String>,
     /// Every verification key's public key (SPKI DER), for the JWKS.
     public_keys: Vec<Vec<u8>>,
-    verify: Vec<(Algorithm, DecodingKey)>,
+    verify: Vec<VerifyKey>,
     issuers: Vec<String>,
     audiences: Vec<String>,
 }
@@ -272,6 +272,9 @@ fn key_id(public_der: &[u8]) -> String {
 }
 
 /// A private key file: the signing key, its algorithm, public half and key id.
+/// A key that verifies tokens signed with its algorithm.
+type VerifyKey = (Algorithm, DecodingKey);
+
 /// A loaded private key: signing half, algorithm, verifying half, public key (SPKI DER).
 type PrivateKey = (EncodingKey, Algorithm, DecodingKey, Vec<u8>);
 
@@ -302,9 +305,7 @@ fn load_private(path: &Path) -> Result<PrivateKey, SaTokenError> {
 
 /// The verification keys of a `--service-account-key-file`, and its
 /// public key (SPKI DER).
-fn load_verification(
-    path: &Path,
-) -> Result<(Vec<(Algorithm, DecodingKey)>, Vec<u8>), SaTokenError> {
+fn load_verification(path: &Path) -> Result<(Vec<VerifyKey>, Vec<u8>), SaTokenError> {
     use rustls::pki_types::{pem::PemObject, SubjectPublicKeyInfoDer};
     let pem = read(path)?;
     if pem.contains("PRIVATE KEY") {
