@@ -42,7 +42,7 @@ enum Cmd {
     /// Run one store member; flags mirror etcd's.
     Store(Box<StoreArgs>),
     /// Run the Kubernetes API server on a store; flags mirror kube-apiserver's.
-    Apiserver(ApiserverArgs),
+    Apiserver(Box<ApiserverArgs>),
     /// Write a kubeconfig (embedded CA, admin client certificate) for an apiserver.
     Kubeconfig(KubeconfigArgs),
     /// Snapshot tools.
