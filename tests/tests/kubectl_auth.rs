@@ -696,3 +696,59 @@ fn review_apis_through_kubectl_create() {
         r#"subjectaccessreviews.authorization.k8s.io is forbidden: User "alice" cannot create resource "subjectaccessreviews" in API group "authorization.k8s.io" at the cluster scope"#,
     );
 }
+
+/// An apiserver starting on a store puts back what the default roles and
+/// bindings lack, unless they say `autoupdate: "false"`.
+#[test]
+fn default_roles_are_reconciled_at_startup() {
+    let Some((mut api, _dir)) = start(&[]) else {
+        return;
+    };
+    let rules = |api: &KubeApi, role: &str| -> String {
+        api.kubectl_ok(&["get", "clusterrole", role, "-o", "jsonpath={.rules}"])
+    };
+    let strip = r#"[{"op": "replace", "path": "/rules", "value": []}]"#;
+    api.kubectl_ok(&[
+        "patch",
+        "clusterrole",
+        "system:basic-user",
+        "--type=json",
+        "-p",
+        strip,
+    ]);
+    api.kubectl_ok(&[
+        "patch",
+        "clusterrole",
+        "system:public-info-viewer",
+        "--type=json",
+        "-p",
+        strip,
+    ]);
+    api.kubectl_ok(&[
+        "annotate",
+        "--overwrite",
+        "clusterrole",
+        "system:public-info-viewer",
+        "rbac.authorization.kubernetes.io/autoupdate=false",
+    ]);
+    api.kubectl_ok(&["patch", "clusterrolebinding", "system:discovery", "--type=json", "-p", r#"[{"op": "replace", "path": "/subjects", "value": [{"kind": "User", "name": "carol", "apiGroup": "rbac.authorization.k8s.io"}]}]"#]);
+    assert!(!rules(&api, "system:basic-user").contains("selfsubjectreviews"));
+    api.add_apiserver().expect("a second apiserver");
+    assert!(
+        rules(&api, "system:basic-user").contains("selfsubjectreviews"),
+        "{}",
+        rules(&api, "system:basic-user")
+    );
+    assert!(
+        !rules(&api, "system:public-info-viewer").contains("/healthz"),
+        "autoupdate=false is left alone"
+    );
+    let subjects = api.kubectl_ok(&[
+        "get",
+        "clusterrolebinding",
+        "system:discovery",
+        "-o",
+        "jsonpath={.subjects[*].name}",
+    ]);
+    assert_eq!(subjects, "carol system:authenticated");
+}

@@ -1,6 +1,6 @@
 //! The default roles and bindings (a subset of Kubernetes' bootstrap
 //! policy, for the resources keel serves), created at startup when
-//! missing; existing ones are left alone.
+//! missing; existing ones get what they lack ([`super::reconcile`]).
 //!
 //! - `cluster-admin` (everything), bound to the group `system:masters`;
 //! - `admin`, `edit`, `view`: aggregated ClusterRoles filled from
@@ -16,9 +16,10 @@
 use serde_json::{json, Value};
 
 use super::policy_cache::rbac_resource;
-use crate::handlers::{store_err, App};
+use crate::handlers::{decode, store_err, App};
 use crate::object;
 use crate::status::{ApiError, ApiResult};
+use crate::store::Cas;
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
@@ -311,7 +312,8 @@ pub fn cluster_role_bindings() -> Vec<Value> {
     ]
 }
 
-/// Creates every default role and binding that does not exist yet.
+/// Creates every default role and binding that does not exist yet, and
+/// reconciles the ones that do ([`super::reconcile`]).
 pub async fn ensure(app: &App) -> ApiResult<()> {
     let sets = [
         ("clusterroles", cluster_roles()),
@@ -331,12 +333,34 @@ pub async fn ensure(app: &App) -> ApiResult<()> {
             }
             let bytes = serde_json::to_vec(&obj)
                 .map_err(|e| ApiError::internal(format!("encoding {name}: {e}")))?;
-            // A failed precondition means it exists: left as it is.
-            let _ = app
+            let key = res.key(None, &name);
+            let Cas::Failed(Some(kv)) = app.store.create(&key, bytes).await.map_err(store_err)?
+            else {
+                continue;
+            };
+            // It exists: add what a default lacks (see `reconcile`).
+            let existing = decode(&kv)?;
+            let Some(mut updated) = super::reconcile::reconcile(&obj, &existing) else {
+                continue;
+            };
+            if let Some(m) = updated.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            let bytes = serde_json::to_vec(&updated)
+                .map_err(|e| ApiError::internal(format!("encoding {name}: {e}")))?;
+            match app
                 .store
-                .create(&res.key(None, &name), bytes)
+                .update(&key, bytes, kv.mod_revision)
                 .await
-                .map_err(store_err)?;
+                .map_err(store_err)?
+            {
+                Cas::Done(_) => {
+                    tracing::info!(%name, kind = %res.kind, "default RBAC object reconciled")
+                }
+                Cas::Failed(_) => {
+                    tracing::info!(%name, "default RBAC object changed meanwhile; reconciled next start")
+                }
+            }
         }
     }
     Ok(())

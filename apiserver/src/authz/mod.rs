@@ -5,7 +5,8 @@
 //!
 //! - [`rbac`]: rule matching and the evaluator over a policy snapshot.
 //! - [`policy_cache`]: that snapshot, built from the watch caches.
-//! - [`bootstrap`]: the default roles and bindings created at startup.
+//! - [`bootstrap`]: the default roles and bindings created at startup;
+//!   [`reconcile`]: what existing defaults lack, added.
 //! - [`aggregation`]: the loop that fills aggregated ClusterRoles' rules.
 //! - [`escalation`]: no granting (or binding) of rights one lacks.
 //! - [`review`]: SubjectAccessReview and friends (`kubectl auth can-i`).
@@ -18,6 +19,7 @@ pub mod decision_cache;
 pub mod escalation;
 pub mod policy_cache;
 pub mod rbac;
+pub mod reconcile;
 pub mod review;
 pub mod webhook;
 
