@@ -380,6 +380,57 @@ fn service_account_tokens_and_anonymous_requests() {
         .ok();
     assert!(cms.contains("configmap/made-by-robot"), "{cms}");
 
+    // A token bound to a pod lives as long as the pod.
+    api.kubectl_ok(&["-n", "ci", "run", "p1", "--image=busybox"]);
+    let bound = api.kubectl_ok(&[
+        "-n",
+        "ci",
+        "create",
+        "token",
+        "robot",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=p1",
+    ]);
+    let bound = api.token_kubeconfig("robot-p1", Some(bound.trim()));
+    let who = api
+        .kubectl_with(&bound, &["auth", "whoami", "-o", "json"])
+        .ok();
+    assert!(
+        who.contains("authentication.kubernetes.io/pod-name") && who.contains("\"p1\""),
+        "{who}"
+    );
+    api.kubectl_with(&bound, &["-n", "ci", "get", "configmaps"])
+        .ok();
+    api.kubectl_ok(&[
+        "-n",
+        "ci",
+        "delete",
+        "pod",
+        "p1",
+        "--grace-period=0",
+        "--force",
+    ]);
+    api.kubectl(&["-n", "ci", "get", "pod", "p1"])
+        .fails_with(r#"pods "p1" not found"#);
+    // Checked against the watch cache (as Kubernetes' informers): at once
+    // once the deletion has reached it.
+    eventually("the pod-bound token to stop working", || {
+        let out = api.kubectl_with(&bound, &["-n", "ci", "get", "configmaps"]);
+        !out.success()
+            && out
+                .stderr
+                .contains("error: You must be logged in to the server (Unauthorized)")
+    });
+    api.kubectl(&[
+        "-n",
+        "ci",
+        "create",
+        "token",
+        "robot",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=p1",
+    ])
+    .fails_with(r#"pods "p1" not found"#);
     // Anonymous and bad tokens: 401.
     let anon = api.token_kubeconfig("anon", None);
     api.kubectl_with(&anon, &["get", "pods"])

@@ -5,8 +5,9 @@
 //! 2. a bearer token from `--token-auth-file` ([`token_file`]);
 //! 3. a service account token: a JWT signed by this server's key
 //!    ([`service_account`]), whose service account must still exist with
-//!    the uid in the token (read from the watch cache, falling back to the
-//!    store when the cache disagrees or lags);
+//!    the uid in the token, as must the pod or secret it is bound to (read
+//!    from the watch cache, falling back to the store when the cache
+//!    disagrees or lags);
 //! 4. anonymous (`system:anonymous` in `system:unauthenticated`) if
 //!    `--anonymous-auth=true`; otherwise 401.
 //!
@@ -131,20 +132,24 @@ impl Authenticator {
             }
         };
         let k = &claims.kubernetes;
-        if !service_account_current(
-            app,
-            &k.namespace,
-            &k.serviceaccount.name,
-            &k.serviceaccount.uid,
-        )
-        .await?
-        {
-            tracing::debug!(
-                namespace = %k.namespace,
-                name = %k.serviceaccount.name,
-                "service account token of a deleted or recreated service account"
-            );
-            return Ok(None);
+        let sa = &k.serviceaccount;
+        let mut checks = vec![("serviceaccounts", sa)];
+        if let Some(pod) = &k.pod {
+            checks.push(("pods", pod));
+        }
+        if let Some(secret) = &k.secret {
+            checks.push(("secrets", secret));
+        }
+        for (plural, r) in checks {
+            if !object_current(app, plural, &k.namespace, &r.name, &r.uid).await? {
+                tracing::debug!(
+                    namespace = %k.namespace,
+                    resource = plural,
+                    name = %r.name,
+                    "service account token whose object is gone or was recreated"
+                );
+                return Ok(None);
+            }
         }
         Ok(Some(claims.user()))
     }
@@ -156,17 +161,19 @@ fn uid_of(v: &Value) -> &str {
         .unwrap_or("")
 }
 
-/// True if service account `ns/name` exists with uid `uid`: the watch
+/// True if the core object `plural` `ns/name` (a service account, or the
+/// pod or secret a token is bound to) exists with uid `uid`: the watch
 /// cache answers when it agrees; otherwise the store decides (the cache
-/// may lag a service account created a moment ago).
-pub async fn service_account_current(
+/// may lag an object created a moment ago).
+pub async fn object_current(
     app: &App,
+    plural: &str,
     ns: &str,
     name: &str,
     uid: &str,
 ) -> ApiResult<bool> {
-    let res = registry::lookup("", "v1", "serviceaccounts")
-        .ok_or_else(|| ApiError::internal("serviceaccounts are not registered"))?;
+    let res = registry::lookup("", "v1", plural)
+        .ok_or_else(|| ApiError::internal(format!("{plural} are not registered")))?;
     let key = res.key(Some(ns), name);
     if let Ok(cache) = app.caches.get(&app.store, res).await {
         let (kvs, _) = cache.snapshot(key.as_bytes());

@@ -7,13 +7,15 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use super::service_account::{DEFAULT_EXPIRATION_SECONDS, MIN_EXPIRATION_SECONDS};
+use super::service_account::{
+    Bound, ObjectRef, DEFAULT_EXPIRATION_SECONDS, MIN_EXPIRATION_SECONDS,
+};
 use crate::auth::User;
 use crate::handlers::read::read_object;
 use crate::handlers::write::parse_body;
 use crate::handlers::{json_response, App, Ctx};
-use crate::object;
 use crate::status::{ApiError, ApiResult, Cause};
+use crate::{object, registry};
 
 /// The group-version of these kinds.
 pub const GROUP_VERSION: &str = "authentication.k8s.io/v1";
@@ -41,6 +43,56 @@ pub fn self_subject_review(user: &User) -> Response {
             "status": {"userInfo": user_info(user)},
         }),
     )
+}
+
+/// The object a TokenRequest's `boundObjectRef` names (it must exist, with
+/// the given uid if one is given), and the reference as echoed back.
+async fn bound_object(app: &App, ns: &str, r: Option<&Value>) -> ApiResult<(Bound, Value)> {
+    let Some(r) = r.filter(|r| !r.is_null()) else {
+        return Ok((Bound::default(), Value::Null));
+    };
+    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let (kind, name, want_uid) = (s("kind"), s("name"), s("uid"));
+    let plural = match kind.as_str() {
+        "Pod" => "pods",
+        "Secret" => "secrets",
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token for object of type {other:?}: only Pod and Secret are supported"
+            )))
+        }
+    };
+    let res = registry::lookup("", "v1", plural)
+        .ok_or_else(|| ApiError::internal(format!("{plural} are not registered")))?;
+    let (obj, _) = read_object(app, &res.key(Some(ns), &name))
+        .await?
+        .ok_or_else(|| ApiError::not_found(res, &name))?;
+    let uid = object::meta_str(&obj, "uid").unwrap_or("").to_string();
+    if !want_uid.is_empty() && want_uid != uid {
+        return Err(ApiError::conflict(
+            res,
+            &name,
+            &format!("the UID in the bound object reference ({want_uid}) does not match the UID in record ({uid}). The object might have been deleted and then recreated"),
+        ));
+    }
+    let oref = ObjectRef {
+        name: name.clone(),
+        uid: uid.clone(),
+    };
+    let bound = match plural {
+        "pods" => Bound {
+            pod: Some(oref),
+            secret: None,
+        },
+        _ => Bound {
+            pod: None,
+            secret: Some(oref),
+        },
+    };
+    Ok((
+        bound,
+        json!({"kind": kind, "apiVersion": "v1", "name": name, "uid": uid}),
+    ))
 }
 
 /// POST `tokenreviews`: authenticates `spec.token`.
@@ -80,7 +132,8 @@ pub async fn token_review(app: &App, ctx: &Ctx) -> ApiResult<Response> {
 /// the service account (which must exist) with the requested audiences
 /// (default: the API server's) and lifetime (default one hour, at least
 /// ten minutes, at most `--service-account-max-token-expiration`).
-/// `boundObjectRef` is not supported yet (400).
+/// A `boundObjectRef` (a Pod or Secret in the namespace) binds the token
+/// to that object: it stops working when the object goes.
 pub async fn token_request(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let t = &ctx.target;
     let name = t.name.clone().unwrap_or_default();
@@ -106,11 +159,7 @@ pub async fn token_request(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         .unwrap_or("")
         .to_string();
     let spec = req.get("spec").cloned().unwrap_or_else(|| json!({}));
-    if spec.get("boundObjectRef").is_some_and(|b| !b.is_null()) {
-        return Err(ApiError::bad_request(
-            "TokenRequest: spec.boundObjectRef is not supported by this server",
-        ));
-    }
+    let (bound, bound_ref) = bound_object(app, &ns, spec.get("boundObjectRef")).await?;
     let seconds = match spec.get("expirationSeconds") {
         None | Some(Value::Null) => DEFAULT_EXPIRATION_SECONDS,
         Some(v) => v.as_i64().ok_or_else(|| {
@@ -162,7 +211,7 @@ pub async fn token_request(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let (token, claims) = app
         .authn
         .issuer
-        .issue(&ns, &name, &uid, audiences.clone(), now, seconds)
+        .issue_bound(&ns, &name, &uid, bound, audiences.clone(), now, seconds)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let expires = time::OffsetDateTime::from_unix_timestamp(claims.exp)
         .ok()
@@ -181,7 +230,7 @@ pub async fn token_request(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     req["spec"] = json!({
         "audiences": audiences,
         "expirationSeconds": seconds,
-        "boundObjectRef": null,
+        "boundObjectRef": bound_ref,
     });
     req["status"] = json!({"token": token, "expirationTimestamp": expires});
     Ok(json_response(StatusCode::CREATED, &req))

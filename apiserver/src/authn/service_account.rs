@@ -82,6 +82,15 @@ pub struct KubernetesClaim {
     pub secret: Option<ObjectRef>,
 }
 
+/// The object a token is bound to (at most one of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// A pod in the service account's namespace.
+    pub pod: Option<ObjectRef>,
+    /// A secret in the service account's namespace.
+    pub secret: Option<ObjectRef>,
+}
+
 /// A service account token's claims.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Claims {
@@ -124,6 +133,16 @@ impl Claims {
             user.extra.insert(
                 "authentication.kubernetes.io/credential-id".into(),
                 vec![format!("JTI={}", self.jti)],
+            );
+        }
+        if let Some(pod) = &self.kubernetes.pod {
+            user.extra.insert(
+                "authentication.kubernetes.io/pod-name".into(),
+                vec![pod.name.clone()],
+            );
+            user.extra.insert(
+                "authentication.kubernetes.io/pod-uid".into(),
+                vec![pod.uid.clone()],
             );
         }
         user
@@ -422,6 +441,22 @@ impl TokenIssuer {
         now: i64,
         seconds: i64,
     ) -> Result<(String, Claims), SaTokenError> {
+        self.issue_bound(ns, name, uid, Bound::default(), audiences, now, seconds)
+    }
+
+    /// [`TokenIssuer::issue`] for a token bound to a pod or a secret: it
+    /// is valid only while that object exists with that uid.
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_bound(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        bound: Bound,
+        audiences: Vec<String>,
+        now: i64,
+        seconds: i64,
+    ) -> Result<(String, Claims), SaTokenError> {
         let claims = Claims {
             iss: self.issuers[0].clone(),
             sub: user_name(ns, name),
@@ -436,8 +471,8 @@ impl TokenIssuer {
                     name: name.to_string(),
                     uid: uid.to_string(),
                 },
-                pod: None,
-                secret: None,
+                pod: bound.pod,
+                secret: bound.secret,
             },
         };
         let mut header = Header::new(self.alg);
