@@ -9,6 +9,31 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use keel_tests::kube::KubeApi;
+use keel_tests::CtlOutput;
+
+/// kubectl's words for a 401 (which depend on whether discovery was cached).
+fn is_unauthorized(out: &CtlOutput) -> bool {
+    !out.success()
+        && (out
+            .stderr
+            .contains("error: You must be logged in to the server (Unauthorized)")
+            || out
+                .stderr
+                .contains("the server has asked for the client to provide credentials"))
+}
+
+/// Asserts [`is_unauthorized`].
+trait AssertUnauthorized {
+    /// Panics unless kubectl was refused with a 401.
+    fn assert_unauthorized(self);
+}
+
+impl AssertUnauthorized for CtlOutput {
+    #[track_caller]
+    fn assert_unauthorized(self) {
+        assert!(is_unauthorized(&self), "expected 401 Unauthorized: {self}");
+    }
+}
 
 /// A token file with two users (bob in the group `devs`).
 fn token_file(dir: &std::path::Path) -> PathBuf {
@@ -369,10 +394,10 @@ fn service_account_tokens_and_anonymous_requests() {
     // Deleted and recreated: same name, new uid; the old token is dead.
     api.kubectl_ok(&["-n", "ci", "delete", "serviceaccount", "robot"]);
     api.kubectl_with(&robot, &["-n", "ci", "get", "configmaps"])
-        .fails_with("error: You must be logged in to the server (Unauthorized)");
+        .assert_unauthorized();
     api.kubectl_ok(&["-n", "ci", "create", "serviceaccount", "robot"]);
     api.kubectl_with(&robot, &["-n", "ci", "get", "configmaps"])
-        .fails_with("error: You must be logged in to the server (Unauthorized)");
+        .assert_unauthorized();
     let fresh = api.kubectl_ok(&["-n", "ci", "create", "token", "robot", "--duration=20m"]);
     let fresh = api.token_kubeconfig("robot2", Some(fresh.trim()));
     let cms = api
@@ -416,10 +441,7 @@ fn service_account_tokens_and_anonymous_requests() {
     // once the deletion has reached it.
     eventually("the pod-bound token to stop working", || {
         let out = api.kubectl_with(&bound, &["-n", "ci", "get", "configmaps"]);
-        !out.success()
-            && out
-                .stderr
-                .contains("error: You must be logged in to the server (Unauthorized)")
+        is_unauthorized(&out)
     });
     api.kubectl(&[
         "-n",
@@ -434,10 +456,9 @@ fn service_account_tokens_and_anonymous_requests() {
     // Anonymous and bad tokens: 401.
     let anon = api.token_kubeconfig("anon", None);
     api.kubectl_with(&anon, &["get", "pods"])
-        .fails_with("error: You must be logged in to the server (Unauthorized)");
+        .assert_unauthorized();
     let bad = api.token_kubeconfig("bad", Some("not-a-token"));
-    api.kubectl_with(&bad, &["get", "ns"])
-        .fails_with("error: You must be logged in to the server (Unauthorized)");
+    api.kubectl_with(&bad, &["get", "ns"]).assert_unauthorized();
     let raw = api.kubectl_with(&anon, &["get", "--raw", "/api/v1/namespaces"]);
     assert!(
         !raw.success() && raw.stderr.contains("Unauthorized"),
@@ -465,7 +486,7 @@ fn anonymous_auth_on_and_always_allow() {
     // A bad token is still refused when anonymous requests are on.
     let bad = api.token_kubeconfig("bad", Some("nope"));
     api.kubectl_with(&bad, &["get", "pods"])
-        .fails_with("the server has asked for the client to provide credentials");
+        .assert_unauthorized();
     drop(api);
 
     let Some((api, _dir2)) = start(&["--authorization-mode=AlwaysAllow"]) else {

@@ -193,6 +193,16 @@ impl Authorizer {
         })
     }
 
+    /// True if `AlwaysAllow` is one of the modes.
+    pub fn always_allows(&self) -> bool {
+        self.modes.contains(&Mode::AlwaysAllow)
+    }
+
+    /// True if the webhook is one of the modes (its rules cannot be listed).
+    pub fn webhook_enabled(&self) -> bool {
+        self.modes.contains(&Mode::Webhook)
+    }
+
     /// True if RBAC is one of the modes.
     pub fn rbac_enabled(&self) -> bool {
         self.modes.contains(&Mode::Rbac)

@@ -93,10 +93,14 @@ impl PolicyCache {
             .get(&rbac_resource("clusterroles")?.key(None, ""))
             .await
             .map_err(store_err)?;
-        for (_, cache) in Self::caches(app).await? {
-            if !cache.wait_for(head, CATCH_UP).await {
-                tracing::warn!(head, "RBAC: the watch cache did not catch up in time");
-            }
+        let caches = Self::caches(app).await?;
+        let waits = caches.iter().map(|(_, c)| c.wait_for(head, CATCH_UP));
+        if !futures::future::join_all(waits)
+            .await
+            .into_iter()
+            .all(|ok| ok)
+        {
+            tracing::warn!(head, "RBAC: the watch caches did not catch up in time");
         }
         Ok(())
     }
