@@ -393,8 +393,12 @@ fn service_account_tokens_and_anonymous_requests() {
 
     // Deleted and recreated: same name, new uid; the old token is dead.
     api.kubectl_ok(&["-n", "ci", "delete", "serviceaccount", "robot"]);
-    api.kubectl_with(&robot, &["-n", "ci", "get", "configmaps"])
-        .assert_unauthorized();
+    // Checked against the watch cache (as Kubernetes' informers do): the
+    // deletion counts once it has reached the cache, a few ms later.
+    eventually(
+        "the token of the deleted service account to stop working",
+        || is_unauthorized(&api.kubectl_with(&robot, &["-n", "ci", "get", "configmaps"])),
+    );
     api.kubectl_ok(&["-n", "ci", "create", "serviceaccount", "robot"]);
     api.kubectl_with(&robot, &["-n", "ci", "get", "configmaps"])
         .assert_unauthorized();
