@@ -42,7 +42,7 @@ enum Cmd {
     /// Run one store member; flags mirror etcd's.
     Store(Box<StoreArgs>),
     /// Run the Kubernetes API server on a store; flags mirror kube-apiserver's.
-    Apiserver(ApiserverArgs),
+    Apiserver(Box<ApiserverArgs>),
     /// Write a kubeconfig (embedded CA, admin client certificate) for an apiserver.
     Kubeconfig(KubeconfigArgs),
     /// Snapshot tools.
@@ -102,6 +102,44 @@ struct ApiserverArgs {
     /// Admission plugins to turn off, even default ones (comma-separated).
     #[arg(long, value_delimiter = ',')]
     disable_admission_plugins: Vec<String>,
+    /// Static bearer tokens: CSV `token,user,uid[,"group1,group2"]`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// More keys that verify service account tokens (PEM, public or private; repeatable).
+    #[arg(long)]
+    service_account_key_file: Vec<PathBuf>,
+    /// The key that signs service account tokens (PKCS#8 PEM, ECDSA or RSA;
+    /// default: `sa.key` in the cert dir, created on first start).
+    #[arg(long)]
+    service_account_signing_key_file: Option<PathBuf>,
+    /// Issuer of service account tokens (repeatable; the first one signs).
+    #[arg(long)]
+    service_account_issuer: Vec<String>,
+    /// Audiences the API accepts in service account tokens (default: the issuer).
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
+    /// The `jwks_uri` of the service account issuer discovery document
+    /// (default: https://<this server>/openid/v1/jwks).
+    #[arg(long)]
+    service_account_jwks_uri: Option<String>,
+    /// The longest lifetime of a requested service account token (Go duration, e.g. `48h`).
+    #[arg(long)]
+    service_account_max_token_expiration: Option<String>,
+    /// Serve requests without credentials as `system:anonymous`.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    anonymous_auth: bool,
+    /// Authorizers, in order (comma list): `RBAC`, `AlwaysAllow`, `Webhook`.
+    #[arg(long, default_value = "RBAC")]
+    authorization_mode: String,
+    /// A kubeconfig naming the HTTPS endpoint of the `Webhook` mode.
+    #[arg(long)]
+    authorization_webhook_config_file: Option<PathBuf>,
+    /// How long the webhook's "allowed" answers are reused (Go duration; 0s: never).
+    #[arg(long, default_value = "5m")]
+    authorization_webhook_cache_authorized_ttl: String,
+    /// How long the webhook's other answers are reused (Go duration; 0s: never).
+    #[arg(long, default_value = "30s")]
+    authorization_webhook_cache_unauthorized_ttl: String,
 }
 
 /// `keel kubeconfig` flags.
@@ -414,6 +452,13 @@ async fn run_store(args: StoreArgs) -> Result<()> {
     run_until_stopped(vec![running]).await
 }
 
+/// A Go-style duration flag (`5m`, `30s`, `0s`).
+fn go_duration(flag: &str, value: &str) -> Result<std::time::Duration> {
+    let secs = keel_apiserver::authn::service_account::parse_duration_seconds(value)
+        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    Ok(std::time::Duration::from_secs(secs.max(0) as u64))
+}
+
 /// Runs an apiserver until `stop` fires.
 async fn run_apiserver(
     args: &ApiserverArgs,
@@ -428,6 +473,36 @@ async fn run_apiserver(
             enable: args.enable_admission_plugins.clone(),
             disable: args.disable_admission_plugins.clone(),
         },
+        authn: keel_apiserver::authn::AuthnConfig {
+            token_auth_file: args.token_auth_file.clone(),
+            service_accounts: keel_apiserver::authn::service_account::SaConfig {
+                signing_key_file: args.service_account_signing_key_file.clone(),
+                key_files: args.service_account_key_file.clone(),
+                issuers: args.service_account_issuer.clone(),
+                api_audiences: args.api_audiences.clone(),
+                jwks_uri: args.service_account_jwks_uri.clone(),
+                max_expiration_seconds: args
+                    .service_account_max_token_expiration
+                    .as_deref()
+                    .map(keel_apiserver::authn::service_account::parse_duration_seconds)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--service-account-max-token-expiration: {e}"))?,
+            },
+            anonymous_auth: args.anonymous_auth,
+        },
+        authorization_modes: keel_apiserver::authz::parse_modes(&args.authorization_mode)
+            .map_err(|e| anyhow::anyhow!("--authorization-mode: {e}"))?,
+        authorization_webhook_config_file: args.authorization_webhook_config_file.clone(),
+        authorization_webhook_cache_ttls: (
+            go_duration(
+                "--authorization-webhook-cache-authorized-ttl",
+                &args.authorization_webhook_cache_authorized_ttl,
+            )?,
+            go_duration(
+                "--authorization-webhook-cache-unauthorized-ttl",
+                &args.authorization_webhook_cache_unauthorized_ttl,
+            )?,
+        ),
     };
     let server = keel_apiserver::Server::bind(&cfg)
         .await
@@ -502,6 +577,18 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         log_level: "info".into(),
         enable_admission_plugins: Vec::new(),
         disable_admission_plugins: Vec::new(),
+        token_auth_file: None,
+        service_account_key_file: Vec::new(),
+        service_account_signing_key_file: None,
+        service_account_issuer: Vec::new(),
+        api_audiences: Vec::new(),
+        service_account_max_token_expiration: None,
+        service_account_jwks_uri: None,
+        anonymous_auth: false,
+        authorization_mode: "RBAC".into(),
+        authorization_webhook_config_file: None,
+        authorization_webhook_cache_authorized_ttl: "5m".into(),
+        authorization_webhook_cache_unauthorized_ttl: "30s".into(),
     };
     let kubeconfig = data_dir.join("kubeconfig");
     keel_apiserver::tls::ensure_pki(&api.cert_dir, &[]).context("creating the cluster CA")?;

@@ -20,6 +20,9 @@ ROOTS = [
     "k8s.io/api/autoscaling/v2/generated.proto",
     "k8s.io/api/networking/v1/generated.proto",
     "k8s.io/api/policy/v1/generated.proto",
+    "k8s.io/api/rbac/v1/generated.proto",
+    "k8s.io/api/authentication/v1/generated.proto",
+    "k8s.io/api/authorization/v1/generated.proto",
     "k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto",
     "k8s.io/apimachinery/pkg/runtime/generated.proto",
 ]

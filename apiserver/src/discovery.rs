@@ -7,7 +7,7 @@
 
 use serde_json::{json, Value};
 
-use crate::registry::{self, VERBS};
+use crate::registry;
 use crate::status::{ApiError, ApiResult};
 
 /// The Kubernetes version keel's API corresponds to.
@@ -89,12 +89,15 @@ pub fn aggregated(core: bool) -> Value {
                 subs.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
                 subs.push(json!({"subresource": "eviction", "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"}, "verbs": ["create"]}));
             }
+            if r.kind == "ServiceAccount" {
+                subs.push(json!({"subresource": "token", "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, "verbs": ["create"]}));
+            }
             let mut e = json!({
                 "resource": r.plural,
                 "responseKind": kind(r.kind),
                 "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
                 "singularResource": r.singular,
-                "verbs": VERBS,
+                "verbs": r.verbs(),
             });
             if !r.short_names.is_empty() {
                 e["shortNames"] = json!(r.short_names);
@@ -162,7 +165,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": r.verbs(),
         });
         if !r.short_names.is_empty() {
             e["shortNames"] = json!(r.short_names);
@@ -179,6 +182,12 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             resources.push(
                 json!({"name": "pods/eviction", "singularName": "", "namespaced": true,
                 "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}),
+            );
+        }
+        if r.kind == "ServiceAccount" {
+            resources.push(
+                json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}),
             );
         }
         if r.scale {
@@ -254,7 +263,10 @@ mod tests {
                 "autoscaling",
                 "networking.k8s.io",
                 "scheduling.k8s.io",
-                "admissionregistration.k8s.io"
+                "admissionregistration.k8s.io",
+                "rbac.authorization.k8s.io",
+                "authentication.k8s.io",
+                "authorization.k8s.io"
             ]
         );
         let core = aggregated(true);
@@ -280,6 +292,11 @@ mod tests {
                 && names.contains(&"configmaps")
         );
         assert!(resource_list("apps", "v2").is_none());
-        assert_eq!(api_groups()["groups"].as_array().map(Vec::len), Some(7));
+        assert_eq!(api_groups()["groups"].as_array().map(Vec::len), Some(10));
+        let authz = resource_list("authorization.k8s.io", "v1").expect("authorization");
+        assert_eq!(
+            authz["resources"][0]["verbs"],
+            serde_json::json!(["create"])
+        );
     }
 }

@@ -4,6 +4,10 @@
 //! - [`server`]: HTTPS (rustls), client-certificate users, the accept loop.
 //! - [`tls`]: the cluster CA, serving and client certificates, kubeconfig files.
 //! - [`auth`]: the user of a client certificate (CN = user, O = groups).
+//! - [`authn`]: bearer tokens (static file, service account JWTs),
+//!   anonymous requests, impersonation, TokenRequest and the reviews.
+//! - [`authz`]: `--authorization-mode` (RBAC, AlwaysAllow), the RBAC
+//!   evaluator, default roles, aggregation, SubjectAccessReviews.
 //! - [`handlers`]: path routing and the verbs (get, list, create, update,
 //!   patch, delete, deletecollection); [`watch`]: watch streams, served
 //!   from [`cache`] (one store watch per resource type).
@@ -23,6 +27,8 @@
 pub mod admission;
 pub mod alloc;
 pub mod auth;
+pub mod authn;
+pub mod authz;
 pub mod cache;
 pub mod controllers;
 pub mod defaults;
@@ -52,6 +58,15 @@ pub enum Error {
     /// Certificates or the TLS config.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// Token files or service account keys.
+    #[error(transparent)]
+    Authn(#[from] authn::AuthnError),
+    /// The authorization webhook's kubeconfig.
+    #[error(transparent)]
+    Webhook(#[from] authz::webhook::WebhookError),
+    /// An unusable authorization setup.
+    #[error("authorization: {0}")]
+    Authz(String),
     /// The store client.
     #[error(transparent)]
     Store(#[from] store::StoreError),

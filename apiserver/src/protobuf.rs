@@ -76,6 +76,9 @@ pub(crate) fn package(group: &str, kind: &str) -> Option<&'static str> {
         "autoscaling" => "k8s.io.api.autoscaling.v2",
         "networking.k8s.io" => "k8s.io.api.networking.v1",
         "policy" => "k8s.io.api.policy.v1",
+        "rbac.authorization.k8s.io" => "k8s.io.api.rbac.v1",
+        "authentication.k8s.io" => "k8s.io.api.authentication.v1",
+        "authorization.k8s.io" => "k8s.io.api.authorization.v1",
         _ => return None,
     })
 }

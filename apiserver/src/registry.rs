@@ -38,9 +38,24 @@ pub struct ResourceInfo {
     pub dns_label_names: bool,
     /// Has a `/scale` subresource (`autoscaling/v1 Scale` on `spec.replicas`).
     pub scale: bool,
+    /// Objects are kept in the store (else a create-only review kind,
+    /// answered and forgotten: SubjectAccessReview, SelfSubjectReview, ...).
+    pub stored: bool,
 }
 
+/// The verbs of create-only kinds (reviews).
+pub const CREATE_ONLY: &[&str] = &["create"];
+
 impl ResourceInfo {
+    /// The verbs served (discovery).
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.stored {
+            VERBS
+        } else {
+            CREATE_ONLY
+        }
+    }
+
     /// `group/version`, or `version` for core.
     pub fn group_version(&self) -> String {
         if self.group.is_empty() {
@@ -77,6 +92,9 @@ impl ResourceInfo {
 }
 
 const ALL: &[&str] = &["all"];
+const RBAC: &str = "rbac.authorization.k8s.io";
+const AUTHN: &str = "authentication.k8s.io";
+const AUTHZ: &str = "authorization.k8s.io";
 const NONE: &[&str] = &[];
 const API_EXTENSIONS: &[&str] = &["api-extensions"];
 
@@ -104,6 +122,7 @@ const fn r(
         categories,
         dns_label_names: false,
         scale: false,
+        stored: true,
     }
 }
 
@@ -141,6 +160,22 @@ pub const RESOURCES: &[ResourceInfo] = &[
     r("scheduling.k8s.io",     "v1", "PriorityClass",            "priorityclasses",          "priorityclass",           false, &["pc"],     false, NONE),
     r("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", "mutatingwebhookconfiguration", false, NONE, false, API_EXTENSIONS),
     r("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", "validatingwebhookconfiguration", false, NONE, false, API_EXTENSIONS),
+    r(RBAC,                    "v1", "ClusterRole",              "clusterroles",             "clusterrole",             false, NONE,        false, NONE),
+    r(RBAC,                    "v1", "ClusterRoleBinding",       "clusterrolebindings",      "clusterrolebinding",      false, NONE,        false, NONE),
+    r(RBAC,                    "v1", "Role",                     "roles",                    "role",                    true,  NONE,        false, NONE),
+    r(RBAC,                    "v1", "RoleBinding",              "rolebindings",             "rolebinding",             true,  NONE,        false, NONE),
+    ResourceInfo { stored: false,
+      ..r(AUTHN,               "v1", "SelfSubjectReview",        "selfsubjectreviews",       "selfsubjectreview",        false, NONE,        false, NONE) },
+    ResourceInfo { stored: false,
+      ..r(AUTHN,               "v1", "TokenReview",              "tokenreviews",             "tokenreview",              false, NONE,        false, NONE) },
+    ResourceInfo { stored: false,
+      ..r(AUTHZ,               "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", "localsubjectaccessreview", true,  NONE,        false, NONE) },
+    ResourceInfo { stored: false,
+      ..r(AUTHZ,               "v1", "SelfSubjectAccessReview",  "selfsubjectaccessreviews", "selfsubjectaccessreview",  false, NONE,        false, NONE) },
+    ResourceInfo { stored: false,
+      ..r(AUTHZ,               "v1", "SelfSubjectRulesReview",   "selfsubjectrulesreviews",  "selfsubjectrulesreview",   false, NONE,        false, NONE) },
+    ResourceInfo { stored: false,
+      ..r(AUTHZ,               "v1", "SubjectAccessReview",      "subjectaccessreviews",     "subjectaccessreview",      false, NONE,        false, NONE) },
 ];
 
 /// The resource `plural` of `group/version`, if served.

@@ -33,6 +33,15 @@ pub struct Config {
     pub cert_dir: PathBuf,
     /// `--enable-admission-plugins` / `--disable-admission-plugins`.
     pub admission: crate::admission::Options,
+    /// Token files, service account keys, anonymous requests.
+    pub authn: crate::authn::AuthnConfig,
+    /// `--authorization-mode` (empty: RBAC).
+    pub authorization_modes: Vec<crate::authz::Mode>,
+    /// `--authorization-webhook-config-file` (the `Webhook` mode's endpoint).
+    pub authorization_webhook_config_file: Option<PathBuf>,
+    /// `--authorization-webhook-cache-authorized-ttl` and
+    /// `--authorization-webhook-cache-unauthorized-ttl`.
+    pub authorization_webhook_cache_ttls: (Duration, Duration),
 }
 
 /// A bound, not yet serving API server.
@@ -55,6 +64,22 @@ impl Server {
         let ca_pem = std::fs::read_to_string(cfg.cert_dir.join(tls::CA_CERT))
             .map_err(|e| tracing::warn!(error = %e, "no cluster CA for kube-root-ca.crt"))
             .ok();
+        let authn = crate::authn::Authenticator::load(&cfg.authn, &cfg.cert_dir)?;
+        let modes = if cfg.authorization_modes.is_empty() {
+            vec![crate::authz::Mode::Rbac]
+        } else {
+            cfg.authorization_modes.clone()
+        };
+        let webhook = match &cfg.authorization_webhook_config_file {
+            Some(p) => {
+                let (allowed, other) = cfg.authorization_webhook_cache_ttls;
+                Some(crate::authz::webhook::Webhook::load(p)?.with_cache(
+                    crate::authz::decision_cache::DecisionCache::new(allowed, other),
+                ))
+            }
+            None => None,
+        };
+        let authz = crate::authz::Authorizer::new(modes, webhook).map_err(Error::Authz)?;
         let addr = SocketAddr::new(cfg.bind_address, cfg.secure_port);
         let listener = TcpListener::bind(addr)
             .await
@@ -72,6 +97,8 @@ impl Server {
                 metrics: Default::default(),
                 caches: Default::default(),
                 admission,
+                authn,
+                authz,
             }),
             ca_pem,
         })
@@ -90,14 +117,23 @@ impl Server {
         let ca_pem = self.ca_pem.clone();
         tokio::spawn(async move {
             loop {
-                let done = match handlers::write::bootstrap(&app).await {
-                    Ok(()) => crate::controllers::bootstrap(&app, ca_pem.as_deref()).await,
-                    Err(e) => Err(e),
+                let boot = async {
+                    handlers::write::bootstrap(&app).await?;
+                    if app.authz.rbac_enabled() {
+                        crate::authz::bootstrap::ensure(&app).await?;
+                        // admin/edit/view have their rules before we are ready.
+                        crate::authz::aggregation::reconcile(&app).await?;
+                    }
+                    crate::controllers::bootstrap(&app, ca_pem.as_deref()).await?;
+                    Ok::<(), crate::status::ApiError>(())
                 };
-                match done {
+                match boot.await {
                     Ok(()) => {
                         app.ready.store(true, Ordering::Release);
                         tracing::info!("system namespaces ready");
+                        if app.authz.rbac_enabled() {
+                            tokio::spawn(crate::authz::aggregation::run(app.clone()));
+                        }
                         return;
                     }
                     Err(e) => {

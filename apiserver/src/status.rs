@@ -65,6 +65,37 @@ impl ApiError {
         Self::new(401, "Unauthorized", "Unauthorized")
     }
 
+    /// 403 Forbidden, as Kubernetes' `NewForbidden`: the message starts
+    /// with the qualified resource (and name), `details` name them.
+    pub fn forbidden(group: &str, resource: &str, name: &str, why: String) -> Self {
+        let qualified = if group.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}.{group}")
+        };
+        let message = if resource.is_empty() {
+            format!("forbidden: {why}")
+        } else if name.is_empty() {
+            format!("{qualified} is forbidden: {why}")
+        } else {
+            format!("{qualified} {name:?} is forbidden: {why}")
+        };
+        let mut d = serde_json::Map::new();
+        if !group.is_empty() {
+            d.insert("group".into(), json!(group));
+        }
+        if !resource.is_empty() {
+            d.insert("kind".into(), json!(resource));
+        }
+        if !name.is_empty() {
+            d.insert("name".into(), json!(name));
+        }
+        ApiError {
+            details: Some(Value::Object(d)),
+            ..Self::new(403, "Forbidden", message)
+        }
+    }
+
     /// 404 NotFound for an object of `res`.
     pub fn not_found(res: &ResourceInfo, name: &str) -> Self {
         ApiError {

@@ -224,6 +224,15 @@ fn columns(kind: &str) -> Vec<Col> {
             AGE,
         ],
         "ServiceAccount" => vec![NAME, ("Secrets", "integer", "", 0), AGE],
+        "Role" | "ClusterRole" => vec![NAME, ("Created At", "date", "", 0)],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            NAME,
+            ("Role", "string", "", 0),
+            AGE,
+            ("Users", "string", "", 1),
+            ("Groups", "string", "", 1),
+            ("ServiceAccounts", "string", "", 1),
+        ],
         "Endpoints" => vec![NAME, ("Endpoints", "string", "", 0), AGE],
         "Lease" => vec![NAME, ("Holder", "string", "", 0), AGE],
         "PriorityClass" => vec![
@@ -407,6 +416,41 @@ fn more_cells(kind: &str, o: &Value, now: i64) -> Option<Vec<Value>> {
             ]
         }
         "ServiceAccount" => vec![name, json!(len(o, "/secrets")), age(o, now)],
+        "Role" | "ClusterRole" => vec![
+            name,
+            json!(s(o, "/metadata/creationTimestamp").unwrap_or_default()),
+        ],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects = |kind: &str| {
+                let names: Vec<String> = o
+                    .pointer("/subjects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| x.get("kind").and_then(Value::as_str) == Some(kind))
+                    .map(|x| {
+                        let n = x.get("name").and_then(Value::as_str).unwrap_or("");
+                        match x.get("namespace").and_then(Value::as_str) {
+                            Some(ns) if kind == "ServiceAccount" => format!("{ns}/{n}"),
+                            _ => n.to_string(),
+                        }
+                    })
+                    .collect();
+                json!(names.join(", "))
+            };
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    s(o, "/roleRef/kind").unwrap_or_default(),
+                    s(o, "/roleRef/name").unwrap_or_default()
+                )),
+                age(o, now),
+                subjects("User"),
+                subjects("Group"),
+                subjects("ServiceAccount"),
+            ]
+        }
         "Endpoints" => {
             let mut eps = Vec::new();
             for subset in o

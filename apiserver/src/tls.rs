@@ -90,7 +90,8 @@ fn dn(cn: &str, orgs: &[String]) -> DistinguishedName {
     dn
 }
 
-/// Creates the CA and the serving certificate in `dir` unless they exist.
+/// Creates the CA, the serving certificate and the service account
+/// signing key (`sa.key`) in `dir` unless they exist.
 /// `hosts` are extra names/IPs for the serving certificate.
 pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<()> {
     if !dir.join(CA_CERT).exists() || !dir.join(CA_KEY).exists() {
@@ -142,7 +143,8 @@ pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<()> {
         write(&dir.join(SERVING_KEY), &key, true)?;
         write(&dir.join(SERVING_CERT), &cert, false)?;
     }
-    Ok(())
+    crate::authn::service_account::ensure_key(dir)
+        .map_err(|e| TlsError::Cert("service account key", e.to_string()))
 }
 
 /// Signs `params` with the CA in `dir`; returns (cert PEM, key PEM).

@@ -32,8 +32,8 @@ pub struct KubeApi {
     child: Option<Child>,
     /// More apiservers on the same store and CA: (port, process).
     peers: Vec<(u16, Child)>,
-    /// Extra `keel apiserver` flags (`--enable-admission-plugins=…`).
-    args: Vec<String>,
+    /// Extra `keel apiserver` flags.
+    extra_args: Vec<String>,
 }
 
 impl KubeApi {
@@ -57,11 +57,19 @@ impl KubeApi {
     }
 
     /// [`KubeApi::start_or_skip`] with extra `keel apiserver` flags.
-    pub fn start_with_args_or_skip(args: &[&str]) -> Option<KubeApi> {
-        if !kubectl_bin().exists() {
-            return Self::start_or_skip();
+    pub fn start_with_or_skip(extra_args: &[String]) -> Option<KubeApi> {
+        let bin = kubectl_bin();
+        if !bin.exists() {
+            println!("skipped: no kubectl at {} (KUBECTL_BIN)", bin.display());
+            return None;
         }
-        Some(Self::try_start_with(args).unwrap_or_else(|e| panic!("{e:#}")))
+        Some(Self::try_start_with(extra_args).unwrap_or_else(|e| panic!("{e:#}")))
+    }
+
+    /// [`KubeApi::start_with_or_skip`] with `&str` flags.
+    pub fn start_with_args_or_skip(args: &[&str]) -> Option<KubeApi> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Self::start_with_or_skip(&args)
     }
 
     /// Like [`KubeApi::start`] but returns the error.
@@ -70,7 +78,7 @@ impl KubeApi {
     }
 
     /// [`KubeApi::try_start`] with extra `keel apiserver` flags.
-    pub fn try_start_with(args: &[&str]) -> Result<KubeApi> {
+    pub fn try_start_with(extra_args: &[String]) -> Result<KubeApi> {
         let store = Member::try_start(Backend::Keel, MemberOpts::default())?;
         let dir = tempfile::Builder::new()
             .prefix("keel-kube-")
@@ -82,7 +90,7 @@ impl KubeApi {
             port: free_port(),
             child: None,
             peers: Vec::new(),
-            args: args.iter().map(|a| a.to_string()).collect(),
+            extra_args: extra_args.to_vec(),
         };
         // The kubeconfig first: it creates the cert dir's CA, which the
         // apiserver then uses (two processes must not both create one).
@@ -105,7 +113,7 @@ impl KubeApi {
     }
 
     fn launch(&mut self) -> Result<()> {
-        let child = self.spawn_apiserver(self.port)?;
+        let child = self.spawn_apiserver(self.port, &self.extra_args)?;
         self.child = Some(child);
         Ok(())
     }
@@ -114,6 +122,13 @@ impl KubeApi {
     /// waits until it is ready and returns the path of its kubeconfig:
     /// `kubectl_cmd(..).env("KUBECONFIG", path)` talks to it.
     pub fn add_apiserver(&mut self) -> Result<PathBuf> {
+        let args = self.extra_args.clone();
+        self.add_apiserver_with(&args).map(|(_, kc)| kc)
+    }
+
+    /// [`KubeApi::add_apiserver`] with its own extra `keel apiserver`
+    /// flags; returns its port and the path of its (admin) kubeconfig.
+    pub fn add_apiserver_with(&mut self, extra_args: &[String]) -> Result<(u16, PathBuf)> {
         let port = free_port();
         let kubeconfig = self.dir.path().join(format!("kubeconfig-{port}"));
         let out = Command::new(keel_bin())
@@ -129,7 +144,7 @@ impl KubeApi {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let child = self.spawn_apiserver(port)?;
+        let child = self.spawn_apiserver(port, extra_args)?;
         self.peers.push((port, child));
         let deadline = Instant::now() + API_READY_TIMEOUT;
         loop {
@@ -139,7 +154,7 @@ impl KubeApi {
                 .output()
                 .context("kubectl")?;
             if out.status.success() {
-                return Ok(kubeconfig);
+                return Ok((port, kubeconfig));
             }
             if Instant::now() >= deadline {
                 return Err(anyhow!(
@@ -151,7 +166,7 @@ impl KubeApi {
         }
     }
 
-    fn spawn_apiserver(&self, port: u16) -> Result<Child> {
+    fn spawn_apiserver(&self, port: u16, extra_args: &[String]) -> Result<Child> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -164,7 +179,7 @@ impl KubeApi {
             .args(["--secure-port", &port.to_string()])
             .args(["--bind-address", "127.0.0.1", "--cert-dir"])
             .arg(self.cert_dir())
-            .args(&self.args)
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -224,6 +239,51 @@ impl KubeApi {
     /// The apiserver log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Writes a kubeconfig for this server that authenticates with the
+    /// bearer `token` (no client certificate; `None`: no credentials the
+    /// server knows: HTTP basic auth, which kube-apiservers ignore, so the
+    /// request is anonymous; kubectl would prompt for a user without
+    /// anything) and returns its path.
+    pub fn token_kubeconfig(&self, name: &str, token: Option<&str>) -> PathBuf {
+        self.token_kubeconfig_at(&self.url(), name, token)
+    }
+
+    /// [`KubeApi::token_kubeconfig`] for the server at `url` (a peer).
+    pub fn token_kubeconfig_at(&self, url: &str, name: &str, token: Option<&str>) -> PathBuf {
+        let path = self.dir.path().join(format!("kubeconfig-{name}"));
+        let user = match token {
+            Some(t) => format!("    token: {t}\n"),
+            None => "    username: nobody\n    password: nothing\n".to_string(),
+        };
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: keel\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {name}\n  user:\n{user}contexts:\n- name: keel\n  context:\n    cluster: keel\n    user: {name}\n    namespace: default\ncurrent-context: keel\n",
+            server = url,
+            ca = self.cert_dir().join("ca.crt").display(),
+        );
+        std::fs::write(&path, yaml).expect("write token kubeconfig");
+        path
+    }
+
+    /// Runs kubectl with `args` against the kubeconfig at `kubeconfig`.
+    pub fn kubectl_with(&self, kubeconfig: &std::path::Path, args: &[&str]) -> CtlOutput {
+        let mut cmd = self.kubectl_cmd(args);
+        cmd.env("KUBECONFIG", kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = cmd.output().expect("run kubectl");
+        CtlOutput {
+            cmdline: format!(
+                "kubectl {} (KUBECONFIG={})",
+                args.join(" "),
+                kubeconfig.display()
+            ),
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     /// A kubectl command with this server's kubeconfig (not yet run).

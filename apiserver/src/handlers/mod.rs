@@ -43,6 +43,10 @@ pub struct App {
     pub caches: crate::cache::Caches,
     /// The admission plugins.
     pub admission: crate::admission::Chain,
+    /// Who a request comes from (certificates, tokens, impersonation).
+    pub authn: crate::authn::Authenticator,
+    /// What they may do (`--authorization-mode`).
+    pub authz: crate::authz::Authorizer,
 }
 
 /// The object(s) a request is about.
@@ -79,6 +83,8 @@ pub struct Ctx {
     pub headers: HeaderMap,
     /// The body (at most [`MAX_BODY`]).
     pub body: Bytes,
+    /// Who asks (after impersonation).
+    pub user: User,
 }
 
 impl Ctx {
@@ -158,6 +164,8 @@ pub fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
 struct Info {
     verb: &'static str,
     resource: String,
+    /// The user the request acted as (after authentication and impersonation).
+    user: String,
 }
 
 /// The single axum handler: routes by path, runs the verb, logs the request.
@@ -170,7 +178,10 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .unwrap_or_else(User::anonymous);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let mut info = Info::default();
+    let mut info = Info {
+        user: user.name.clone(),
+        ..Info::default()
+    };
     let resp = match route(&app, &user, req, &mut info).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -186,7 +197,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .map(|r| r.0)
         .unwrap_or("");
     tracing::info!(
-        user = %user.name,
+        user = %info.user,
         verb = %info.verb,
         resource = %info.resource,
         method = %method,
@@ -204,13 +215,35 @@ fn public(path: &str) -> bool {
     matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
 }
 
-async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResult<Response> {
+/// Authenticates, then applies impersonation. Health endpoints stay
+/// open to requests without credentials. `info.user` names the
+/// authenticated user (for the log) even if impersonation is refused.
+async fn who(
+    app: &App,
+    cert: &User,
+    path: &str,
+    headers: &HeaderMap,
+    info: &mut Info,
+) -> ApiResult<Option<User>> {
+    let user = match app.authn.authenticate(app, cert, headers).await {
+        Ok(u) => u,
+        Err(_) if public(path) && crate::authn::bearer_token(headers).is_none() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    info.user = user.name.clone();
+    Ok(Some(
+        crate::authn::impersonate::apply(app, user, headers).await?,
+    ))
+}
+
+async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResult<Response> {
     let path = req.uri().path().to_string();
-    if !user.authenticated && !public(&path) {
-        return Err(ApiError::unauthorized());
-    }
     let method = req.method().clone();
     let headers = req.headers().clone();
+    let user = who(app, cert, &path, &headers, info).await?;
+    let authorize = user.is_some();
+    let user = user.unwrap_or_else(User::anonymous);
+    info.user = user.name.clone();
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -232,6 +265,25 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
         Ok(json_response(StatusCode::OK, &v))
     };
     info.verb = "get";
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    if authorize {
+        let attrs = crate::authz::request_attributes(&user, &method, &path, &segs, watch);
+        if attrs.resource_request {
+            // For the log line of a refused request (routing sets them again).
+            info.verb = registry::VERBS
+                .iter()
+                .find(|v| **v == attrs.verb)
+                .copied()
+                .unwrap_or("get");
+            info.resource = match (attrs.api_group.as_str(), attrs.subresource.as_str()) {
+                ("", "") => attrs.resource.clone(),
+                ("", sub) => format!("{}/{sub}", attrs.resource),
+                (g, "") => format!("{}.{g}", attrs.resource),
+                (g, sub) => format!("{}.{g}/{sub}", attrs.resource),
+            };
+        }
+        app.authz.check(app, &attrs).await?;
+    }
     match segs.as_slice() {
         ["healthz"] | ["livez"] => return Ok((StatusCode::OK, "ok").into_response()),
         ["readyz"] => {
@@ -242,6 +294,20 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
             })
         }
         ["version"] => return get_only(discovery::version()),
+        [".well-known", "openid-configuration"] => {
+            return get_only(app.authn.issuer.discovery(&app.server_address))
+        }
+        ["openid", "v1", "jwks"] => {
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed(&path));
+            }
+            let mut resp = json_response(StatusCode::OK, &app.authn.issuer.jwks());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/jwk-set+json"),
+            );
+            return Ok(resp);
+        }
         ["metrics"] => {
             return Ok((
                 StatusCode::OK,
@@ -316,7 +382,6 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
         Some(s) => format!("{}/{s}", target.res.qualified()),
         None => target.res.qualified(),
     };
-    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     info.verb = match (&method, target.name.is_some()) {
         (&Method::GET, _) if watch => "watch",
         (&Method::GET, true) => "get",
@@ -335,6 +400,7 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
             "status" => target.res.status && matches!(info.verb, "get" | "update" | "patch"),
             "scale" => target.res.scale && matches!(info.verb, "get" | "update" | "patch"),
             "binding" | "eviction" => is_pod && info.verb == "create",
+            "token" => target.res.kind == "ServiceAccount" && info.verb == "create",
             _ => false,
         };
         if !served {
@@ -349,12 +415,30 @@ async fn route(app: &App, user: &User, req: Request, info: &mut Info) -> ApiResu
         query,
         headers,
         body,
+        user: user.clone(),
     };
     match ctx.target.sub.as_deref() {
         Some("scale") => return scale::handle(app, &ctx, info.verb).await,
         Some("binding") => return pods::bind(app, &ctx).await,
         Some("eviction") => return pods::evict(app, &ctx).await,
+        Some("token") => return crate::authn::review::token_request(app, &ctx).await,
         _ => {}
+    }
+    if !ctx.target.res.stored {
+        if info.verb != "create" {
+            return Err(ApiError::method_not_allowed(&path));
+        }
+        return match ctx.target.res.kind {
+            "SelfSubjectReview" => Ok(crate::authn::review::self_subject_review(&user)),
+            "TokenReview" => crate::authn::review::token_review(app, &ctx).await,
+            "SelfSubjectAccessReview" => {
+                crate::authz::review::self_subject_access_review(app, &ctx, &user).await
+            }
+            "SelfSubjectRulesReview" => {
+                crate::authz::review::self_subject_rules_review(app, &ctx, &user).await
+            }
+            _ => crate::authz::review::subject_access_review(app, &ctx).await,
+        };
     }
     match info.verb {
         "watch" => crate::watch::watch(app, &ctx).await,

@@ -33,7 +33,7 @@ pub(crate) fn to_store(obj: &Value) -> ApiResult<Vec<u8>> {
 
 /// The request body as JSON: `application/json` (or no type), or a
 /// Kubernetes protobuf body converted to JSON; anything else is a 415.
-pub(super) fn parse_body(ctx: &Ctx) -> ApiResult<Value> {
+pub(crate) fn parse_body(ctx: &Ctx) -> ApiResult<Value> {
     let ct = ctx.header(header::CONTENT_TYPE).unwrap_or("");
     let base = ct.split(';').next().map(str::trim).unwrap_or("");
     let v: Value = match base {
@@ -188,6 +188,7 @@ pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         name_label(&mut obj, &name);
     }
     crate::defaults::apply(res.kind, &mut obj);
+    crate::authz::escalation::check(app, ctx, &obj).await?;
     for attempt in 0..QUOTA_RETRIES {
         let (mut obj, charges) =
             admit(app, ctx, Operation::Create, &name, obj.clone(), None, dry).await?;
@@ -389,6 +390,9 @@ async fn write_if(
         };
         strip(old) == strip(&new)
     };
+    if !unchanged {
+        crate::authz::escalation::check(app, ctx, &new).await?;
+    }
     if unchanged || ctx.dry_run()? {
         object::set_resource_version(&mut new, rev);
         return Ok(Written::Done(new));
