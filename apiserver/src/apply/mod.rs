@@ -18,8 +18,10 @@
 //! | [`schema`] | the shape of each field: structs, maps, list types and keys |
 //! | [`merge`] | objects as field sets, comparison, merge, removal |
 //! | [`managed`] | `managedFields` entries |
+//! | [`last_applied`] | the move from kubectl's client-side apply |
 
 pub mod fieldpath;
+pub mod last_applied;
 pub mod managed;
 pub mod merge;
 pub mod schema;
@@ -303,9 +305,18 @@ pub fn apply(w: &Writer, live: Option<&Value>, config: &Value, force: bool) -> A
     let after = owned_fields(w, &node, &merged, Mode::Apply);
     let c = compare(&before, &after);
     let changed = c.changed();
+    // `kubectl` taking over from its own client-side apply.
+    let allowed = live
+        .filter(|_| w.manager == last_applied::MANAGER && !force)
+        .and_then(|l| last_applied::allowed_conflicts(&node, l))
+        .unwrap_or_default();
     let mut conflicts = Vec::new();
     for e in entries.iter().filter(|e| !e.same_manager(&me)) {
         let clash = e.set.intersection(&changed);
+        if !clash.is_empty() && clash.difference(&allowed).is_empty() {
+            continue;
+        }
+        let clash = clash.difference(&allowed);
         if !clash.is_empty() {
             conflicts.push(Conflict {
                 manager: e.describe(),
@@ -319,6 +330,9 @@ pub fn apply(w: &Writer, live: Option<&Value>, config: &Value, force: bool) -> A
     }
     if !conflicts.is_empty() && !force {
         return Err(conflict_error(&conflicts));
+    }
+    if w.manager == last_applied::MANAGER {
+        last_applied::sync_annotation(live, &config, &mut merged);
     }
     let old_entries = entries.clone();
     for e in entries.iter_mut().filter(|e| !e.same_manager(&me)) {

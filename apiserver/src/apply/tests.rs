@@ -265,3 +265,65 @@ fn yaml_and_json_configurations() {
     );
     assert_eq!(update_manager(Some("x"), Some("kubectl/v1")), "x");
 }
+
+#[test]
+fn kubectl_takes_over_its_client_side_applied_fields() {
+    let res = configmaps();
+    let last = r#"{"apiVersion":"v1","data":{"x":"1"},"kind":"ConfigMap","metadata":{"annotations":{},"name":"c"}}"#;
+    let mut live = cm(json!({"x": "1"}));
+    live["metadata"]["annotations"] = json!({last_applied::ANNOTATION: last});
+    record_update(
+        &writer(res, "kubectl-client-side-apply"),
+        None,
+        &mut live,
+        None,
+    )
+    .expect("create");
+    // Another applier conflicts; kubectl does not, and the annotation follows.
+    assert_eq!(
+        apply(
+            &writer(res, "other"),
+            Some(&live),
+            &cm(json!({"x": "2"})),
+            false
+        )
+        .expect_err("conflict")
+        .code,
+        409
+    );
+    let out = apply(
+        &writer(res, "kubectl"),
+        Some(&live),
+        &cm(json!({"x": "2"})),
+        false,
+    )
+    .expect("kubectl upgrades");
+    assert_eq!(out["data"]["x"], "2");
+    assert_eq!(
+        out["metadata"]["annotations"][last_applied::ANNOTATION],
+        "{\"apiVersion\":\"v1\",\"data\":{\"x\":\"2\"},\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"c\"}}\n"
+    );
+    // A field changed since the client-side apply still conflicts.
+    let mut drifted = live.clone();
+    drifted["data"]["x"] = json!("5");
+    let mut drifted_out = drifted.clone();
+    record_update(
+        &writer(res, "kubectl-edit"),
+        Some(&live),
+        &mut drifted_out,
+        None,
+    )
+    .expect("edit");
+    drifted = drifted_out;
+    let err = apply(
+        &writer(res, "kubectl"),
+        Some(&drifted),
+        &cm(json!({"x": "2"})),
+        false,
+    )
+    .expect_err("drifted field conflicts");
+    assert_eq!(
+        err.message,
+        "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using v1: .data.x"
+    );
+}

@@ -1,0 +1,211 @@
+//! Server-side apply with the real kubectl: `apply --server-side` (create,
+//! change, drop a field), conflicts between managers and
+//! `--force-conflicts`, the move from client-side apply, `--dry-run=server`,
+//! and `managedFields` as `get --show-managed-fields` shows them.
+
+use keel_tests::kube::KubeApi;
+use serde_json::Value;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn get_managed(api: &KubeApi, what: &str) -> Value {
+    json(&api.kubectl_ok(&["get", what, "-o", "json", "--show-managed-fields"]))
+}
+
+/// The managedFields entry of `manager` (panics if there is none).
+fn entry<'a>(obj: &'a Value, manager: &str) -> &'a Value {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["manager"] == manager))
+        .unwrap_or_else(|| panic!("no managedFields entry for {manager}: {obj}"))
+}
+
+fn has_entry(obj: &Value, manager: &str) -> bool {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|e| e["manager"] == manager))
+}
+
+fn write(api: &KubeApi, name: &str, text: &str) -> String {
+    let path = api.scratch().join(name);
+    std::fs::write(&path, text).expect("write manifest");
+    path.display().to_string()
+}
+
+fn deployment(image: &str, replicas: Option<u32>, env: bool) -> String {
+    let replicas = replicas
+        .map(|r| format!("  replicas: {r}\n"))
+        .unwrap_or_default();
+    let env = if env {
+        "        env:\n        - name: MODE\n          value: fast\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels:\n    app: web\nspec:\n{replicas}  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: nginx\n        image: {image}\n        ports:\n        - containerPort: 80\n{env}"
+    )
+}
+
+/// `apply --server-side`: create, change, drop a field; a second manager's
+/// conflict (Kubernetes' exact message), `--force-conflicts`, dry runs.
+#[test]
+fn server_side_apply_flows() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    let f = write(&api, "web.yaml", &deployment("nginx:1", Some(2), true));
+    assert_eq!(
+        api.kubectl_ok(&["apply", "--server-side", "-f", &f]),
+        "deployment.apps/web serverside-applied\n"
+    );
+    let obj = get_managed(&api, "deployment/web");
+    let e = entry(&obj, "kubectl");
+    assert_eq!(e["operation"], "Apply");
+    assert_eq!(e["apiVersion"], "apps/v1");
+    assert_eq!(e["fieldsType"], "FieldsV1");
+    let containers = &e["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"];
+    let nginx = &containers["k:{\"name\":\"nginx\"}"];
+    assert_eq!(nginx["."], serde_json::json!({}), "{e}");
+    assert_eq!(nginx["f:image"], serde_json::json!({}), "{e}");
+    assert!(
+        nginx["f:ports"]["k:{\"containerPort\":80,\"protocol\":\"TCP\"}"].is_object(),
+        "{e}"
+    );
+    assert!(nginx["f:env"]["k:{\"name\":\"MODE\"}"].is_object(), "{e}");
+    assert_eq!(e["fieldsV1"]["f:spec"]["f:replicas"], serde_json::json!({}));
+
+    // Change the image and drop the env var and the replicas: the image
+    // changes, the dropped fields are removed.
+    let f = write(&api, "web.yaml", &deployment("nginx:2", None, false));
+    api.kubectl_ok(&["apply", "--server-side", "-f", &f]);
+    let obj = get_managed(&api, "deployment/web");
+    let c = &obj["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "nginx:2");
+    assert!(c.get("env").is_none(), "{c}");
+    assert!(entry(&obj, "kubectl")["fieldsV1"]["f:spec"]
+        .get("f:replicas")
+        .is_none());
+
+    // A second manager setting the image differently: a conflict.
+    let g = write(&api, "other.yaml", &deployment("nginx:3", Some(4), false));
+    let out = api.kubectl(&["apply", "--server-side", "--field-manager=other", "-f", &g]);
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        out.stderr.contains(
+            "Apply failed with 1 conflict: conflict with \"kubectl\": .spec.template.spec.containers[name=\"nginx\"].image"
+        ),
+        "{}",
+        out.stderr
+    );
+    // A server dry run with force changes nothing.
+    api.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "--force-conflicts",
+        "--dry-run=server",
+        "-f",
+        &g,
+    ]);
+    let obj = get_managed(&api, "deployment/web");
+    assert_eq!(
+        obj["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:2"
+    );
+    assert!(!has_entry(&obj, "other"));
+    // Forced: the value and the ownership move to "other".
+    api.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "--force-conflicts",
+        "-f",
+        &g,
+    ]);
+    let obj = get_managed(&api, "deployment/web");
+    assert_eq!(
+        obj["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:3"
+    );
+    assert_eq!(obj["spec"]["replicas"], 4);
+    let mine = &entry(&obj, "kubectl")["fieldsV1"]["f:spec"]["f:template"]["f:spec"]
+        ["f:containers"]["k:{\"name\":\"nginx\"}"];
+    assert!(mine.get("f:image").is_none(), "{mine}");
+    let theirs = &entry(&obj, "other")["fieldsV1"]["f:spec"];
+    assert!(theirs["f:replicas"].is_object(), "{theirs}");
+    // The YAML view kubectl users read.
+    let yaml = api.kubectl_ok(&[
+        "get",
+        "deployment/web",
+        "-o",
+        "yaml",
+        "--show-managed-fields",
+    ]);
+    for needle in [
+        "managedFields:",
+        "manager: other",
+        "operation: Apply",
+        "fieldsType: FieldsV1",
+        "f:replicas: {}",
+    ] {
+        assert!(yaml.contains(needle), "{needle} missing in\n{yaml}");
+    }
+    assert!(!api
+        .kubectl_ok(&["get", "deployment/web", "-o", "yaml"])
+        .contains("managedFields"));
+}
+
+/// `kubectl apply` (client side), then `--server-side`: kubectl moves the
+/// fields to the `kubectl` applier, so a later drop removes them; updates
+/// are recorded under kubectl's manager names; a client-side applier's
+/// field conflicts as Kubernetes words it.
+#[test]
+fn client_side_apply_then_server_side() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    let cm = |data: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n{data}")
+    };
+    let f = write(&api, "cm.yaml", &cm("  a: \"1\"\n  b: \"2\"\n"));
+    assert_eq!(
+        api.kubectl_ok(&["apply", "-f", &f]),
+        "configmap/settings created\n"
+    );
+    let obj = get_managed(&api, "cm/settings");
+    let csa = entry(&obj, "kubectl-client-side-apply");
+    assert_eq!(csa["operation"], "Update");
+    assert_eq!(csa["apiVersion"], "v1");
+    assert!(csa["fieldsV1"]["f:data"]["f:a"].is_object(), "{csa}");
+
+    // Another manager changing a client-side-applied field: a conflict.
+    let g = write(&api, "other.yaml", &cm("  a: \"9\"\n"));
+    api.kubectl(&["apply", "--server-side", "--field-manager=other", "-f", &g])
+        .fails_with("Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using v1: .data.a");
+
+    // The move to server-side apply, then a dropped key is removed.
+    let f = write(&api, "cm.yaml", &cm("  a: \"1\"\n  b: \"3\"\n"));
+    api.kubectl_ok(&["apply", "--server-side", "-f", &f]);
+    let obj = get_managed(&api, "cm/settings");
+    assert_eq!(obj["data"]["b"], "3");
+    assert_eq!(entry(&obj, "kubectl")["operation"], "Apply");
+    let f = write(&api, "cm.yaml", &cm("  a: \"1\"\n"));
+    api.kubectl_ok(&["apply", "--server-side", "-f", &f]);
+    let obj = get_managed(&api, "cm/settings");
+    assert_eq!(obj["data"], serde_json::json!({"a": "1"}), "{obj}");
+
+    // Updates: kubectl's manager names.
+    api.kubectl_ok(&["label", "cm/settings", "tier=x"]);
+    api.kubectl_ok(&["create", "configmap", "plain", "--from-literal=k=v"]);
+    let obj = get_managed(&api, "cm/settings");
+    assert!(
+        entry(&obj, "kubectl-label")["fieldsV1"]["f:metadata"]["f:labels"]["f:tier"].is_object()
+    );
+    let plain = get_managed(&api, "cm/plain");
+    let e = entry(&plain, "kubectl-create");
+    assert_eq!(e["operation"], "Update");
+    assert!(e["fieldsV1"]["f:data"]["f:k"].is_object(), "{e}");
+    assert!(e["time"].is_string());
+}
