@@ -179,7 +179,7 @@ fn set_managed(obj: &mut Value, entries: &[Entry]) {
 /// `new`, in `new`'s `managedFields`. `client_managed` is the
 /// `managedFields` the client sent: when it differs from `old`'s, it
 /// replaces them (how kubectl moves fields from client-side to server-side
-/// apply); `[]`... is ignored as Kubernetes ignores an empty list.
+/// apply); `[{}]` clears them; `[]` is ignored, as Kubernetes ignores it.
 pub fn record_update(
     w: &Writer,
     old: Option<&Value>,
@@ -188,6 +188,13 @@ pub fn record_update(
 ) -> ApiResult<()> {
     let live = old.and_then(|o| o.pointer("/metadata/managedFields"));
     let mut entries = match client_managed {
+        // `[{}]`: the client clears the managed fields.
+        Some(c)
+            if c.as_array()
+                .is_some_and(|a| a.len() == 1 && a[0] == json!({})) =>
+        {
+            Vec::new()
+        }
         Some(c) if Some(c) != live && c.as_array().is_some_and(|a| !a.is_empty()) => {
             managed::decode_list(c).map_err(|e| ApiError::bad_request(e.to_string()))?
         }

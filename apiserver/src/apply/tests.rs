@@ -327,3 +327,44 @@ fn kubectl_takes_over_its_client_side_applied_fields() {
         "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using v1: .data.x"
     );
 }
+
+#[test]
+fn status_is_owned_through_the_status_subresource_only() {
+    let res = deployments();
+    let mut created = deployment(1, json!([]));
+    created["status"] = json!({"replicas": 1});
+    record_update(&writer(res, "m"), None, &mut created, None).expect("create");
+    assert!(fields_of(&created, "m").get("f:status").is_none());
+    let mut updated = created.clone();
+    updated["status"]["replicas"] = json!(2);
+    let w = Writer {
+        res,
+        subresource: Some("status"),
+        manager: "controller".into(),
+    };
+    record_update(&w, Some(&created), &mut updated, None).expect("status");
+    let e = updated["metadata"]["managedFields"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["manager"] == "controller"))
+        .cloned()
+        .expect("status entry");
+    assert_eq!(e["subresource"], "status");
+    assert_eq!(e["fieldsV1"], json!({"f:status": {"f:replicas": {}}}));
+}
+
+#[test]
+fn clearing_managed_fields() {
+    let res = configmaps();
+    let mut live = cm(json!({"x": "1"}));
+    record_update(&writer(res, "a"), None, &mut live, None).expect("create");
+    let mut new = live.clone();
+    record_update(&writer(res, "b"), Some(&live), &mut new, Some(&json!([{}]))).expect("clear");
+    assert!(new["metadata"].get("managedFields").is_none(), "{new}");
+    // An empty list is ignored: the stored entries stay.
+    let mut new = live.clone();
+    record_update(&writer(res, "b"), Some(&live), &mut new, Some(&json!([]))).expect("keep");
+    assert_eq!(
+        new["metadata"]["managedFields"],
+        live["metadata"]["managedFields"]
+    );
+}
