@@ -209,3 +209,51 @@ fn client_side_apply_then_server_side() {
     assert!(e["fieldsV1"]["f:data"]["f:k"].is_object(), "{e}");
     assert!(e["time"].is_string());
 }
+
+/// Update managers as Kubernetes names them: `kubectl edit` →
+/// `kubectl-edit` (taking the field from `kubectl-create`), a request
+/// without `fieldManager` → its user agent's name (`kubectl`), and
+/// `status` written by a server-side apply is not the main resource's.
+#[test]
+fn update_managers() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    api.kubectl_ok(&["create", "configmap", "ed", "--from-literal=k=first"]);
+    let out = api
+        .kubectl_cmd(&["edit", "configmap/ed"])
+        .env("KUBE_EDITOR", "sed -i s/first/second/")
+        .output()
+        .expect("kubectl edit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let obj = get_managed(&api, "cm/ed");
+    assert_eq!(obj["data"]["k"], "second");
+    let edit = entry(&obj, "kubectl-edit");
+    assert_eq!(edit["operation"], "Update");
+    assert!(edit["fieldsV1"]["f:data"]["f:k"].is_object(), "{edit}");
+    // The create's entry lost the field; it keeps the data map itself.
+    assert_eq!(
+        entry(&obj, "kubectl-create")["fieldsV1"],
+        serde_json::json!({"f:data": {}})
+    );
+
+    let raw = write(
+        &api,
+        "raw.json",
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"raw"},"data":{"a":"b"}}"#,
+    );
+    api.kubectl_ok(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps",
+        "-f",
+        &raw,
+    ]);
+    let obj = get_managed(&api, "cm/raw");
+    assert!(entry(&obj, "kubectl")["fieldsV1"]["f:data"]["f:a"].is_object());
+    assert_eq!(entry(&obj, "kubectl")["operation"], "Update");
+}
