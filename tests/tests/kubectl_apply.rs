@@ -257,3 +257,51 @@ fn update_managers() {
     assert!(entry(&obj, "kubectl")["fieldsV1"]["f:data"]["f:a"].is_object());
     assert_eq!(entry(&obj, "kubectl")["operation"], "Update");
 }
+
+/// Services (ports keyed by port and protocol) and pods (fields added by
+/// admission and defaults are no one's to remove) under server-side apply.
+#[test]
+fn services_and_pods() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    let svc = |ports: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: front\nspec:\n  selector:\n    app: web\n  ports:\n{ports}")
+    };
+    let two = "  - name: http\n    port: 80\n  - name: https\n    port: 443\n";
+    let f = write(&api, "svc.yaml", &svc(two));
+    api.kubectl_ok(&["apply", "--server-side", "-f", &f]);
+    let obj = get_managed(&api, "svc/front");
+    let ip = obj["spec"]["clusterIP"].clone();
+    assert!(ip.is_string(), "{obj}");
+    let ports = &entry(&obj, "kubectl")["fieldsV1"]["f:spec"]["f:ports"];
+    assert!(
+        ports["k:{\"port\":443,\"protocol\":\"TCP\"}"].is_object(),
+        "{ports}"
+    );
+    let f = write(&api, "svc.yaml", &svc("  - name: http\n    port: 80\n"));
+    api.kubectl_ok(&["apply", "--server-side", "-f", &f]);
+    let obj = get_managed(&api, "svc/front");
+    assert_eq!(
+        obj["spec"]["ports"].as_array().map(Vec::len),
+        Some(1),
+        "{obj}"
+    );
+    assert_eq!(obj["spec"]["clusterIP"], ip);
+
+    let pod = |image: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: {image}\n")
+    };
+    let f = write(&api, "pod.yaml", &pod("busybox:1"));
+    api.kubectl_ok(&["apply", "--server-side", "-f", &f]);
+    let f = write(&api, "pod.yaml", &pod("busybox:2"));
+    api.kubectl_ok(&["apply", "--server-side", "-f", &f]);
+    let obj = get_managed(&api, "pod/p");
+    let c = &obj["spec"]["containers"][0];
+    assert_eq!(c["image"], "busybox:2");
+    assert!(
+        c["volumeMounts"].is_array(),
+        "service account mount kept: {c}"
+    );
+    assert!(obj["spec"]["volumes"].is_array(), "{obj}");
+}

@@ -105,6 +105,32 @@ pub fn key_default(key: &str) -> Option<Value> {
     (key == "protocol").then(|| Value::String("TCP".into()))
 }
 
+/// Protobuf fields whose message is inlined in the JSON form (Go's
+/// embedded structs: a volume's source, a probe's handler, …).
+const INLINE: &[&str] = &[
+    "volumeSource",
+    "persistentVolumeSource",
+    "ephemeralContainerCommon",
+    "handler",
+];
+
+/// The field `name` of `m` as JSON spells it (looking into inlined messages).
+fn find_field(m: &MessageDescriptor, name: &str) -> Option<(MessageDescriptor, FieldDescriptor)> {
+    if let Some(f) = m.get_field_by_name(name) {
+        // An inlined message is not a JSON field of its own.
+        if !(INLINE.contains(&name) && matches!(f.kind(), Kind::Message(_))) {
+            return Some((m.clone(), f));
+        }
+    }
+    INLINE.iter().find_map(|inline| {
+        let f = m.get_field_by_name(inline)?;
+        match f.kind() {
+            Kind::Message(inner) => find_field(&inner, name),
+            _ => None,
+        }
+    })
+}
+
 fn kind_node(kind: &Kind) -> Node {
     match kind {
         Kind::Message(m) if opaque(m) || atomic_struct(m) => Node::Scalar,
@@ -141,9 +167,8 @@ impl Node {
     /// The shape of field or entry `name` (of a struct or map).
     pub fn field(&self, name: &str) -> Node {
         match self {
-            Node::Struct(m) => m
-                .get_field_by_name(name)
-                .map(|f| field_node(m, &f))
+            Node::Struct(m) => find_field(m, name)
+                .map(|(parent, f)| field_node(&parent, &f))
                 .unwrap_or(Node::Deduced),
             Node::Map(elem) => (**elem).clone(),
             _ => Node::Deduced,
@@ -152,7 +177,7 @@ impl Node {
 
     /// True if `name` is a declared field of this struct (not a map entry).
     pub fn is_declared(&self, name: &str) -> bool {
-        matches!(self, Node::Struct(m) if m.get_field_by_name(name).is_some())
+        matches!(self, Node::Struct(m) if find_field(m, name).is_some())
     }
 
     /// True for map-typed values (labels, annotations, data, …).
@@ -192,5 +217,12 @@ mod tests {
             container.field("resources").field("limits").field("cpu"),
             Node::Scalar
         ));
+        // Inlined messages: a volume's source, a probe's handler.
+        let Node::List(volume, _) = spec.field("volumes") else {
+            panic!("volumes are a list");
+        };
+        assert!(volume.is_declared("projected"));
+        assert!(matches!(volume.field("configMap"), Node::Struct(_)));
+        assert!(container.field("livenessProbe").is_declared("httpGet"));
     }
 }

@@ -596,10 +596,11 @@ pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             ));
         }
         type_meta(&mut new, t.res)?;
-        let warnings = if t.sub.is_none() {
-            validation::check(mode, t.res, &new)?
-        } else {
-            Vec::new()
+        // An apply is judged by its configuration (what the client sent).
+        let warnings = match (&t.sub, &config) {
+            (None, Some(config)) => validation::check(mode, t.res, config)?,
+            (None, None) => validation::check(mode, t.res, &new)?,
+            (Some(_), _) => Vec::new(),
         };
         namespace_meta(&mut new, ctx)?;
         check_name(&new, ctx)?;
