@@ -604,8 +604,9 @@ pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         };
         namespace_meta(&mut new, ctx)?;
         check_name(&new, ctx)?;
-        // A resourceVersion the patch sets is a precondition.
-        let precondition = match parse_body_rv(&new)? {
+        // A resourceVersion the patch sets is a precondition (an apply's:
+        // the one in its configuration; without one, it is retried).
+        let precondition = match parse_body_rv(config.as_ref().unwrap_or(&new))? {
             Some(r) if r != rev => return Err(conflict(ctx)),
             Some(r) => Some(r),
             None => None,
