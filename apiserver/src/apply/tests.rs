@@ -368,3 +368,22 @@ fn clearing_managed_fields() {
         live["metadata"]["managedFields"]
     );
 }
+
+/// The example of Kubernetes' "Server-Side Apply" documentation: the
+/// ConfigMap `test-cm` applied by `kubectl` owns exactly
+/// `f:metadata.f:labels.f:test-label` and `f:data.f:key`.
+#[test]
+fn kubernetes_documentation_example() {
+    let config = parse_config(
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: test-cm\n  namespace: default\n  labels:\n    test-label: test\ndata:\n  key: some value\n",
+    )
+    .expect("yaml");
+    let out = apply(&writer(configmaps(), "kubectl"), None, &config, false).expect("apply");
+    let entry = &out["metadata"]["managedFields"][0];
+    assert_eq!(entry["manager"], "kubectl");
+    assert_eq!(entry["operation"], "Apply");
+    assert_eq!(
+        entry["fieldsV1"],
+        json!({"f:metadata": {"f:labels": {"f:test-label": {}}}, "f:data": {"f:key": {}}})
+    );
+}
