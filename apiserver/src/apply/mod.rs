@@ -253,11 +253,14 @@ fn conflict_error(conflicts: &[Conflict]) -> ApiError {
             })
         })
         .collect();
-    let message = if total == 1 {
-        let c = &conflicts[0];
+    let single = conflicts
+        .iter()
+        .find_map(|c| c.paths.first().map(|p| (c, p)))
+        .filter(|_| total == 1);
+    let message = if let Some((c, path)) = single {
         format!(
-            "Apply failed with 1 conflict: conflict with {}: {}",
-            c.manager, c.paths[0]
+            "Apply failed with 1 conflict: conflict with {}: {path}",
+            c.manager
         )
     } else {
         let mut sorted: Vec<&Conflict> = conflicts.iter().collect();
