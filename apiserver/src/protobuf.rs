@@ -214,14 +214,42 @@ fn to_message(desc: &prost_reflect::MessageDescriptor, v: &Value) -> Option<Dyna
                 }
                 // Fields the schema does not know (kind, apiVersion) are
                 // the envelope's, or not representable: left out.
-                let Some(field) = desc.get_field_by_name(name) else {
-                    continue;
-                };
-                m.try_set_field(&field, field_value(&field, fv)?).ok()?;
+                set_json_field(&mut m, name, fv)?;
             }
         }
     }
     Some(m)
+}
+
+/// Sets the field JSON calls `name` on `m`, looking into the messages Go
+/// inlines (a volume's source, a probe's handler). `Some(())` also when no
+/// field has that name (fields the schema does not know, such as `kind`
+/// and `apiVersion`, belong to the envelope or are left out).
+fn set_json_field(m: &mut DynamicMessage, name: &str, v: &Value) -> Option<()> {
+    let desc = m.descriptor();
+    if let Some(field) = desc.get_field_by_name(name) {
+        if !crate::apply::schema::INLINE.contains(&name) {
+            return m.try_set_field(&field, field_value(&field, v)?).ok();
+        }
+    }
+    for inline in crate::apply::schema::INLINE {
+        let Some(field) = desc.get_field_by_name(inline) else {
+            continue;
+        };
+        let prost_reflect::Kind::Message(inner) = field.kind() else {
+            continue;
+        };
+        if crate::apply::schema::find_field(&inner, name).is_none() {
+            continue;
+        }
+        let mut sub = match m.get_field(&field).as_ref() {
+            PValue::Message(existing) => existing.clone(),
+            _ => DynamicMessage::new(inner),
+        };
+        set_json_field(&mut sub, name, v)?;
+        return m.try_set_field(&field, PValue::Message(sub)).ok();
+    }
+    Some(())
 }
 
 /// A JSON value as the value of `field` (repeated and map fields included).
@@ -353,8 +381,17 @@ fn message(m: &DynamicMessage) -> Value {
             let mut out = Map::new();
             for (f, v) in m.fields() {
                 let j = value(v);
-                if !is_empty(&j) {
-                    out.insert(f.name().to_string(), j);
+                if is_empty(&j) {
+                    continue;
+                }
+                // Go's embedded structs are inlined in JSON.
+                match j {
+                    Value::Object(inner) if crate::apply::schema::INLINE.contains(&f.name()) => {
+                        out.extend(inner)
+                    }
+                    j => {
+                        out.insert(f.name().to_string(), j);
+                    }
                 }
             }
             if out.is_empty() {
@@ -449,7 +486,10 @@ mod tests {
                    "metadata": {"name": "p", "namespace": "d"},
                    "spec": {"containers": [{"name": "c", "image": "nginx",
                              "ports": [{"containerPort": 80, "protocol": "TCP"}],
-                             "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}}}],
+                             "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+                             "readinessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 5},
+                             "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}]}],
+                            "volumes": [{"name": "cfg", "configMap": {"name": "x"}}],
                             "terminationGracePeriodSeconds": 30, "hostNetwork": true},
                    "status": {"phase": "Pending"}}),
             json!({"kind": "Service", "apiVersion": "v1", "metadata": {"name": "s"},

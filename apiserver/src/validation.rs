@@ -134,7 +134,9 @@ fn walk(desc: &MessageDescriptor, v: &Value, path: &str, top: bool, out: &mut Fi
         } else {
             format!("{path}.{k}")
         };
-        let Some(f) = desc.get_field_by_name(k) else {
+        // Go's embedded structs (a volume's source, a probe's handler) are
+        // inlined in JSON: their fields count as the parent's.
+        let Some((_, f)) = crate::apply::schema::find_field(desc, k) else {
             out.unknown.push(here);
             continue;
         };
@@ -260,6 +262,29 @@ mod tests {
             .expect("ignore")
             .is_empty());
         assert!(FieldValidation::parse(Some("Loud")).is_err());
+    }
+
+    #[test]
+    fn fields_of_inlined_structs_are_known() {
+        let res = crate::registry::lookup("", "v1", "pods").expect("pods");
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {
+                "containers": [{"name": "c", "image": "i",
+                    "readinessProbe": {"httpGet": {"path": "/", "port": 80}},
+                    "livenessProbe": {"exec": {"command": ["true"]}},
+                    "lifecycle": {"preStop": {"exec": {"command": ["true"]}}}}],
+                "volumes": [{"name": "v", "configMap": {"name": "x"}},
+                            {"name": "w", "projected": {"sources": []}}]
+            }
+        });
+        assert_eq!(unknown_fields(res, &pod), Vec::<String>::new());
+        let mut bad = pod.clone();
+        bad["spec"]["volumes"][0]["configMapp"] = serde_json::json!({});
+        assert_eq!(
+            unknown_fields(res, &bad),
+            vec!["spec.volumes[0].configMapp".to_string()]
+        );
     }
 
     #[test]

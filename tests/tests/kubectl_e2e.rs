@@ -924,3 +924,64 @@ fn older_kubectl_versions() {
         );
     }
 }
+
+/// Manifests with fields Go inlines from embedded structs (a volume's
+/// source, a probe's handler, a config map reference's name) pass strict
+/// validation and read back whole (`emptyDir: {}` included); a misspelt
+/// one is still an unknown field.
+#[test]
+fn manifests_with_inlined_fields() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: inl
+spec:
+  containers:
+  - name: c
+    image: nginx
+    readinessProbe:
+      httpGet:
+        path: /
+        port: 80
+    env:
+    - name: A
+      valueFrom:
+        configMapKeyRef:
+          name: cfg
+          key: a
+    volumeMounts:
+    - name: cfg
+      mountPath: /etc/cfg
+  volumes:
+  - name: cfg
+    configMap:
+      name: cfg
+  - name: scratch
+    emptyDir: {}
+"#;
+    let out = api.kubectl_stdin(&["create", "-f", "-"], Some(pod)).ok();
+    assert_eq!(out, "pod/inl created\n");
+    let got = api
+        .kubectl(&["get", "pod", "inl", "-o", "jsonpath={.spec.volumes[0].configMap.name} {.spec.volumes[1].emptyDir} {.spec.containers[0].readinessProbe.httpGet.port} {.spec.containers[0].env[0].valueFrom.configMapKeyRef.name}"])
+        .ok();
+    assert_eq!(got, "cfg {} 80 cfg");
+    let bad = pod.replace(
+        "configMap:\n      name: cfg",
+        "configMapp:\n      name: cfg",
+    );
+    let out = api.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some(&bad.replace("name: inl", "name: inl2")),
+    );
+    assert!(
+        !out.success()
+            && out
+                .stderr
+                .contains("unknown field \"spec.volumes[0].configMapp\""),
+        "{out}"
+    );
+}

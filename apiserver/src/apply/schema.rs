@@ -107,15 +107,19 @@ pub fn key_default(key: &str) -> Option<Value> {
 
 /// Protobuf fields whose message is inlined in the JSON form (Go's
 /// embedded structs: a volume's source, a probe's handler, …).
-const INLINE: &[&str] = &[
+pub(crate) const INLINE: &[&str] = &[
     "volumeSource",
     "persistentVolumeSource",
     "ephemeralContainerCommon",
     "handler",
+    "localObjectReference",
 ];
 
 /// The field `name` of `m` as JSON spells it (looking into inlined messages).
-fn find_field(m: &MessageDescriptor, name: &str) -> Option<(MessageDescriptor, FieldDescriptor)> {
+pub(crate) fn find_field(
+    m: &MessageDescriptor,
+    name: &str,
+) -> Option<(MessageDescriptor, FieldDescriptor)> {
     if let Some(f) = m.get_field_by_name(name) {
         // An inlined message is not a JSON field of its own.
         if !(INLINE.contains(&name) && matches!(f.kind(), Kind::Message(_))) {
