@@ -27,11 +27,20 @@ fn gv_path(group: &str, version: &str) -> String {
 /// `/openapi/v3`: the index of documents.
 pub fn index() -> Value {
     let mut paths = Map::new();
+    let generation = registry::generation();
     for (g, v) in registry::group_versions() {
         let p = gv_path(g, v);
+        // Custom group-versions change with their CRDs: kubectl caches
+        // documents by this URL, so the hash moves with the registry.
+        let custom = registry::resources_of(g, v).iter().any(|r| r.custom);
+        let hash = if custom {
+            format!("keel{}-{generation}", env!("CARGO_PKG_VERSION"))
+        } else {
+            format!("keel{}", env!("CARGO_PKG_VERSION"))
+        };
         paths.insert(
             p.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=keel{}", env!("CARGO_PKG_VERSION"))}),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
         );
     }
     json!({ "paths": paths })
@@ -172,7 +181,17 @@ fn schemas(group: &str, version: &str) -> Map<String, Value> {
     };
     let mut todo = Vec::new();
     let mut kinds = Vec::new();
+    let mut custom = Vec::new();
     for r in registry::resources_of(group, version) {
+        if let Some(v) = crate::crd::registry::version_of(r) {
+            custom.push((custom_schema_name(r), custom_schema(r, &v.schema)));
+            if let Some(m) =
+                pool.get_message_by_name("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+            {
+                todo.push(m);
+            }
+            continue;
+        }
         let Some(pkg) = crate::protobuf::package(r.group, r.kind) else {
             continue;
         };
@@ -211,7 +230,38 @@ fn schemas(group: &str, version: &str) -> Map<String, Value> {
                 json!([{"group": r.group, "kind": r.kind, "version": r.version}]);
         }
     }
+    for (name, s) in custom {
+        out.insert(name, s);
+    }
     out
+}
+
+/// The schema name of a custom kind, as Kubernetes builds it
+/// (`com.example.stable.v1.CronTab` for `stable.example.com/v1`).
+fn custom_schema_name(r: &ResourceInfo) -> String {
+    let reversed: Vec<&str> = r.group.split('.').rev().collect();
+    format!("{}.{}.{}", reversed.join("."), r.version, r.kind)
+}
+
+/// A custom kind's schema: its CRD's `openAPIV3Schema` with the type
+/// meta, `metadata` (ObjectMeta) and the group-version-kind.
+fn custom_schema(r: &ResourceInfo, schema: &Value) -> Value {
+    let mut s = schema.clone();
+    if !s.is_object() {
+        s = json!({"type": "object"});
+    }
+    if !s.get("properties").is_some_and(Value::is_object) {
+        s["properties"] = json!({});
+    }
+    s["properties"]["apiVersion"] = json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."});
+    s["properties"]["kind"] = json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."});
+    s["properties"]["metadata"] = json!({
+        "allOf": [{"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}],
+        "description": "Standard object's metadata.",
+    });
+    s["x-kubernetes-group-version-kind"] =
+        json!([{"group": r.group, "kind": r.kind, "version": r.version}]);
+    s
 }
 
 #[cfg(test)]

@@ -65,7 +65,9 @@ fn type_meta(obj: &mut Value, res: &ResourceInfo) -> ApiResult<()> {
         }
     }
     if let Some(v) = obj.get("apiVersion").and_then(Value::as_str) {
-        if v != gv {
+        // Any served version of a custom resource's group converts (None).
+        let same_group = res.custom && v.split_once('/').is_some_and(|(g, _)| g == res.group);
+        if v != gv && !same_group {
             return Err(ApiError::bad_request(format!(
                 "the API version in the data ({v}) does not match the expected API version ({gv})"
             )));

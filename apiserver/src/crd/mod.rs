@@ -1,0 +1,128 @@
+//! CustomResourceDefinitions (`apiextensions.k8s.io/v1`) and the custom
+//! resources they define.
+//!
+//! - [`validate`]: defaulting and validation of the CRD objects themselves;
+//! - [`schema`]: structural schemas: pruning, defaulting, validation of
+//!   custom objects;
+//! - [`registry`]: the CRD-fed layer of `crate::registry` (rows per served
+//!   version) and the details only custom resources have;
+//! - [`controller`]: the loop that keeps that layer current, sets the
+//!   CRDs' status (`NamesAccepted`, `Established`, `storedVersions`) and
+//!   deletes the objects of a deleted CRD before the CRD itself;
+//! - [`columns`]: `additionalPrinterColumns` in Table output.
+//!
+//! Writes reach this module at two points: [`unknown_fields`] (the
+//! `fieldValidation` directive, from `crate::validation`) and [`admit`]
+//! (between the mutating and the validating admission plugins, as
+//! Kubernetes validates objects).
+
+pub mod columns;
+pub mod controller;
+pub mod registry;
+pub mod schema;
+pub mod validate;
+
+use serde_json::{json, Value};
+
+use crate::admission::{Attributes, Operation};
+use crate::registry::ResourceInfo;
+use crate::status::{ApiError, ApiResult};
+
+/// The CRD resource's group.
+pub const GROUP: &str = "apiextensions.k8s.io";
+
+/// True for the `customresourcedefinitions` resource itself.
+pub fn is_crd(res: &ResourceInfo) -> bool {
+    res.group == GROUP && res.plural == "customresourcedefinitions"
+}
+
+/// The paths of the fields of a custom object its schema does not
+/// specify (what pruning will drop), for `fieldValidation`.
+pub fn unknown_fields(res: &ResourceInfo, obj: &Value) -> Vec<String> {
+    let Some(v) = registry::version_of(res) else {
+        return Vec::new();
+    };
+    let mut copy = obj.clone();
+    schema::prune(&v.schema, &mut copy, true)
+}
+
+/// A 422 for a custom resource or a CRD, worded as Kubernetes does
+/// (`CronTab.stable.example.com "a" is invalid: …`).
+fn invalid(res: &ResourceInfo, name: &str, causes: Vec<crate::status::Cause>) -> ApiError {
+    let mut e = ApiError::invalid(res, name, causes);
+    let qualified = format!("{}.{}", res.kind, res.group);
+    if let Some(rest) = e.message.strip_prefix(res.kind) {
+        e.message = format!("{qualified}{rest}");
+    }
+    e
+}
+
+/// The status a new CRD starts with.
+fn initial_crd_status() -> Value {
+    json!({
+        "conditions": [],
+        "acceptedNames": {"plural": "", "kind": ""},
+        "storedVersions": [],
+    })
+}
+
+/// Prunes, defaults and validates a custom object, or defaults and
+/// validates a CRD (and gives a new one its cleanup finalizer and initial
+/// status). Deletes pass untouched.
+pub fn admit(attrs: &mut Attributes) -> ApiResult<()> {
+    if attrs.operation == Operation::Delete {
+        return Ok(());
+    }
+    let res = attrs.res;
+    if is_crd(res) {
+        if attrs.subresource.is_none() {
+            validate::default_crd(&mut attrs.object);
+        }
+        if attrs.operation == Operation::Create {
+            attrs.object["status"] = initial_crd_status();
+            let m = crate::object::meta_mut(&mut attrs.object);
+            let fins = m.entry("finalizers").or_insert_with(|| json!([]));
+            if let Some(list) = fins.as_array_mut() {
+                if !list.iter().any(|f| f == validate::CLEANUP_FINALIZER) {
+                    list.push(json!(validate::CLEANUP_FINALIZER));
+                }
+            }
+        }
+        let causes = validate::validate_crd(&attrs.object, attrs.old.as_ref());
+        if !causes.is_empty() {
+            return Err(invalid(res, &attrs.name, causes));
+        }
+        return Ok(());
+    }
+    let Some(v) = registry::version_of(res) else {
+        return Ok(());
+    };
+    if attrs.operation == Operation::Create && res.status {
+        // The status subresource owns status: a create does not set it.
+        if let Some(m) = attrs.object.as_object_mut() {
+            m.remove("status");
+        }
+    }
+    schema::prune(&v.schema, &mut attrs.object, true);
+    schema::default(&v.schema, &mut attrs.object);
+    let causes = schema::validate(&v.schema, &attrs.object);
+    if !causes.is_empty() {
+        return Err(invalid(res, &attrs.name, causes));
+    }
+    // Objects are stored in the storage version (conversion `None`:
+    // only `apiVersion` changes).
+    if !v.storage_version.is_empty() && v.storage_version != res.version {
+        attrs.object["apiVersion"] = json!(format!("{}/{}", res.group, v.storage_version));
+    }
+    Ok(())
+}
+
+/// An object read from the store, as version `res.version` shows it
+/// (conversion `None`: `apiVersion` rewritten).
+pub fn convert_out(res: &ResourceInfo, obj: &mut Value) {
+    if res.custom {
+        if let Some(m) = obj.as_object_mut() {
+            m.insert("apiVersion".into(), json!(res.group_version()));
+        }
+    }
+}
