@@ -168,7 +168,13 @@ fn check_versions(crd: &Value, out: &mut Vec<Cause>) {
             "FieldValueInvalid",
             format!(
                 "Invalid value: {}: must have exactly one version marked as storage version",
-                Value::Array(versions.clone())
+                // The version names (Kubernetes prints the Go structs).
+                Value::Array(
+                    versions
+                        .iter()
+                        .map(|v| v.get("name").cloned().unwrap_or(Value::Null))
+                        .collect()
+                )
             ),
         ));
     }
