@@ -371,3 +371,64 @@ fn invalid_crds_are_refused() {
         "spec.versions[0].schema.openAPIV3Schema: Required value: schemas are required",
     );
 }
+
+/// Custom resources are authorized by group and resource like built-in
+/// ones, and a ClusterRole aggregated into `view` can grant them.
+#[test]
+fn custom_resources_rbac() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    define(&api);
+    let f = write(&api, "a.yaml", &crontab("a", ""));
+    api.kubectl_ok(&["create", "-f", &f]);
+    api.kubectl_ok(&[
+        "create",
+        "role",
+        "ct-reader",
+        "--verb=get,list",
+        "--resource=crontabs.stable.example.com",
+    ]);
+    api.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "alice-ct",
+        "--role=ct-reader",
+        "--user=alice",
+    ]);
+    assert_eq!(
+        api.kubectl_ok(&["--as=alice", "get", "ct", "-o", "name"]),
+        "crontab.stable.example.com/a\n"
+    );
+    api.kubectl(&["--as=alice", "delete", "ct", "a"]).fails_with(
+        "crontabs.stable.example.com \"a\" is forbidden: User \"alice\" cannot delete resource \"crontabs\" in API group \"stable.example.com\" in the namespace \"default\"",
+    );
+    api.kubectl(&["--as=bob", "get", "ct"]).fails_with(
+        "User \"bob\" cannot list resource \"crontabs\" in API group \"stable.example.com\" in the namespace \"default\"",
+    );
+    // Aggregated into `view`, then granted through it.
+    let agg = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: crontab-view\n  labels:\n    rbac.authorization.k8s.io/aggregate-to-view: \"true\"\nrules:\n- apiGroups: [stable.example.com]\n  resources: [crontabs]\n  verbs: [get, list, watch]\n";
+    let f = write(&api, "agg.yaml", agg);
+    api.kubectl_ok(&["create", "-f", &f]);
+    api.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "bob-view",
+        "--clusterrole=view",
+        "--user=bob",
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = api.kubectl(&["--as=bob", "get", "ct", "-o", "name"]);
+        if out.success() {
+            assert_eq!(out.ok(), "crontab.stable.example.com/a\n");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "view never granted crontabs: {}",
+            out.err()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
