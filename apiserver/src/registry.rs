@@ -307,6 +307,10 @@ pub fn bump_generation() {
     });
 }
 
+/// Serializes the unit tests that replace the (process-wide) dynamic layer.
+#[cfg(test)]
+pub(crate) static TEST_LAYER: Mutex<()> = Mutex::new(());
+
 /// A number that changes whenever the dynamic layer does.
 pub fn generation() -> u64 {
     dynamic()
@@ -378,6 +382,7 @@ mod tests {
 
     #[test]
     fn the_dynamic_layer_adds_custom_rows_under_their_group() {
+        let _layer = TEST_LAYER.lock().unwrap_or_else(|p| p.into_inner());
         let row = ResourceInfo {
             custom: true,
             short_names: intern_list(&["rt".to_string()]),

@@ -224,6 +224,16 @@ fn custom_resources_end_to_end() {
     api.kubectl_ok(&["create", "--validate=false", "-f", &f]);
     let extra = json(&api.kubectl_ok(&["get", "ct", "extra", "-o", "json"]));
     assert!(extra["spec"].get("colour").is_none(), "{extra}");
+    let f = write(&api, "warn.yaml", &crontab("warned", "  colour: blue\n"));
+    let warned = api.kubectl(&["create", "--validate=warn", "-f", &f]);
+    assert!(warned.success(), "{warned:?}");
+    assert!(
+        warned
+            .stderr
+            .contains("Warning: unknown field \"spec.colour\""),
+        "{}",
+        warned.stderr
+    );
 
     // Status subresource: the main resource ignores status, /status takes it.
     api.kubectl_ok(&[

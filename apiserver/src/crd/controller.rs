@@ -3,8 +3,9 @@
 //! watch cache:
 //!
 //! 1. names: a CRD whose plural, singular, kind, list kind or a short name
-//!    is already taken in its group by an older CRD gets `NamesAccepted`
-//!    False (`NameConflict`); the others have their names accepted;
+//!    is already taken in its group by an older CRD (or a built-in type)
+//!    gets `NamesAccepted` False (`NameConflict`); the others have their
+//!    names accepted;
 //! 2. serving: the accepted, not terminating CRDs become the registry's
 //!    dynamic layer ([`super::registry::serve`]), before any status says
 //!    so, so a client that saw `Established` finds the resource;
@@ -137,8 +138,17 @@ async fn pass(
         }
     }
     items.sort_by_key(|i| i.created);
-    // 1. names, oldest first.
-    let mut taken: Vec<(String, String)> = Vec::new();
+    // 1. names, oldest first, after the built-in types' own.
+    let mut taken: Vec<(String, String)> = registry::RESOURCES
+        .iter()
+        .flat_map(|r| {
+            let g = r.group.to_string();
+            [
+                (g.clone(), format!("resource:{}", r.plural)),
+                (g, format!("kind:{}", r.kind)),
+            ]
+        })
+        .collect();
     let mut accepted = Vec::with_capacity(items.len());
     for it in &items {
         let group = it

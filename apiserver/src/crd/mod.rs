@@ -126,3 +126,88 @@ pub fn convert_out(res: &ResourceInfo, obj: &mut Value) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn attrs(res: &'static ResourceInfo, operation: Operation, object: Value) -> Attributes {
+        Attributes {
+            operation,
+            res,
+            subresource: None,
+            namespace: Some("default".into()),
+            name: "a".into(),
+            object,
+            old: None,
+            dry_run: false,
+            charges: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn custom_objects_are_pruned_defaulted_validated_and_stored_in_the_storage_version() {
+        let crd = json!({
+            "metadata": {"name": "gizmos.admit.keel.dev"},
+            "spec": {"group": "admit.keel.dev", "scope": "Namespaced",
+                     "names": {"plural": "gizmos", "kind": "Gizmo"},
+                     "versions": [
+                        {"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                         "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                            "spec": {"type": "object", "properties": {
+                                "size": {"type": "integer", "default": 1, "maximum": 5}}}}}}},
+                        {"name": "v1beta1", "served": true, "storage": false,
+                         "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                            "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}}}]}
+        });
+        let _layer = crate::registry::TEST_LAYER
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        registry::serve(&[crd]);
+        let v1 = crate::registry::lookup("admit.keel.dev", "v1", "gizmos").expect("served");
+        let beta = crate::registry::lookup("admit.keel.dev", "v1beta1", "gizmos").expect("served");
+        assert_eq!(
+            unknown_fields(v1, &json!({"spec": {"size": 2, "colour": "red"}})),
+            vec!["spec.colour"]
+        );
+        let mut a = attrs(
+            v1,
+            Operation::Create,
+            json!({
+            "apiVersion": "admit.keel.dev/v1", "kind": "Gizmo", "metadata": {"name": "a"},
+            "spec": {"colour": "red"}, "status": {"x": 1}}),
+        );
+        admit(&mut a).expect("admitted");
+        assert_eq!(a.object["spec"], json!({"size": 1}));
+        assert!(
+            a.object.get("status").is_none(),
+            "status belongs to /status"
+        );
+        let mut big = attrs(
+            v1,
+            Operation::Update,
+            json!({"metadata": {"name": "a"}, "spec": {"size": 9}}),
+        );
+        let e = admit(&mut big).expect_err("422");
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message
+                .starts_with("Gizmo.admit.keel.dev \"a\" is invalid: spec.size: Invalid value: 9"),
+            "{}",
+            e.message
+        );
+        let mut b = attrs(
+            beta,
+            Operation::Create,
+            json!({
+            "apiVersion": "admit.keel.dev/v1beta1", "kind": "Gizmo", "metadata": {"name": "a"}, "spec": {}}),
+        );
+        admit(&mut b).expect("admitted");
+        assert_eq!(b.object["apiVersion"], "admit.keel.dev/v1");
+        let mut out = b.object.clone();
+        convert_out(beta, &mut out);
+        assert_eq!(out["apiVersion"], "admit.keel.dev/v1beta1");
+        registry::serve(&[]);
+    }
+}
