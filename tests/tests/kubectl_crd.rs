@@ -350,6 +350,30 @@ fn custom_resources_watch() {
     assert_eq!(ev["type"], "ADDED", "{ev}");
     assert_eq!(ev["object"]["metadata"]["name"], "watched");
     assert_eq!(ev["object"]["kind"], "CronTab");
+
+    // Changing the CRD changes what is served within seconds: a new
+    // short name, and a new default that reads fill in.
+    api.kubectl_ok(&[
+        "patch",
+        "crd",
+        CRD_NAME,
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/names/shortNames/-","value":"cts"},
+            {"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/owner","value":{"type":"string","default":"nobody"}}]"#,
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = api.kubectl(&["get", "cts", "watched", "-o", "jsonpath={.spec.owner}"]);
+        if out.success() && out.stdout == "nobody" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CRD change not served: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A CRD that breaks the rules is refused with Kubernetes' messages.

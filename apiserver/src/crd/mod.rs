@@ -118,12 +118,18 @@ pub fn admit(attrs: &mut Attributes) -> ApiResult<()> {
 }
 
 /// An object read from the store, as version `res.version` shows it
-/// (conversion `None`: `apiVersion` rewritten).
+/// (conversion `None`: `apiVersion` rewritten), with the version's schema
+/// defaults (added since the object was written) filled in, as Kubernetes
+/// defaults on reads too.
 pub fn convert_out(res: &ResourceInfo, obj: &mut Value) {
-    if res.custom {
-        if let Some(m) = obj.as_object_mut() {
-            m.insert("apiVersion".into(), json!(res.group_version()));
-        }
+    if !res.custom {
+        return;
+    }
+    if let Some(m) = obj.as_object_mut() {
+        m.insert("apiVersion".into(), json!(res.group_version()));
+    }
+    if let Some(v) = registry::version_of(res) {
+        schema::default(&v.schema, obj);
     }
 }
 
