@@ -466,3 +466,49 @@ fn custom_resources_rbac() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A deleted CRD waits for its objects: one held by a finalizer keeps it
+/// `Terminating` (still readable, no creates) until the finalizer goes.
+#[test]
+fn deleting_a_crd_waits_for_its_objects() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    define(&api);
+    let held = crontab("held", "").replace("  labels:", "  finalizers: [keel.dev/hold]\n  labels:");
+    let f = write(&api, "held.yaml", &held);
+    api.kubectl_ok(&["create", "-f", &f]);
+    api.kubectl_ok(&["delete", "crd", CRD_NAME, "--wait=false"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let obj = json(&api.kubectl_ok(&["get", "ct", "held", "-o", "json"]));
+        if obj.pointer("/metadata/deletionTimestamp").is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never marked: {obj}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let crd = json(&api.kubectl_ok(&["get", "crd", CRD_NAME, "-o", "json"]));
+    let terminating = crd["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Terminating").cloned())
+        .unwrap_or(Value::Null);
+    assert_eq!(terminating["status"], "True", "{crd}");
+    let f = write(&api, "late.yaml", &crontab("late", ""));
+    api.kubectl(&["create", "-f", &f])
+        .fails_with("create not allowed while custom resource definition is terminating");
+    api.kubectl_ok(&[
+        "patch",
+        "ct",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    api.kubectl_ok(&[
+        "wait",
+        "--for=delete",
+        &format!("crd/{CRD_NAME}"),
+        "--timeout=20s",
+    ]);
+}

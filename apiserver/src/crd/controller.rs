@@ -6,9 +6,10 @@
 //!    is already taken in its group by an older CRD (or a built-in type)
 //!    gets `NamesAccepted` False (`NameConflict`); the others have their
 //!    names accepted;
-//! 2. serving: the accepted, not terminating CRDs become the registry's
-//!    dynamic layer ([`super::registry::serve`]), before any status says
-//!    so, so a client that saw `Established` finds the resource;
+//! 2. serving: the accepted CRDs become the registry's dynamic layer
+//!    ([`super::registry::serve`]), before any status says so, so a
+//!    client that saw `Established` finds the resource (a terminating
+//!    CRD stays served, refusing creates, until it is gone);
 //! 3. status: `acceptedNames`, conditions `NamesAccepted` and `Established`
 //!    (and `Terminating`), `storedVersions` (every storage version ever
 //!    used), written compare-and-swap;
@@ -171,9 +172,7 @@ async fn pass(
     let served: Vec<Value> = items
         .iter()
         .zip(&accepted)
-        .filter(|(it, clash)| {
-            clash.is_none() && it.obj.pointer("/metadata/deletionTimestamp").is_none()
-        })
+        .filter(|(_, clash)| clash.is_none())
         .map(|(it, _)| with_accepted_names(&it.obj))
         .collect();
     if super::registry::serve(&served) {

@@ -97,6 +97,13 @@ pub fn admit(attrs: &mut Attributes) -> ApiResult<()> {
     let Some(v) = registry::version_of(res) else {
         return Ok(());
     };
+    if attrs.operation == Operation::Create && v.terminating {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "create not allowed while custom resource definition is terminating",
+        ));
+    }
     if attrs.operation == Operation::Create && res.status {
         // The status subresource owns status: a create does not set it.
         if let Some(m) = attrs.object.as_object_mut() {
@@ -170,7 +177,7 @@ mod tests {
         let _layer = crate::registry::TEST_LAYER
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        registry::serve(&[crd]);
+        registry::serve(std::slice::from_ref(&crd));
         let v1 = crate::registry::lookup("admit.keel.dev", "v1", "gizmos").expect("served");
         let beta = crate::registry::lookup("admit.keel.dev", "v1beta1", "gizmos").expect("served");
         assert_eq!(
@@ -214,6 +221,19 @@ mod tests {
         let mut out = b.object.clone();
         convert_out(beta, &mut out);
         assert_eq!(out["apiVersion"], "admit.keel.dev/v1beta1");
+        // A terminating CRD's resources take no new objects.
+        let mut dying = crd;
+        dying["metadata"]["deletionTimestamp"] = json!("2020-01-01T00:00:00Z");
+        registry::serve(&[dying]);
+        let mut late = attrs(v1, Operation::Create, json!({"metadata": {"name": "b"}}));
+        let e = admit(&mut late).expect_err("405");
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                405,
+                "create not allowed while custom resource definition is terminating"
+            )
+        );
         registry::serve(&[]);
     }
 }

@@ -42,6 +42,9 @@ pub struct CrdVersion {
     /// The `scale` subresource's paths (`.spec.replicas`, `.status.replicas`,
     /// optional `.status.selector`), if declared.
     pub scale: Option<ScalePaths>,
+    /// The CRD is being deleted: its objects are still served (to be
+    /// read and deleted) but no new one is created.
+    pub terminating: bool,
 }
 
 /// `subresources.scale`.
@@ -183,13 +186,14 @@ pub fn rows_of(crd: &Value) -> Vec<(ResourceInfo, CrdVersion)> {
                     .unwrap_or_else(|| serde_json::json!({"type": "object"})),
                 columns,
                 scale,
+                terminating: crd.pointer("/metadata/deletionTimestamp").is_some(),
             },
         ));
     }
     out
 }
 
-/// Serves exactly the given CRDs (the established ones): replaces the
+/// Serves exactly the given CRDs (the accepted ones): replaces the
 /// registry's dynamic layer and the details. Returns true if the served
 /// set changed.
 pub fn serve(crds: &[Value]) -> bool {
