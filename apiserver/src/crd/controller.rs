@@ -74,7 +74,9 @@ pub async fn run(app: Arc<App>) {
             }
         };
         if busy {
-            tokio::time::sleep(BUSY).await;
+            // Soon, or as soon as the CRDs change (a finalized CRD leaves
+            // the registry right after it leaves the store).
+            cache.wait_for(seen + 1, BUSY).await;
         } else {
             cache.wait_for(seen + 1, RESYNC).await;
         }
@@ -202,7 +204,16 @@ async fn pass(
         }
         if terminating {
             busy = true;
-            cleanup(app, &key, &it.obj, it.rev).await?;
+            if cleanup(app, &key, &it.obj, it.rev).await? {
+                // Gone from the store: stop serving it now, not next pass.
+                let name = meta_str(&it.obj, "name");
+                let rest: Vec<Value> = served
+                    .iter()
+                    .filter(|c| meta_str(c, "name") != name)
+                    .cloned()
+                    .collect();
+                super::registry::serve(&rest);
+            }
         }
     }
     Ok((busy, rev))
@@ -302,8 +313,9 @@ fn desired_status(crd: &Value, clash: Option<&str>, terminating: bool) -> Value 
 }
 
 /// Deletes the objects of a terminating CRD; once none is left, removes
-/// the cleanup finalizer (and the CRD, when that was the last one).
-async fn cleanup(app: &App, key: &str, crd: &Value, rev: i64) -> ApiResult<()> {
+/// the cleanup finalizer (and the CRD, when that was the last one: then
+/// true).
+async fn cleanup(app: &App, key: &str, crd: &Value, rev: i64) -> ApiResult<bool> {
     let mut left = 0usize;
     // Any row will do: every version shares the store prefix.
     let spec_only = {
@@ -328,7 +340,7 @@ async fn cleanup(app: &App, key: &str, crd: &Value, rev: i64) -> ApiResult<()> {
     }
     if left > 0 {
         tracing::debug!(crd = key, left, "custom objects left");
-        return Ok(());
+        return Ok(false);
     }
     let mut new = crd.clone();
     let m = meta_mut(&mut new);
@@ -345,10 +357,11 @@ async fn cleanup(app: &App, key: &str, crd: &Value, rev: i64) -> ApiResult<()> {
             .await
             .map_err(store_err)?
     };
-    if let Cas::Done(_) = done {
+    let finalized = matches!(done, Cas::Done(_));
+    if finalized {
         tracing::info!(crd = key, "custom resource definition finalized");
     }
-    Ok(())
+    Ok(finalized && remaining == 0)
 }
 
 #[cfg(test)]
