@@ -289,6 +289,26 @@ fn custom_resources_end_to_end() {
     ]));
     assert_eq!(beta["apiVersion"], "stable.example.com/v1beta1");
     assert_eq!(beta["spec"]["replicas"], 3);
+    // Written through v1beta1: answered in v1beta1, read back in v1 (with
+    // v1's defaults).
+    let f = write(
+        &api,
+        "beta.yaml",
+        &crontab("beta", "").replace("stable.example.com/v1", "stable.example.com/v1beta1"),
+    );
+    let created = json(&api.kubectl_ok(&["create", "-f", &f, "-o", "json"]));
+    assert_eq!(created["apiVersion"], "stable.example.com/v1beta1");
+    let v1 = json(&api.kubectl_ok(&[
+        "get",
+        "crontabs.v1.stable.example.com",
+        "beta",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(
+        (v1["apiVersion"].as_str(), v1["spec"]["image"].as_str()),
+        (Some("stable.example.com/v1"), Some("busybox"))
+    );
 
     // Deleting the CRD deletes its objects, then the resource goes.
     api.kubectl_ok(&["delete", "crd", CRD_NAME, "--timeout=30s"]);

@@ -11,10 +11,11 @@
 //!   deletes the objects of a deleted CRD before the CRD itself;
 //! - [`columns`]: `additionalPrinterColumns` in Table output.
 //!
-//! Writes reach this module at two points: [`unknown_fields`] (the
-//! `fieldValidation` directive, from `crate::validation`) and [`admit`]
+//! Writes reach this module at three points: [`unknown_fields`] (the
+//! `fieldValidation` directive, from `crate::validation`), [`admit`]
 //! (between the mutating and the validating admission plugins, as
-//! Kubernetes validates objects).
+//! Kubernetes validates objects) and [`to_storage_version`] (the bytes
+//! stored); reads at [`convert_out`].
 
 pub mod columns;
 pub mod controller;
@@ -116,12 +117,30 @@ pub fn admit(attrs: &mut Attributes) -> ApiResult<()> {
     if !causes.is_empty() {
         return Err(invalid(res, &attrs.name, causes));
     }
-    // Objects are stored in the storage version (conversion `None`:
-    // only `apiVersion` changes).
-    if !v.storage_version.is_empty() && v.storage_version != res.version {
-        attrs.object["apiVersion"] = json!(format!("{}/{}", res.group, v.storage_version));
-    }
     Ok(())
+}
+
+/// An object about to be stored, in its storage version (conversion
+/// `None`: only `apiVersion` changes); anything but a custom object in a
+/// non-storage version is left alone.
+pub fn to_storage_version(obj: &mut Value) {
+    let (Some(api_version), Some(kind)) = (
+        obj.get("apiVersion").and_then(Value::as_str),
+        obj.get("kind").and_then(Value::as_str),
+    ) else {
+        return;
+    };
+    let Some((group, version)) = api_version.split_once('/') else {
+        return;
+    };
+    let Some(res) = crate::registry::by_kind(group, version, kind).filter(|r| r.custom) else {
+        return;
+    };
+    if let Some(v) = registry::version_of(res) {
+        if !v.storage_version.is_empty() && v.storage_version != version {
+            obj["apiVersion"] = json!(format!("{group}/{}", v.storage_version));
+        }
+    }
 }
 
 /// An object read from the store, as version `res.version` shows it
@@ -217,8 +236,13 @@ mod tests {
             "apiVersion": "admit.keel.dev/v1beta1", "kind": "Gizmo", "metadata": {"name": "a"}, "spec": {}}),
         );
         admit(&mut b).expect("admitted");
-        assert_eq!(b.object["apiVersion"], "admit.keel.dev/v1");
+        assert_eq!(
+            b.object["apiVersion"], "admit.keel.dev/v1beta1",
+            "the response's"
+        );
         let mut out = b.object.clone();
+        to_storage_version(&mut out);
+        assert_eq!(out["apiVersion"], "admit.keel.dev/v1", "the store's");
         convert_out(beta, &mut out);
         assert_eq!(out["apiVersion"], "admit.keel.dev/v1beta1");
         // A terminating CRD's resources take no new objects.

@@ -28,6 +28,7 @@ pub const SYSTEM_NAMESPACES: &[&str] =
 pub(crate) fn to_store(obj: &Value) -> ApiResult<Vec<u8>> {
     let mut o = obj.clone();
     meta_mut(&mut o).remove("resourceVersion");
+    crate::crd::to_storage_version(&mut o);
     serde_json::to_vec(&o).map_err(|e| ApiError::internal(format!("encoding object: {e}")))
 }
 
