@@ -325,18 +325,24 @@ pub fn all() -> Vec<&'static ResourceInfo> {
     RESOURCES.iter().chain(d.rows.iter().copied()).collect()
 }
 
+/// The first row (built-ins first) that `pred` accepts, without copying
+/// the table (every request looks its resource up).
+fn find(pred: impl Fn(&ResourceInfo) -> bool) -> Option<&'static ResourceInfo> {
+    if let Some(r) = RESOURCES.iter().find(|r| pred(r)) {
+        return Some(r);
+    }
+    let d = dynamic().read().unwrap_or_else(|p| p.into_inner());
+    d.rows.iter().copied().find(|r| pred(r))
+}
+
 /// The resource `plural` of `group/version`, if served.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
-    all()
-        .into_iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+    find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// The resource of a kind in `group/version`, if served.
 pub fn by_kind(group: &str, version: &str, kind: &str) -> Option<&'static ResourceInfo> {
-    all()
-        .into_iter()
-        .find(|r| r.group == group && r.version == version && r.kind == kind)
+    find(|r| r.group == group && r.version == version && r.kind == kind)
 }
 
 /// The served group-versions, core first, each once, in table order.
