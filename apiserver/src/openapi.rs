@@ -295,10 +295,21 @@ pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0
 /// `openapi.v2.Document`): the PATCH operation of every resource with its
 /// `x-kubernetes-group-version-kind` and the `fieldValidation` parameter, so
 /// those kubectls leave validation to the server as newer ones do through
-/// `/openapi/v3`. No definitions (schemas) yet.
-pub fn v2_protobuf() -> Option<&'static [u8]> {
-    static DOC: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
-    DOC.get_or_init(build_v2).as_deref()
+/// `/openapi/v3`. No definitions (schemas) yet. Built again when the
+/// custom resources change (cached by [`registry::generation`]).
+pub fn v2_protobuf() -> Option<bytes::Bytes> {
+    type Cached = std::sync::Mutex<Option<(u64, Option<bytes::Bytes>)>>;
+    static DOC: Cached = std::sync::Mutex::new(None);
+    let generation = registry::generation();
+    let mut doc = DOC.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((g, d)) = doc.as_ref() {
+        if *g == generation {
+            return d.clone();
+        }
+    }
+    let built = build_v2().map(bytes::Bytes::from);
+    *doc = Some((generation, built.clone()));
+    built
 }
 
 fn build_v2() -> Option<Vec<u8>> {
@@ -327,7 +338,7 @@ fn build_v2() -> Option<Vec<u8>> {
         )
     };
     let mut paths = Vec::new();
-    for r in registry::RESOURCES {
+    for r in registry::all() {
         let base = format!("/{}", gv_path(r.group, r.version));
         let item = if r.namespaced {
             format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)

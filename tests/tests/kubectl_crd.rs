@@ -532,3 +532,43 @@ fn deleting_a_crd_waits_for_its_objects() {
         "--timeout=20s",
     ]);
 }
+
+/// Older kubectls: 1.27 (`/openapi/v2`, legacy discovery) and 1.29
+/// (legacy discovery: no aggregated `v2beta1`) find the custom resource,
+/// apply a custom object twice and print its columns. Skipped when the
+/// binaries are not installed.
+#[test]
+fn older_kubectls_use_custom_resources() {
+    let dir = std::path::Path::new("/usr/lib/google-cloud-sdk/bin");
+    let versions: Vec<_> = ["1.27", "1.29"]
+        .iter()
+        .map(|v| dir.join(format!("kubectl.{v}")))
+        .filter(|p| p.exists())
+        .collect();
+    if versions.is_empty() {
+        println!("skipped: no kubectl.1.NN under {}", dir.display());
+        return;
+    }
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    define(&api);
+    for (i, bin) in versions.iter().enumerate() {
+        let run = |args: &[&str]| api.run_kubectl(bin, args, None).ok();
+        let name = format!("old-{i}");
+        let f = write(&api, &format!("{name}.yaml"), &crontab(&name, ""));
+        assert_eq!(
+            run(&["apply", "-f", &f]),
+            format!("crontab.stable.example.com/{name} created\n")
+        );
+        assert_eq!(
+            run(&["apply", "-f", &f]),
+            format!("crontab.stable.example.com/{name} unchanged\n")
+        );
+        let table = run(&["get", "ct", &name]);
+        assert!(
+            table.starts_with("NAME") && table.contains("REPLICAS"),
+            "{table}"
+        );
+    }
+}
