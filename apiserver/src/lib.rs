@@ -28,6 +28,7 @@
 
 pub mod admission;
 pub mod alloc;
+pub mod apply;
 pub mod auth;
 pub mod authn;
 pub mod authz;

@@ -22,11 +22,9 @@ pub enum PatchType {
     Json,
     /// `application/strategic-merge-patch+json`.
     Strategic,
-    /// `application/apply-patch+yaml` (server-side apply), JSON bodies only.
-    /// For now an approximation: the applied configuration is merged into
-    /// the object like a JSON merge patch (no field ownership, so fields
-    /// dropped from the configuration are not removed, and there are no
-    /// conflicts between managers); a missing object is created.
+    /// `application/apply-patch+yaml`: server-side apply, done by
+    /// [`crate::apply`] (it needs the object's managed fields), not by
+    /// [`apply`].
     Apply,
 }
 
@@ -60,23 +58,9 @@ pub fn apply(pt: PatchType, doc: &Value, body: &[u8]) -> ApiResult<Value> {
             })?;
             Ok(out)
         }
-        PatchType::Apply => {
-            let p: Value = serde_json::from_slice(body).map_err(|e| {
-                ApiError::new(
-                    415,
-                    "UnsupportedMediaType",
-                    format!("server-side apply takes JSON bodies only for now (YAML is not supported yet): {e}"),
-                )
-            })?;
-            if !p.is_object() {
-                return Err(ApiError::bad_request(
-                    "an apply configuration must be an object",
-                ));
-            }
-            let mut out = doc.clone();
-            json_patch::merge(&mut out, &p);
-            Ok(out)
-        }
+        PatchType::Apply => Err(ApiError::internal(
+            "apply patches are handled by server-side apply (crate::apply)",
+        )),
         PatchType::Merge => {
             let p: Value = parse_object(body)?;
             let mut out = doc.clone();
@@ -334,13 +318,9 @@ mod tests {
                 .code,
             415
         );
-        let applied = apply(PatchType::Apply, &doc, br#"{"a":{"d":1}}"#).expect("apply");
-        assert_eq!(applied, json!({"a": {"b": 1, "c": 2, "d": 1}}));
         assert_eq!(
-            apply(PatchType::Apply, &doc, b"a: 1")
-                .expect_err("yaml")
-                .code,
-            415
+            PatchType::from_content_type("application/apply-patch+yaml").expect("apply"),
+            PatchType::Apply
         );
     }
 }

@@ -8,8 +8,11 @@
 //! `proto/extract.py`); [`to_json`] decodes a body with them and converts it
 //! to the object's JSON form (Kubernetes' proto field names are its JSON
 //! names; `Time`, `IntOrString`, `Quantity` and `RawExtension` have their
-//! JSON forms; bytes are base64). Responses are always JSON, which those
-//! clients accept too.
+//! JSON forms; bytes are base64). A client that asks for protobuf
+//! responses (`Accept: application/vnd.kubernetes.protobuf`) gets them for
+//! the kinds these descriptors know ([`from_json`], the inverse); anything
+//! else (tables, watch streams, kinds without a descriptor) is JSON, which
+//! those clients accept too when they list it in `Accept`.
 
 use std::sync::OnceLock;
 
@@ -64,7 +67,7 @@ struct Unknown {
 pub(crate) fn package(group: &str, kind: &str) -> Option<&'static str> {
     if matches!(
         kind,
-        "DeleteOptions" | "CreateOptions" | "UpdateOptions" | "PatchOptions"
+        "DeleteOptions" | "CreateOptions" | "UpdateOptions" | "PatchOptions" | "Status"
     ) {
         return Some("k8s.io.apimachinery.pkg.apis.meta.v1");
     }
@@ -116,6 +119,162 @@ pub fn to_json(body: &[u8]) -> ApiResult<Value> {
     v["kind"] = json!(kind);
     v["apiVersion"] = json!(api_version);
     Ok(v)
+}
+
+/// True if `accept` asks for protobuf before JSON (Go clients send
+/// `application/vnd.kubernetes.protobuf, application/json`).
+pub fn wants_protobuf(accept: &str) -> bool {
+    accept
+        .split(',')
+        .map(|m| m.split(';').next().unwrap_or("").trim())
+        .find(|m| *m == CONTENT_TYPE || m.starts_with("application/json") || *m == "*/*")
+        .is_some_and(|m| m == CONTENT_TYPE)
+}
+
+/// Encodes an object in its JSON form as a protobuf body (magic +
+/// `runtime.Unknown`), the inverse of [`to_json`]. `None` if its kind has no
+/// descriptor or the object does not fit it (the caller answers in JSON).
+pub fn from_json(v: &Value) -> Option<Vec<u8>> {
+    let api_version = v.get("apiVersion")?.as_str()?;
+    let kind = v.get("kind")?.as_str()?;
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let full = format!("{}.{kind}", package(group, kind)?);
+    let desc = pool()?.get_message_by_name(&full)?;
+    let msg = to_message(&desc, v)?;
+    let env = Unknown {
+        type_meta: Some(TypeMeta {
+            api_version: Some(api_version.to_string()),
+            kind: Some(kind.to_string()),
+        }),
+        raw: Some(msg.encode_to_vec()),
+        content_encoding: Some(String::new()),
+        content_type: Some(String::new()),
+    };
+    let mut out = MAGIC.to_vec();
+    out.extend(env.encode_to_vec());
+    Some(out)
+}
+
+/// Seconds and nanoseconds of an RFC 3339 time.
+fn parse_time(s: &str) -> Option<(i64, i32)> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((t.unix_timestamp(), t.nanosecond() as i32))
+}
+
+/// A JSON value as a message of `desc` (`None`: it does not fit).
+fn to_message(desc: &prost_reflect::MessageDescriptor, v: &Value) -> Option<DynamicMessage> {
+    let mut m = DynamicMessage::new(desc.clone());
+    match desc.full_name() {
+        "k8s.io.apimachinery.pkg.apis.meta.v1.Time"
+        | "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime" => {
+            let (secs, nanos) = parse_time(v.as_str()?)?;
+            m.try_set_field_by_name("seconds", PValue::I64(secs)).ok()?;
+            if desc.full_name().ends_with("MicroTime") {
+                m.try_set_field_by_name("nanos", PValue::I32(nanos)).ok()?;
+            }
+        }
+        "k8s.io.apimachinery.pkg.apis.meta.v1.Duration" => {
+            let secs: i64 = v.as_str()?.strip_suffix('s')?.parse().ok()?;
+            m.try_set_field_by_name("duration", PValue::I64(secs.checked_mul(1_000_000_000)?))
+                .ok()?;
+        }
+        "k8s.io.apimachinery.pkg.util.intstr.IntOrString" => match v {
+            Value::Number(n) => {
+                m.try_set_field_by_name("type", PValue::I64(0)).ok()?;
+                m.try_set_field_by_name("intVal", PValue::I32(i32::try_from(n.as_i64()?).ok()?))
+                    .ok()?;
+            }
+            Value::String(s) => {
+                m.try_set_field_by_name("type", PValue::I64(1)).ok()?;
+                m.try_set_field_by_name("strVal", PValue::String(s.clone()))
+                    .ok()?;
+            }
+            _ => return None,
+        },
+        "k8s.io.apimachinery.pkg.api.resource.Quantity" => {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            m.try_set_field_by_name("string", PValue::String(s)).ok()?;
+        }
+        "k8s.io.apimachinery.pkg.runtime.RawExtension" => {
+            m.try_set_field_by_name("raw", PValue::Bytes(serde_json::to_vec(v).ok()?.into()))
+                .ok()?;
+        }
+        "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1" => {
+            m.try_set_field_by_name("Raw", PValue::Bytes(serde_json::to_vec(v).ok()?.into()))
+                .ok()?;
+        }
+        _ => {
+            for (name, fv) in v.as_object()? {
+                if fv.is_null() {
+                    continue;
+                }
+                // Fields the schema does not know (kind, apiVersion) are
+                // the envelope's, or not representable: left out.
+                let Some(field) = desc.get_field_by_name(name) else {
+                    continue;
+                };
+                m.try_set_field(&field, field_value(&field, fv)?).ok()?;
+            }
+        }
+    }
+    Some(m)
+}
+
+/// A JSON value as the value of `field` (repeated and map fields included).
+fn field_value(field: &prost_reflect::FieldDescriptor, v: &Value) -> Option<PValue> {
+    if field.is_map() {
+        let prost_reflect::Kind::Message(entry) = field.kind() else {
+            return None;
+        };
+        let value_field = entry.map_entry_value_field();
+        let mut out = std::collections::HashMap::new();
+        for (k, item) in v.as_object()? {
+            out.insert(
+                MapKey::String(k.clone()),
+                single(&value_field.kind(), item)?,
+            );
+        }
+        return Some(PValue::Map(out));
+    }
+    if field.is_list() {
+        let items = v.as_array()?;
+        return items
+            .iter()
+            .map(|i| single(&field.kind(), i))
+            .collect::<Option<Vec<_>>>()
+            .map(PValue::List);
+    }
+    single(&field.kind(), v)
+}
+
+/// One JSON value as a protobuf value of `kind`.
+fn single(kind: &prost_reflect::Kind, v: &Value) -> Option<PValue> {
+    use prost_reflect::Kind as K;
+    Some(match kind {
+        K::String => PValue::String(match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }),
+        K::Bool => PValue::Bool(v.as_bool()?),
+        K::Int32 | K::Sint32 | K::Sfixed32 => PValue::I32(i32::try_from(v.as_i64()?).ok()?),
+        K::Int64 | K::Sint64 | K::Sfixed64 => PValue::I64(v.as_i64()?),
+        K::Uint32 | K::Fixed32 => PValue::U32(u32::try_from(v.as_u64()?).ok()?),
+        K::Uint64 | K::Fixed64 => PValue::U64(v.as_u64()?),
+        K::Double => PValue::F64(v.as_f64()?),
+        K::Float => PValue::F32(v.as_f64()? as f32),
+        K::Bytes => PValue::Bytes(
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str()?)
+                .ok()?
+                .into(),
+        ),
+        K::Enum(_) => PValue::EnumNumber(i32::try_from(v.as_i64()?).ok()?),
+        K::Message(d) => PValue::Message(to_message(d, v)?),
+    })
 }
 
 fn rfc3339(secs: i64, nanos: i64, micros: bool) -> Value {
@@ -277,6 +436,69 @@ mod tests {
         let mut out = MAGIC.to_vec();
         out.extend(env.encode_to_vec());
         out
+    }
+
+    #[test]
+    fn objects_round_trip_through_protobuf_responses() {
+        for obj in [
+            json!({"kind": "ConfigMap", "apiVersion": "v1",
+                   "metadata": {"name": "c1", "namespace": "d", "resourceVersion": "7",
+                                "labels": {"a": "b"}, "creationTimestamp": "2026-11-23T10:00:00Z"},
+                   "data": {"k": "v"}, "binaryData": {"b": "AAE="}}),
+            json!({"kind": "Pod", "apiVersion": "v1",
+                   "metadata": {"name": "p", "namespace": "d"},
+                   "spec": {"containers": [{"name": "c", "image": "nginx",
+                             "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                             "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}}}],
+                            "terminationGracePeriodSeconds": 30, "hostNetwork": true},
+                   "status": {"phase": "Pending"}}),
+            json!({"kind": "Service", "apiVersion": "v1", "metadata": {"name": "s"},
+                   "spec": {"ports": [{"port": 80, "targetPort": "http"}, {"port": 81, "targetPort": 8081}]}}),
+            json!({"kind": "Deployment", "apiVersion": "apps/v1", "metadata": {"name": "d"},
+                   "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "x"}},
+                            "template": {"metadata": {"labels": {"app": "x"}},
+                                         "spec": {"containers": [{"name": "c", "image": "i"}]}}}}),
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": "pods \"x\" not found", "reason": "NotFound",
+                   "details": {"name": "x", "kind": "pods"}, "code": 404}),
+        ] {
+            let body = from_json(&obj).unwrap_or_else(|| panic!("encodes {obj}"));
+            assert!(body.starts_with(MAGIC));
+            let mut back = to_json(&body).expect("decodes");
+            if obj
+                .get("metadata")
+                .is_some_and(|m| m.as_object().is_some_and(|m| m.is_empty()))
+            {
+                back["metadata"] = json!({});
+            }
+            assert_eq!(back, obj);
+        }
+        // Kinds without a descriptor, and objects that do not fit, stay JSON.
+        assert!(from_json(&json!({"kind": "Widget", "apiVersion": "example.com/v1"})).is_none());
+        assert!(
+            from_json(&json!({"kind": "ConfigMap", "apiVersion": "v1", "data": {"k": 1}}))
+                .is_some()
+        );
+        assert!(from_json(
+            &json!({"kind": "Pod", "apiVersion": "v1", "spec": {"hostNetwork": "yes"}})
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn accept_headers_choose_protobuf_only_when_preferred() {
+        assert!(wants_protobuf(
+            "application/vnd.kubernetes.protobuf, application/json"
+        ));
+        assert!(wants_protobuf("application/vnd.kubernetes.protobuf"));
+        assert!(!wants_protobuf(
+            "application/json, application/vnd.kubernetes.protobuf"
+        ));
+        assert!(!wants_protobuf(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        ));
+        assert!(!wants_protobuf("*/*"));
+        assert!(!wants_protobuf(""));
     }
 
     #[test]

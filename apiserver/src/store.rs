@@ -174,13 +174,25 @@ impl Store {
         cmp: Compare,
         op: request_op::Request,
     ) -> Result<Cas, StoreError> {
-        let k = Bytes::copy_from_slice(key.as_bytes());
+        let success = vec![RequestOp { request: Some(op) }];
+        self.cas(Bytes::copy_from_slice(key.as_bytes()), vec![cmp], success)
+            .await
+    }
+
+    /// Runs `success` if every `compare` holds; otherwise reads `key` back
+    /// (the object the caller lost the race to).
+    async fn cas(
+        &self,
+        k: Bytes,
+        compare: Vec<Compare>,
+        success: Vec<RequestOp>,
+    ) -> Result<Cas, StoreError> {
         let resp = self
             .kv
             .clone()
             .txn(TxnRequest {
-                compare: vec![cmp],
-                success: vec![RequestOp { request: Some(op) }],
+                compare,
+                success,
                 failure: vec![RequestOp {
                     request: Some(request_op::Request::RequestRange(RangeRequest {
                         key: k,
@@ -294,30 +306,7 @@ impl Store {
                 })),
             });
         }
-        let resp = self
-            .kv
-            .clone()
-            .txn(TxnRequest {
-                compare,
-                success,
-                failure: vec![RequestOp {
-                    request: Some(request_op::Request::RequestRange(RangeRequest {
-                        key: k,
-                        ..Default::default()
-                    })),
-                }],
-            })
-            .await
-            .map_err(map_status)?
-            .into_inner();
-        if resp.succeeded {
-            return Ok(Cas::Done(resp.header.map(|h| h.revision).unwrap_or(0)));
-        }
-        let current = resp.responses.into_iter().find_map(|r| match r.response {
-            Some(response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
-            _ => None,
-        });
-        Ok(Cas::Failed(current))
+        self.cas(k, compare, success).await
     }
 
     /// Writes `value` at `key` if its mod revision is `rev`.

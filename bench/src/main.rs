@@ -193,8 +193,21 @@ enum Cmd {
     },
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // As in the keel binary: without the LIFO slot, requests that become
+    // ready together leave in one write per connection instead of one each
+    // (the load generator shares the cores with the system under test, so
+    // its own cost is taken from both keel and etcd alike).
+    #[cfg(tokio_unstable)]
+    if std::env::var_os("KEEL_BENCH_LIFO").is_none() {
+        builder.disable_lifo_slot();
+    }
+    builder.build()?.block_on(cli_main())
+}
+
+async fn cli_main() -> Result<()> {
     let cli = Cli::parse();
     if let Cmd::Report { dir, out, header } = &cli.cmd {
         report::write(dir, out, header)?;

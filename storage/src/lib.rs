@@ -7,6 +7,8 @@
 //! - [`apply`]: the state machine that applies log entries with etcd's semantics.
 //! - [`error`]: the errors clients see, mapped to etcd's gRPC statuses.
 //! - [`watch`]: the watch hub: watchers, catch-up from history, the synced group.
+//! - `member`: one replicated member: opening a data dir, the Raft driver
+//!   and apply loop, snapshots (feature `server`).
 //! - [`server`]: the member's gRPC and HTTP servers.
 //! - [`sync`]: the loom-able sync shim.
 #![warn(missing_docs)]

@@ -148,6 +148,35 @@ pub fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, axum::Json(v)).into_response()
 }
 
+/// A JSON object response re-encoded as protobuf, for a client that prefers
+/// it; streams, tables and kinds without a descriptor stay JSON.
+async fn protobuf_response(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .is_some_and(|c| c == "application/json");
+    if !is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "response body lost").into_response();
+    };
+    let encoded = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| crate::protobuf::from_json(&v));
+    let Some(encoded) = encoded else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(crate::protobuf::CONTENT_TYPE),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(encoded))
+}
+
 /// Adds one `Warning: 299 - "…"` header per warning (kubectl prints them).
 pub fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     for w in warnings {
@@ -182,9 +211,19 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         user: user.name.clone(),
         ..Info::default()
     };
+    let protobuf = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(crate::protobuf::wants_protobuf);
     let resp = match route(&app, &user, req, &mut info).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    let resp = if protobuf && info.verb != "watch" {
+        protobuf_response(resp).await
+    } else {
+        resp
     };
     let status = resp.status().as_u16();
     if !info.verb.is_empty() {

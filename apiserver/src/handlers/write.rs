@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::read::{read_object, select};
 use super::{json_response, store_err, with_warnings, App, Ctx};
 use crate::admission::{Attributes, Charge, Operation};
+use crate::apply;
 use crate::controllers::namespace::{has_spec_finalizers, mark_terminating};
 use crate::object::{self, meta_mut, meta_str};
 use crate::patch::{self, PatchType};
@@ -144,12 +145,35 @@ async fn admit(
 /// under it (each round, one of the racing creates wins).
 const QUOTA_RETRIES: usize = 50;
 
+/// The field manager of this request's writes (`fieldManager`, else the
+/// user agent's name).
+fn writer(ctx: &Ctx) -> apply::Writer<'_> {
+    apply::Writer {
+        res: ctx.target.res,
+        subresource: ctx.target.sub.as_deref(),
+        manager: apply::update_manager(ctx.q("fieldManager"), ctx.header(header::USER_AGENT)),
+    }
+}
+
 /// POST to a collection.
 pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
+    apply::check_manager(ctx.q("fieldManager"), false)?;
+    let obj = parse_body(ctx)?;
+    create_object(app, ctx, obj, None).await
+}
+
+/// Creates `obj`. `applied`: the `managedFields` of a server-side apply
+/// that creates the object (else the create is recorded as an update by
+/// the request's manager).
+async fn create_object(
+    app: &App,
+    ctx: &Ctx,
+    mut obj: Value,
+    applied: Option<Value>,
+) -> ApiResult<Response> {
     let res = ctx.target.res;
     let dry = ctx.dry_run()?;
     let mode = FieldValidation::parse(ctx.q("fieldValidation"))?;
-    let mut obj = parse_body(ctx)?;
     type_meta(&mut obj, res)?;
     let warnings = validation::check(mode, res, &obj)?;
     namespace_meta(&mut obj, ctx)?;
@@ -191,6 +215,12 @@ pub async fn create(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         name_label(&mut obj, &name);
     }
     crate::defaults::apply(res.kind, &mut obj);
+    match applied {
+        Some(managed) => {
+            meta_mut(&mut obj).insert("managedFields".into(), managed);
+        }
+        None => apply::record_update(&writer(ctx), None, &mut obj, None)?,
+    }
     crate::authz::escalation::check(app, ctx, &obj).await?;
     for attempt in 0..QUOTA_RETRIES {
         let (mut obj, charges) =
@@ -467,8 +497,10 @@ fn parse_body_rv(obj: &Value) -> ApiResult<Option<i64>> {
 pub async fn update(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let t = &ctx.target;
     ctx.dry_run()?;
+    apply::check_manager(ctx.q("fieldManager"), false)?;
     let mode = FieldValidation::parse(ctx.q("fieldValidation"))?;
     let mut body = parse_body(ctx)?;
+    let client_managed = body.pointer("/metadata/managedFields").cloned();
     type_meta(&mut body, t.res)?;
     let warnings = if t.sub.is_none() {
         validation::check(mode, t.res, &body)?
@@ -486,7 +518,8 @@ pub async fn update(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         if expected.is_some_and(|e| e != rev) {
             return Err(conflict(ctx));
         }
-        let new = merge_update(t.res, &old, body.clone(), t.sub.is_some());
+        let mut new = merge_update(t.res, &old, body.clone(), t.sub.is_some());
+        apply::record_update(&writer(ctx), Some(&old), &mut new, client_managed.as_ref())?;
         let (new, charges) = admit(
             app,
             ctx,
@@ -518,48 +551,82 @@ pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let mode = FieldValidation::parse(ctx.q("fieldValidation"))?;
     ctx.dry_run()?;
     let name = t.name.as_deref().unwrap_or("");
-    if pt == PatchType::Apply && ctx.q("fieldManager").is_none_or(str::is_empty) {
-        return Err(ApiError::new(
-            422,
-            "Invalid",
-            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
-        ));
-    }
+    let is_apply = pt == PatchType::Apply;
+    apply::check_manager(ctx.q("fieldManager"), is_apply)?;
+    let force = match ctx.q("force") {
+        None | Some("") | Some("false") => false,
+        Some("true") if is_apply => true,
+        Some("true") => {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
+            ))
+        }
+        Some(v) => return Err(ApiError::bad_request(format!("invalid force {v:?}"))),
+    };
+    // The applied configuration (apply patches).
+    let config = if is_apply {
+        let mut c = apply::parse_config(&ctx.body)?;
+        type_meta(&mut c, t.res)?;
+        Some(c)
+    } else {
+        None
+    };
     for _ in 0..RETRIES {
         let Some((old, rev)) = read_object(app, &t.key()).await? else {
-            if pt == PatchType::Apply && t.sub.is_none() {
+            if let (Some(config), None) = (&config, &t.sub) {
                 // Server-side apply creates what does not exist yet.
-                let body = parse_body(ctx)?;
-                if object::meta_str(&body, "name") != Some(name) {
+                if object::meta_str(config, "name") != Some(name) {
                     return Err(ApiError::bad_request(format!(
                         "the name of the object does not match the name on the URL ({name})"
                     )));
                 }
-                return create(app, ctx).await;
+                let mut created = apply::apply(&writer(ctx), None, config, force)?;
+                let managed = meta_mut(&mut created).remove("managedFields");
+                return create_object(app, ctx, created, managed).await;
             }
             return Err(ApiError::not_found(t.res, name));
         };
-        let mut new = patch::apply(pt, &old, &ctx.body)?;
+        let mut new = match &config {
+            Some(config) => apply::apply(&writer(ctx), Some(&old), config, force)?,
+            None => patch::apply(pt, &old, &ctx.body)?,
+        };
+        let client_managed = new.pointer("/metadata/managedFields").cloned();
         if !new.is_object() {
             return Err(ApiError::bad_request(
                 "the patched object is not a JSON object",
             ));
         }
         type_meta(&mut new, t.res)?;
-        let warnings = if t.sub.is_none() {
-            validation::check(mode, t.res, &new)?
-        } else {
-            Vec::new()
+        // An apply is judged by its configuration (what the client sent).
+        let warnings = match (&t.sub, &config) {
+            (None, Some(config)) => validation::check(mode, t.res, config)?,
+            (None, None) => validation::check(mode, t.res, &new)?,
+            (Some(_), _) => Vec::new(),
         };
         namespace_meta(&mut new, ctx)?;
         check_name(&new, ctx)?;
-        // A resourceVersion the patch sets is a precondition.
-        let precondition = match parse_body_rv(&new)? {
+        // A resourceVersion the patch sets is a precondition (an apply's:
+        // the one in its configuration; without one, it is retried).
+        let precondition = match parse_body_rv(config.as_ref().unwrap_or(&new))? {
             Some(r) if r != rev => return Err(conflict(ctx)),
             Some(r) => Some(r),
             None => None,
         };
-        let merged = merge_update(t.res, &old, new, t.sub.is_some());
+        let mut merged = merge_update(t.res, &old, new, t.sub.is_some());
+        match (is_apply, client_managed) {
+            // The apply computed the managed fields itself.
+            (true, Some(managed)) => {
+                meta_mut(&mut merged).insert("managedFields".into(), managed);
+            }
+            (true, None) => {
+                meta_mut(&mut merged).remove("managedFields");
+            }
+            (false, client) => {
+                apply::record_update(&writer(ctx), Some(&old), &mut merged, client.as_ref())?
+            }
+        }
         let (merged, charges) = admit(
             app,
             ctx,

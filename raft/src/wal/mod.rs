@@ -269,12 +269,12 @@ impl Wal {
     /// the last logged index (or the snapshot mark); starting lower overwrites
     /// the log from there. Otherwise `done` gets [`WalError::InvalidAppend`].
     pub fn append(&self, entries: Vec<Entry>, hard_state: Option<HardState>, done: Callback) {
-        let req = Self::encode_append(entries, hard_state, true);
+        let req = Self::encode_append(&entries, hard_state, true);
         let size = req.size();
         self.queue.push(req, size, done);
     }
 
-    fn encode_append(entries: Vec<Entry>, hard_state: Option<HardState>, sync: bool) -> Request {
+    fn encode_append(entries: &[Entry], hard_state: Option<HardState>, sync: bool) -> Request {
         let range = match (entries.first(), entries.last()) {
             (Some(f), Some(l)) => Some((f.index, l.index)),
             _ => None,
@@ -320,7 +320,7 @@ impl Wal {
     /// handing off to the writer thread. The same contract as
     /// [`Wal::append`]; for the one thread that persists the Raft log, it
     /// saves two thread wake-ups per write.
-    pub fn append_direct(&self, entries: Vec<Entry>, hard_state: Option<HardState>) -> Result<()> {
+    pub fn append_direct(&self, entries: &[Entry], hard_state: Option<HardState>) -> Result<()> {
         let req = Self::encode_append(entries, hard_state, true);
         group_commit::commit_direct(&self.queue, &self.sink, req, self.max_batch_bytes)
     }
@@ -332,7 +332,7 @@ impl Wal {
     /// which costs only re-learning the commit index from the leader. It
     /// becomes durable with the next synced write (or segment roll-over).
     pub fn save_hard_state_unsynced(&self, hard_state: HardState) -> Result<()> {
-        let req = Self::encode_append(Vec::new(), Some(hard_state), false);
+        let req = Self::encode_append(&[], Some(hard_state), false);
         group_commit::commit_direct(&self.queue, &self.sink, req, self.max_batch_bytes)
     }
 

@@ -66,12 +66,15 @@ pub(crate) enum Record {
 
 /// The rkyv form of an entry on disk. `kind` is a plain byte so that an
 /// unknown kind is a decoding error we report, not a validation detail.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
-pub(crate) struct EntryRecord {
+/// The payload is borrowed when writing (no copy of the entry) and
+/// archived exactly as a `Vec<u8>` would be.
+#[derive(rkyv::Archive, rkyv::Serialize, Debug)]
+pub(crate) struct EntryRecord<'a> {
     term: u64,
     index: u64,
     kind: u8,
-    data: Vec<u8>,
+    #[rkyv(with = rkyv::with::AsOwned)]
+    data: std::borrow::Cow<'a, [u8]>,
 }
 
 /// A record encoded in the appender's thread, framed later by the writer
@@ -97,12 +100,12 @@ fn kind_byte(kind: EntryKind) -> u8 {
 }
 
 /// Encodes an entry as an rkyv archive (moves the data, no copy of it).
-pub(crate) fn encode_entry(entry: Entry) -> Result<Encoded, String> {
+pub(crate) fn encode_entry(entry: &Entry) -> Result<Encoded, String> {
     let rec = EntryRecord {
         term: entry.term,
         index: entry.index,
         kind: kind_byte(entry.kind),
-        data: entry.data,
+        data: std::borrow::Cow::Borrowed(&entry.data),
     };
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&rec)
         .map_err(|e| format!("encoding entry {}: {e}", rec.index))?;
@@ -285,7 +288,7 @@ pub(crate) fn decode_payload(kind: RecordType, payload: &[u8]) -> Result<Record,
 /// is copied to an aligned buffer first if it is not suitably aligned (it
 /// always is when read from a segment: frames are 8-aligned in the file).
 pub(crate) fn decode_entry(payload: &[u8]) -> Result<Entry, String> {
-    const ALIGN: usize = std::mem::align_of::<ArchivedEntryRecord>();
+    const ALIGN: usize = std::mem::align_of::<ArchivedEntryRecord<'static>>();
     let aligned;
     let bytes = if payload.as_ptr().align_offset(ALIGN) == 0 {
         payload
@@ -295,7 +298,7 @@ pub(crate) fn decode_entry(payload: &[u8]) -> Result<Entry, String> {
         aligned = v;
         &aligned[..]
     };
-    let archived = rkyv::access::<ArchivedEntryRecord, rkyv::rancor::Error>(bytes)
+    let archived = rkyv::access::<ArchivedEntryRecord<'static>, rkyv::rancor::Error>(bytes)
         .map_err(|e| format!("invalid entry archive: {e}"))?;
     let kind = match archived.kind {
         0 => EntryKind::Normal,
@@ -353,7 +356,7 @@ mod tests {
 
     fn encode(r: &Record) -> Encoded {
         match r {
-            Record::Entry(e) => encode_entry(e.clone()).expect("encodes"),
+            Record::Entry(e) => encode_entry(e).expect("encodes"),
             Record::HardState(h) => encode_hard_state(*h),
             Record::SnapshotMark(m) => encode_snapshot_mark(*m),
         }
@@ -428,7 +431,7 @@ mod tests {
             kind: EntryKind::Normal,
             data: b"hello".to_vec(),
         };
-        let enc = encode_entry(e.clone()).expect("encodes");
+        let enc = encode_entry(&e).expect("encodes");
         let mut shifted = vec![0u8; 1];
         shifted.extend_from_slice(&enc.payload);
         assert_eq!(decode_entry(&shifted[1..]).expect("decodes"), e);

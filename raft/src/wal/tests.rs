@@ -447,7 +447,7 @@ fn direct_appends_interleave_with_queued_ones_and_roll_over() {
             );
         } else {
             wal.append_direct(
-                batch,
+                &batch,
                 Some(HardState {
                     term: 1,
                     vote: 1,
@@ -471,7 +471,7 @@ fn unsynced_hard_state_is_logged_and_recovered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (wal, _) = open(dir.path(), small());
     wal.append_direct(
-        entries(1..=3, 2),
+        &entries(1..=3, 2),
         Some(HardState {
             term: 2,
             vote: 1,

@@ -685,7 +685,7 @@ fn flush(
     tracing::trace!(target: "keel::lat", idx = last.map_or(0, |l| l.0), "persist start");
     loop {
         let r = match (must_sync, hard_state) {
-            (true, _) => wal.append_direct(entries.clone(), hard_state),
+            (true, _) => wal.append_direct(&entries, hard_state),
             (false, Some(hs)) => wal.save_hard_state_unsynced(hs),
             (false, None) => Ok(()),
         };

@@ -2,9 +2,18 @@
 //! read back through memmap2 without deserializing it: keys and values of
 //! the restored store are slices of the mapped file (zero copy).
 //!
-//! File layout: a 32-byte header (`KEELSNP1`, archive length u64 LE, CRC32
-//! of the archive u32 LE, zero padding) followed by the archive, which
-//! starts 32-byte aligned.
+//! - Writing streams the archive from the store to the file ([`save`]): the
+//!   records are serialized from borrows, one by one, so memory stays flat
+//!   whatever the store's size.
+//! - After a member saved one, the records it covers move from the heap to
+//!   the file ([`rebase_on_file`], then `KvStore::adopt`): a running member
+//!   holds its values the way a restarted one does, in clean page-cache
+//!   pages the kernel can take back (compare etcd's bbolt mmap).
+//!
+//! File layout (format 2): a 32-byte header (`KEELSNP2`, archive length u64
+//! LE, CRC32 of the archive u32 LE, zero padding) followed by the archive,
+//! which starts 32-byte aligned. A record's key and value are one byte
+//! string (key first) with the key's length.
 
 use std::fs::{self, File};
 use std::io::{Cursor, Seek, SeekFrom, Write};
