@@ -572,3 +572,39 @@ fn older_kubectls_use_custom_resources() {
         );
     }
 }
+
+/// Server-side apply on a custom object: created, owned by its manager,
+/// pruned and validated like other writes, and a second manager's change
+/// of an owned field is a conflict.
+#[test]
+fn custom_resources_server_side_apply() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    define(&api);
+    let f = write(&api, "ssa.yaml", &crontab("ssa", ""));
+    assert_eq!(
+        api.kubectl_ok(&["apply", "--server-side", "-f", &f]),
+        "crontab.stable.example.com/ssa serverside-applied\n"
+    );
+    let obj = json(&api.kubectl_ok(&["get", "ct", "ssa", "-o", "json", "--show-managed-fields"]));
+    assert_eq!(
+        obj["metadata"]["managedFields"][0]["manager"], "kubectl",
+        "{obj}"
+    );
+    assert_eq!(obj["spec"]["image"], "busybox", "defaulted");
+    let other = write(
+        &api,
+        "ssa2.yaml",
+        &crontab("ssa", "").replace("replicas: 1", "replicas: 4"),
+    );
+    api.kubectl(&["apply", "--server-side", "--field-manager=ci", "-f", &other])
+        .fails_with("conflict with \"kubectl\"");
+    let bad = write(
+        &api,
+        "ssa3.yaml",
+        &crontab("ssa", "").replace("replicas: 1", "replicas: 40"),
+    );
+    api.kubectl(&["apply", "--server-side", "-f", &bad])
+        .fails_with("spec.replicas in body should be less than or equal to 10");
+}
