@@ -74,7 +74,7 @@ struct Inner {
     tx: Option<broadcast::Sender<Arc<Event>>>,
 }
 
-/// The watch cache of one resource type.
+/// The watch cache of one resource type (one store prefix).
 pub struct Cache {
     inner: Mutex<Inner>,
     /// Asks the store watch for a progress notification now.
@@ -275,7 +275,7 @@ impl Cache {
 /// The caches of every resource type, created on first use.
 #[derive(Default)]
 pub struct Caches {
-    map: tokio::sync::Mutex<HashMap<&'static str, Arc<Cache>>>,
+    map: tokio::sync::Mutex<HashMap<String, Arc<Cache>>>,
 }
 
 impl std::fmt::Debug for Caches {
@@ -291,12 +291,14 @@ impl Caches {
         store: &Store,
         res: &'static ResourceInfo,
     ) -> Result<Arc<Cache>, StoreError> {
+        // Keyed by store prefix: the versions of a custom resource share one.
+        let prefix = res.prefix(None);
         let mut map = self.map.lock().await;
-        if let Some(c) = map.get(res.plural).filter(|c| c.is_live()) {
+        if let Some(c) = map.get(&prefix).filter(|c| c.is_live()) {
             return Ok(c.clone());
         }
-        let cache = Cache::start(store, res.prefix(None)).await?;
-        map.insert(res.plural, cache.clone());
+        let cache = Cache::start(store, prefix.clone()).await?;
+        map.insert(prefix, cache.clone());
         Ok(cache)
     }
 }

@@ -68,51 +68,95 @@ pub fn wants_aggregated(accept: Option<&str>) -> bool {
         && params.contains(&"as=APIGroupDiscoveryList")
 }
 
+/// Kubernetes' version priority: GA before beta before alpha, higher
+/// numbers first, then other names alphabetically.
+fn version_key(v: &str) -> (u8, i64, i64, String) {
+    let parse = |s: &str| -> Option<(i64, u8, i64)> {
+        let rest = s.strip_prefix('v')?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let major: i64 = digits.parse().ok()?;
+        let tail = &rest[digits.len()..];
+        if tail.is_empty() {
+            return Some((major, 0, 0));
+        }
+        for (word, rank) in [("beta", 1u8), ("alpha", 2u8)] {
+            if let Some(n) = tail.strip_prefix(word) {
+                return Some((major, rank, n.parse().ok()?));
+            }
+        }
+        None
+    };
+    match parse(v) {
+        Some((major, rank, minor)) => (rank, -major, -minor, String::new()),
+        None => (3, 0, 0, v.to_string()),
+    }
+}
+
+/// The served groups, each with its versions (preferred first), core
+/// first, in table order.
+pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for (g, v) in registry::group_versions() {
+        match out.iter_mut().find(|(x, _)| *x == g) {
+            Some((_, vs)) => vs.push(v),
+            None => out.push((g, vec![v])),
+        }
+    }
+    for (_, vs) in &mut out {
+        vs.sort_by_key(|v| version_key(v));
+    }
+    out
+}
+
 /// `/api` (`core`) or `/apis` in the aggregated form.
 pub fn aggregated(core: bool) -> Value {
     let mut items = Vec::new();
-    for (g, v) in registry::group_versions() {
+    for (g, vs) in groups() {
         if g.is_empty() != core {
             continue;
         }
-        let mut resources = Vec::new();
-        for r in registry::resources_of(g, v) {
-            let kind = |k: &str| json!({"group": r.group, "version": r.version, "kind": k});
-            let mut subs = Vec::new();
-            if r.status {
-                subs.push(json!({"subresource": "status", "responseKind": kind(r.kind), "verbs": ["get", "patch", "update"]}));
+        let mut versions = Vec::new();
+        for v in vs {
+            let mut resources = Vec::new();
+            for r in registry::resources_of(g, v) {
+                let kind = |k: &str| json!({"group": r.group, "version": r.version, "kind": k});
+                let mut subs = Vec::new();
+                if r.status {
+                    subs.push(json!({"subresource": "status", "responseKind": kind(r.kind), "verbs": ["get", "patch", "update"]}));
+                }
+                if r.scale {
+                    subs.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+                }
+                if r.kind == "Pod" {
+                    subs.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
+                    subs.push(json!({"subresource": "eviction", "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"}, "verbs": ["create"]}));
+                }
+                if r.kind == "ServiceAccount" {
+                    subs.push(json!({"subresource": "token", "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, "verbs": ["create"]}));
+                }
+                let mut e = json!({
+                    "resource": r.plural,
+                    "responseKind": kind(r.kind),
+                    "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                    "singularResource": r.singular,
+                    "verbs": r.verbs(),
+                });
+                if !r.short_names.is_empty() {
+                    e["shortNames"] = json!(r.short_names);
+                }
+                if !r.categories.is_empty() {
+                    e["categories"] = json!(r.categories);
+                }
+                if !subs.is_empty() {
+                    e["subresources"] = Value::Array(subs);
+                }
+                resources.push(e);
             }
-            if r.scale {
-                subs.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
-            }
-            if r.kind == "Pod" {
-                subs.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
-                subs.push(json!({"subresource": "eviction", "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"}, "verbs": ["create"]}));
-            }
-            if r.kind == "ServiceAccount" {
-                subs.push(json!({"subresource": "token", "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, "verbs": ["create"]}));
-            }
-            let mut e = json!({
-                "resource": r.plural,
-                "responseKind": kind(r.kind),
-                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
-                "singularResource": r.singular,
-                "verbs": r.verbs(),
-            });
-            if !r.short_names.is_empty() {
-                e["shortNames"] = json!(r.short_names);
-            }
-            if !r.categories.is_empty() {
-                e["categories"] = json!(r.categories);
-            }
-            if !subs.is_empty() {
-                e["subresources"] = Value::Array(subs);
-            }
-            resources.push(e);
+            versions.push(json!({"version": v, "resources": resources, "freshness": "Current"}));
         }
         items.push(json!({
             "metadata": {"name": g},
-            "versions": [{"version": v, "resources": resources, "freshness": "Current"}],
+            "versions": versions,
         }));
     }
     json!({
@@ -134,26 +178,33 @@ pub fn api_versions(server_address: &str) -> Value {
 
 /// `/apis`.
 pub fn api_groups() -> Value {
-    let groups: Vec<Value> = registry::group_versions()
+    let groups: Vec<Value> = groups()
         .into_iter()
         .filter(|(g, _)| !g.is_empty())
-        .map(|(g, v)| {
-            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
-        })
+        .filter_map(|(g, vs)| api_group_of(g, &vs))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/<group>`.
 pub fn api_group(group: &str) -> Option<Value> {
-    let (g, v) = registry::group_versions()
+    let (g, vs) = groups()
         .into_iter()
         .find(|(g, _)| *g == group && !g.is_empty())?;
-    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-    Some(
-        json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": [gv.clone()], "preferredVersion": gv}),
-    )
+    let mut out = api_group_of(g, &vs)?;
+    out["kind"] = json!("APIGroup");
+    out["apiVersion"] = json!("v1");
+    Some(out)
+}
+
+/// One group's entry: its versions, the first preferred.
+fn api_group_of(g: &str, vs: &[&str]) -> Option<Value> {
+    let list: Vec<Value> = vs
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    let preferred = list.first()?.clone();
+    Some(json!({"name": g, "versions": list, "preferredVersion": preferred}))
 }
 
 /// `/api/v1` or `/apis/<group>/<version>`.
@@ -253,6 +304,8 @@ mod tests {
             .expect("items")
             .iter()
             .filter_map(|i| i["metadata"]["name"].as_str())
+            // Other tests may serve custom groups meanwhile.
+            .filter(|n| !n.ends_with("keel.dev"))
             .collect();
         assert_eq!(
             names,
@@ -264,6 +317,7 @@ mod tests {
                 "networking.k8s.io",
                 "scheduling.k8s.io",
                 "admissionregistration.k8s.io",
+                "apiextensions.k8s.io",
                 "rbac.authorization.k8s.io",
                 "authentication.k8s.io",
                 "authorization.k8s.io"
@@ -274,6 +328,16 @@ mod tests {
         assert_eq!(
             (pods["resource"].as_str(), pods["scope"].as_str()),
             (Some("pods"), Some("Namespaced"))
+        );
+    }
+
+    #[test]
+    fn versions_sort_by_kubernetes_priority() {
+        let mut vs = vec!["v1alpha1", "foo", "v1beta1", "v2", "v1", "v1beta2", "bar"];
+        vs.sort_by_key(|v| version_key(v));
+        assert_eq!(
+            vs,
+            ["v2", "v1", "v1beta2", "v1beta1", "v1alpha1", "bar", "foo"]
         );
     }
 
@@ -292,7 +356,13 @@ mod tests {
                 && names.contains(&"configmaps")
         );
         assert!(resource_list("apps", "v2").is_none());
-        assert_eq!(api_groups()["groups"].as_array().map(Vec::len), Some(10));
+        let builtin = api_groups()["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .filter(|g| !g["name"].as_str().unwrap_or("").ends_with("keel.dev"))
+            .count();
+        assert_eq!(builtin, 11);
         let authz = resource_list("authorization.k8s.io", "v1").expect("authorization");
         assert_eq!(
             authz["resources"][0]["verbs"],

@@ -22,6 +22,8 @@
 //!   write passes; [`controllers`]: the loops they rely on (namespace
 //!   termination, service accounts, quota usage); [`quantity`]: resource
 //!   quantities.
+//! - [`crd`]: CustomResourceDefinitions: their validation and status, the
+//!   registry's dynamic layer, custom objects' structural schemas.
 #![warn(missing_docs)]
 
 pub mod admission;
@@ -32,6 +34,7 @@ pub mod authn;
 pub mod authz;
 pub mod cache;
 pub mod controllers;
+pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod handlers;

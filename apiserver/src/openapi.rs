@@ -27,11 +27,20 @@ fn gv_path(group: &str, version: &str) -> String {
 /// `/openapi/v3`: the index of documents.
 pub fn index() -> Value {
     let mut paths = Map::new();
+    let generation = registry::generation();
     for (g, v) in registry::group_versions() {
         let p = gv_path(g, v);
+        // Custom group-versions change with their CRDs: kubectl caches
+        // documents by this URL, so the hash moves with the registry.
+        let custom = registry::resources_of(g, v).iter().any(|r| r.custom);
+        let hash = if custom {
+            format!("keel{}-{generation}", env!("CARGO_PKG_VERSION"))
+        } else {
+            format!("keel{}", env!("CARGO_PKG_VERSION"))
+        };
         paths.insert(
             p.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=keel{}", env!("CARGO_PKG_VERSION"))}),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
         );
     }
     json!({ "paths": paths })
@@ -172,7 +181,17 @@ fn schemas(group: &str, version: &str) -> Map<String, Value> {
     };
     let mut todo = Vec::new();
     let mut kinds = Vec::new();
+    let mut custom = Vec::new();
     for r in registry::resources_of(group, version) {
+        if let Some(v) = crate::crd::registry::version_of(r) {
+            custom.push((custom_schema_name(r), custom_schema(r, &v.schema)));
+            if let Some(m) =
+                pool.get_message_by_name("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+            {
+                todo.push(m);
+            }
+            continue;
+        }
         let Some(pkg) = crate::protobuf::package(r.group, r.kind) else {
             continue;
         };
@@ -211,7 +230,38 @@ fn schemas(group: &str, version: &str) -> Map<String, Value> {
                 json!([{"group": r.group, "kind": r.kind, "version": r.version}]);
         }
     }
+    for (name, s) in custom {
+        out.insert(name, s);
+    }
     out
+}
+
+/// The schema name of a custom kind, as Kubernetes builds it
+/// (`com.example.stable.v1.CronTab` for `stable.example.com/v1`).
+fn custom_schema_name(r: &ResourceInfo) -> String {
+    let reversed: Vec<&str> = r.group.split('.').rev().collect();
+    format!("{}.{}.{}", reversed.join("."), r.version, r.kind)
+}
+
+/// A custom kind's schema: its CRD's `openAPIV3Schema` with the type
+/// meta, `metadata` (ObjectMeta) and the group-version-kind.
+fn custom_schema(r: &ResourceInfo, schema: &Value) -> Value {
+    let mut s = schema.clone();
+    if !s.is_object() {
+        s = json!({"type": "object"});
+    }
+    if !s.get("properties").is_some_and(Value::is_object) {
+        s["properties"] = json!({});
+    }
+    s["properties"]["apiVersion"] = json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."});
+    s["properties"]["kind"] = json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."});
+    s["properties"]["metadata"] = json!({
+        "allOf": [{"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}],
+        "description": "Standard object's metadata.",
+    });
+    s["x-kubernetes-group-version-kind"] =
+        json!([{"group": r.group, "kind": r.kind, "version": r.version}]);
+    s
 }
 
 #[cfg(test)]
@@ -245,10 +295,21 @@ pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0
 /// `openapi.v2.Document`): the PATCH operation of every resource with its
 /// `x-kubernetes-group-version-kind` and the `fieldValidation` parameter, so
 /// those kubectls leave validation to the server as newer ones do through
-/// `/openapi/v3`. No definitions (schemas) yet.
-pub fn v2_protobuf() -> Option<&'static [u8]> {
-    static DOC: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
-    DOC.get_or_init(build_v2).as_deref()
+/// `/openapi/v3`. No definitions (schemas) yet. Built again when the
+/// custom resources change (cached by [`registry::generation`]).
+pub fn v2_protobuf() -> Option<bytes::Bytes> {
+    type Cached = std::sync::Mutex<Option<(u64, Option<bytes::Bytes>)>>;
+    static DOC: Cached = std::sync::Mutex::new(None);
+    let generation = registry::generation();
+    let mut doc = DOC.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((g, d)) = doc.as_ref() {
+        if *g == generation {
+            return d.clone();
+        }
+    }
+    let built = build_v2().map(bytes::Bytes::from);
+    *doc = Some((generation, built.clone()));
+    built
 }
 
 fn build_v2() -> Option<Vec<u8>> {
@@ -277,7 +338,7 @@ fn build_v2() -> Option<Vec<u8>> {
         )
     };
     let mut paths = Vec::new();
-    for r in registry::RESOURCES {
+    for r in registry::all() {
         let base = format!("/{}", gv_path(r.group, r.version));
         let item = if r.namespaced {
             format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)

@@ -1,5 +1,16 @@
 //! The resource registry: one table row per resource type. Everything generic
-//! (routing, storage keys, discovery, OpenAPI, tables) reads this table.
+//! (routing, storage keys, discovery, OpenAPI, tables) reads it.
+//!
+//! Two layers: the static table [`RESOURCES`] of built-in types, and a
+//! dynamic layer of custom resources (one row per served version of each
+//! CustomResourceDefinition), replaced as a whole by [`set_dynamic`] when
+//! the CRDs change (see `crate::crd::controller`). Lookups read a snapshot
+//! of both ([`all`]). Rows are `&'static`: a dynamic row is leaked once per
+//! distinct row (interned), so repeated refreshes of unchanged CRDs cost
+//! nothing and only CRD edits allocate.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// The verbs every resource supports.
 pub const VERBS: &[&str] = &[
@@ -14,7 +25,7 @@ pub const VERBS: &[&str] = &[
 ];
 
 /// One resource type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ResourceInfo {
     /// API group (`""` for core).
     pub group: &'static str,
@@ -41,6 +52,9 @@ pub struct ResourceInfo {
     /// Objects are kept in the store (else a create-only review kind,
     /// answered and forgotten: SubjectAccessReview, SelfSubjectReview, ...).
     pub stored: bool,
+    /// A custom resource (served from a CustomResourceDefinition): stored
+    /// under `/registry/<group>/<plural>/`, validated by its CRD's schema.
+    pub custom: bool,
 }
 
 /// The verbs of create-only kinds (reviews).
@@ -74,19 +88,30 @@ impl ResourceInfo {
         }
     }
 
+    /// The store key segment of the type: `plural`, or `group/plural` for
+    /// custom resources (as Kubernetes stores them; every version of a
+    /// CRD shares it, and a custom plural never meets a built-in one).
+    fn segment(&self) -> String {
+        if self.custom {
+            format!("{}/{}", self.group, self.plural)
+        } else {
+            self.plural.to_string()
+        }
+    }
+
     /// The store key of one object.
     pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
         match namespace {
-            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/{name}", self.plural),
-            _ => format!("/registry/{}/{name}", self.plural),
+            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/{name}", self.segment()),
+            _ => format!("/registry/{}/{name}", self.segment()),
         }
     }
 
     /// The store key prefix of a collection (one namespace, or all).
     pub fn prefix(&self, namespace: Option<&str>) -> String {
         match namespace {
-            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/", self.plural),
-            _ => format!("/registry/{}/", self.plural),
+            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/", self.segment()),
+            _ => format!("/registry/{}/", self.segment()),
         }
     }
 }
@@ -123,6 +148,7 @@ const fn r(
         dns_label_names: false,
         scale: false,
         stored: true,
+        custom: false,
     }
 }
 
@@ -160,6 +186,7 @@ pub const RESOURCES: &[ResourceInfo] = &[
     r("scheduling.k8s.io",     "v1", "PriorityClass",            "priorityclasses",          "priorityclass",           false, &["pc"],     false, NONE),
     r("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", "mutatingwebhookconfiguration", false, NONE, false, API_EXTENSIONS),
     r("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", "validatingwebhookconfiguration", false, NONE, false, API_EXTENSIONS),
+    r("apiextensions.k8s.io",  "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false, &["crd", "crds"], true, API_EXTENSIONS),
     r(RBAC,                    "v1", "ClusterRole",              "clusterroles",             "clusterrole",             false, NONE,        false, NONE),
     r(RBAC,                    "v1", "ClusterRoleBinding",       "clusterrolebindings",      "clusterrolebinding",      false, NONE,        false, NONE),
     r(RBAC,                    "v1", "Role",                     "roles",                    "role",                    true,  NONE,        false, NONE),
@@ -178,24 +205,150 @@ pub const RESOURCES: &[ResourceInfo] = &[
       ..r(AUTHZ,               "v1", "SubjectAccessReview",      "subjectaccessreviews",     "subjectaccessreview",      false, NONE,        false, NONE) },
 ];
 
+/// The dynamic layer: custom resource rows and a generation that moves
+/// whenever they change (OpenAPI hashes, discovery).
+#[derive(Debug, Default)]
+struct Dynamic {
+    rows: Vec<&'static ResourceInfo>,
+    generation: u64,
+}
+
+fn dynamic() -> &'static RwLock<Arc<Dynamic>> {
+    static D: std::sync::OnceLock<RwLock<Arc<Dynamic>>> = std::sync::OnceLock::new();
+    D.get_or_init(Default::default)
+}
+
+/// Interned strings and rows of the dynamic layer (see the module doc).
+fn intern_rows() -> &'static Mutex<HashSet<&'static ResourceInfo>> {
+    static I: std::sync::OnceLock<Mutex<HashSet<&'static ResourceInfo>>> =
+        std::sync::OnceLock::new();
+    I.get_or_init(Default::default)
+}
+
+/// A `&'static str` equal to `s` (leaked once per distinct string).
+pub fn intern(s: &str) -> &'static str {
+    static I: std::sync::OnceLock<Mutex<HashSet<&'static str>>> = std::sync::OnceLock::new();
+    let mut set = I
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(x) = set.get(s) {
+        return x;
+    }
+    let leaked: &'static str = Box::leak(s.to_string().into_boxed_str());
+    set.insert(leaked);
+    leaked
+}
+
+/// A `&'static [&'static str]` with the strings of `v`.
+pub fn intern_list(v: &[String]) -> &'static [&'static str] {
+    if v.is_empty() {
+        return &[];
+    }
+    let list: Vec<&'static str> = v.iter().map(|s| intern(s)).collect();
+    let mut set = intern_lists().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(x) = set.get(list.as_slice()) {
+        return x;
+    }
+    let leaked: &'static [&'static str] = Box::leak(list.into_boxed_slice());
+    set.insert(leaked);
+    leaked
+}
+
+fn intern_lists() -> &'static Mutex<HashSet<&'static [&'static str]>> {
+    static I: std::sync::OnceLock<Mutex<HashSet<&'static [&'static str]>>> =
+        std::sync::OnceLock::new();
+    I.get_or_init(Default::default)
+}
+
+/// Replaces the dynamic layer with `rows` (custom resources). Rows that
+/// clash with a built-in (same group, version and plural) are dropped.
+/// Returns true if anything changed.
+pub fn set_dynamic(rows: Vec<ResourceInfo>) -> bool {
+    let mut out: Vec<&'static ResourceInfo> = Vec::with_capacity(rows.len());
+    {
+        let mut set = intern_rows().lock().unwrap_or_else(|p| p.into_inner());
+        for r in rows {
+            if RESOURCES
+                .iter()
+                .any(|b| b.group == r.group && b.version == r.version && b.plural == r.plural)
+            {
+                continue;
+            }
+            let row = match set.get(&r) {
+                Some(x) => *x,
+                None => {
+                    let leaked: &'static ResourceInfo = Box::leak(Box::new(r));
+                    set.insert(leaked);
+                    leaked
+                }
+            };
+            out.push(row);
+        }
+    }
+    let mut d = dynamic().write().unwrap_or_else(|p| p.into_inner());
+    if d.rows == out {
+        return false;
+    }
+    *d = Arc::new(Dynamic {
+        rows: out,
+        generation: d.generation + 1,
+    });
+    true
+}
+
+/// Moves [`generation`] without changing the rows (a CRD's schema or
+/// columns changed).
+pub fn bump_generation() {
+    let mut d = dynamic().write().unwrap_or_else(|p| p.into_inner());
+    *d = Arc::new(Dynamic {
+        rows: d.rows.clone(),
+        generation: d.generation + 1,
+    });
+}
+
+/// Serializes the unit tests that replace the (process-wide) dynamic layer.
+#[cfg(test)]
+pub(crate) static TEST_LAYER: Mutex<()> = Mutex::new(());
+
+/// A number that changes whenever the dynamic layer does.
+pub fn generation() -> u64 {
+    dynamic()
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .generation
+}
+
+/// Every resource type served: the built-ins, then the custom resources.
+pub fn all() -> Vec<&'static ResourceInfo> {
+    let d = dynamic().read().unwrap_or_else(|p| p.into_inner()).clone();
+    RESOURCES.iter().chain(d.rows.iter().copied()).collect()
+}
+
+/// The first row (built-ins first) that `pred` accepts, without copying
+/// the table (every request looks its resource up).
+fn find(pred: impl Fn(&ResourceInfo) -> bool) -> Option<&'static ResourceInfo> {
+    if let Some(r) = RESOURCES.iter().find(|r| pred(r)) {
+        return Some(r);
+    }
+    let d = dynamic().read().unwrap_or_else(|p| p.into_inner());
+    d.rows.iter().copied().find(|r| pred(r))
+}
+
 /// The resource `plural` of `group/version`, if served.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES
-        .iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+    find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// The resource of a kind in `group/version`, if served.
 pub fn by_kind(group: &str, version: &str, kind: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES
-        .iter()
-        .find(|r| r.group == group && r.version == version && r.kind == kind)
+    find(|r| r.group == group && r.version == version && r.kind == kind)
 }
 
 /// The served group-versions, core first, each once, in table order.
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES {
+    for r in all() {
         if !out.contains(&(r.group, r.version)) {
             out.push((r.group, r.version));
         }
@@ -204,13 +357,11 @@ pub fn group_versions() -> Vec<(&'static str, &'static str)> {
 }
 
 /// The resources of one group-version.
-pub fn resources_of<'a>(
-    group: &'a str,
-    version: &'a str,
-) -> impl Iterator<Item = &'static ResourceInfo> + 'a {
-    RESOURCES
-        .iter()
+pub fn resources_of(group: &str, version: &str) -> Vec<&'static ResourceInfo> {
+    all()
+        .into_iter()
         .filter(move |r| r.group == group && r.version == version)
+        .collect()
 }
 
 #[cfg(test)]
@@ -233,6 +384,43 @@ mod tests {
                 .as_deref(),
             Some("deployments.apps")
         );
+    }
+
+    #[test]
+    fn the_dynamic_layer_adds_custom_rows_under_their_group() {
+        let _layer = TEST_LAYER.lock().unwrap_or_else(|p| p.into_inner());
+        let row = ResourceInfo {
+            custom: true,
+            short_names: intern_list(&["rt".to_string()]),
+            ..r(
+                "regtest.keel.dev",
+                "v1",
+                "RegTest",
+                "regtests",
+                "regtest",
+                true,
+                NONE,
+                false,
+                NONE,
+            )
+        };
+        assert!(set_dynamic(vec![row]));
+        assert!(!set_dynamic(vec![row]), "unchanged rows are no change");
+        let got = lookup("regtest.keel.dev", "v1", "regtests").expect("registered");
+        assert_eq!(
+            got.key(Some("a"), "b"),
+            "/registry/regtest.keel.dev/regtests/a/b"
+        );
+        assert!(group_versions().contains(&("regtest.keel.dev", "v1")));
+        // A custom row never hides a built-in one.
+        let clash = ResourceInfo {
+            custom: true,
+            ..*lookup("", "v1", "pods").expect("pods")
+        };
+        set_dynamic(vec![clash]);
+        assert!(!lookup("", "v1", "pods").expect("pods").custom);
+        set_dynamic(Vec::new());
+        assert!(lookup("regtest.keel.dev", "v1", "regtests").is_none());
     }
 
     #[test]

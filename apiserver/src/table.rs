@@ -224,7 +224,9 @@ fn columns(kind: &str) -> Vec<Col> {
             AGE,
         ],
         "ServiceAccount" => vec![NAME, ("Secrets", "integer", "", 0), AGE],
-        "Role" | "ClusterRole" => vec![NAME, ("Created At", "date", "", 0)],
+        "Role" | "ClusterRole" | "CustomResourceDefinition" => {
+            vec![NAME, ("Created At", "date", "", 0)]
+        }
         "RoleBinding" | "ClusterRoleBinding" => vec![
             NAME,
             ("Role", "string", "", 0),
@@ -416,7 +418,7 @@ fn more_cells(kind: &str, o: &Value, now: i64) -> Option<Vec<Value>> {
             ]
         }
         "ServiceAccount" => vec![name, json!(len(o, "/secrets")), age(o, now)],
-        "Role" | "ClusterRole" => vec![
+        "Role" | "ClusterRole" | "CustomResourceDefinition" => vec![
             name,
             json!(s(o, "/metadata/creationTimestamp").unwrap_or_default()),
         ],
@@ -757,6 +759,9 @@ pub fn table(
     include: IncludeObject,
 ) -> Value {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if let Some(v) = crate::crd::registry::version_of(res) {
+        return custom_table(&v.columns, objects, list_meta, include, now);
+    }
     let defs: Vec<Value> = columns(res.kind)
         .into_iter()
         .map(|(name, ty, format, priority)| {
@@ -779,6 +784,34 @@ pub fn table(
         "apiVersion": "meta.k8s.io/v1",
         "metadata": list_meta,
         "columnDefinitions": defs,
+        "rows": rows,
+    })
+}
+
+/// A Table of custom objects (their CRD's printer columns).
+fn custom_table(
+    cols: &[crate::crd::registry::PrinterColumn],
+    objects: &[Value],
+    list_meta: Value,
+    include: IncludeObject,
+    now: i64,
+) -> Value {
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let mut row = json!({"cells": crate::crd::columns::cells(cols, o, now)});
+            let obj = row_object(o, include);
+            if !obj.is_null() {
+                row["object"] = obj;
+            }
+            row
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": crate::crd::columns::definitions(cols),
         "rows": rows,
     })
 }

@@ -176,6 +176,12 @@ fn walk(desc: &MessageDescriptor, v: &Value, path: &str, top: bool, out: &mut Fi
 
 fn findings(res: &ResourceInfo, obj: &Value) -> Findings {
     let mut out = Findings::default();
+    if res.custom {
+        // A custom resource's schema is its CRD's (types are checked
+        // with the 422 of schema validation, not here).
+        out.unknown = crate::crd::unknown_fields(res, obj);
+        return out;
+    }
     let desc = crate::protobuf::package(res.group, res.kind)
         .and_then(|p| crate::protobuf::pool()?.get_message_by_name(&format!("{p}.{}", res.kind)));
     if let Some(d) = desc {

@@ -56,6 +56,7 @@ impl Filter {
         if obj.is_object() && kind != "ERROR" && kind != "BOOKMARK" {
             obj["kind"] = json!(self.res.kind);
             obj["apiVersion"] = json!(self.res.group_version());
+            crate::crd::convert_out(self.res, &mut obj);
         }
         if let (Some(include), "ADDED" | "MODIFIED" | "DELETED") = (self.table, kind) {
             let meta = json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)});

@@ -298,11 +298,16 @@ impl Chain {
         self.plugins.iter().any(|p| p.name() == name)
     }
 
-    /// Runs every mutating step, then every validating step.
+    /// Runs every mutating step, then the CRD schema checks (custom
+    /// objects pruned, defaulted, validated; CRDs validated), then every
+    /// validating step.
     pub async fn run(&self, app: &App, attrs: &mut Attributes) -> ApiResult<()> {
         for p in &self.plugins {
             p.admit(app, attrs).await?;
         }
+        // Schema checks sit where Kubernetes validates objects: after the
+        // mutating plugins, before the validating ones.
+        crate::crd::admit(attrs)?;
         for p in &self.plugins {
             p.validate(app, attrs).await?;
         }

@@ -239,10 +239,18 @@ pub fn kinds_for(key: &str) -> Vec<&'static ResourceInfo> {
     };
     if let Some(rest) = key.strip_prefix("count/") {
         let (plural, group) = rest.split_once('.').unwrap_or((rest, ""));
-        return registry::RESOURCES
-            .iter()
-            .filter(|r| r.namespaced && r.plural == plural && r.group == group)
-            .collect();
+        let mut out: Vec<&'static ResourceInfo> = Vec::new();
+        for r in registry::all() {
+            // Every version of a custom resource shares one store prefix.
+            if r.namespaced
+                && r.plural == plural
+                && r.group == group
+                && !out.iter().any(|o| o.prefix(None) == r.prefix(None))
+            {
+                out.push(r);
+            }
+        }
+        return out;
     }
     match key {
         "services" | "services.nodeports" | "services.loadbalancers" => core("services"),

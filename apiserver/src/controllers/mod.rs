@@ -54,6 +54,7 @@ pub fn spawn(app: Arc<App>, ca_pem: Option<String>, every: Intervals) {
         every.service_accounts,
         every.service_accounts_resync,
     ));
+    tokio::spawn(crate::crd::controller::run(app.clone()));
     tokio::spawn(quota::run(app, every.quota));
 }
 

@@ -55,7 +55,7 @@ pub async fn sweep(app: &App) -> ApiResult<()> {
 /// Deletes what is left in `ns`; true when nothing is.
 async fn empty(app: &App, ns: &str) -> ApiResult<bool> {
     let mut left = 0usize;
-    for res in registry::RESOURCES.iter().filter(|r| r.namespaced) {
+    for res in registry::all().into_iter().filter(|r| r.namespaced) {
         let (objs, _) = list_prefix(app, &res.prefix(Some(ns))).await?;
         for (obj, rev) in objs {
             let key = res.key(Some(ns), meta_str(&obj, "name").unwrap_or(""));

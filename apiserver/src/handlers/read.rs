@@ -24,9 +24,10 @@ pub async fn read_object(app: &App, key: &str) -> ApiResult<Option<(Value, i64)>
 pub async fn get(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let t = &ctx.target;
     let name = t.name.as_deref().unwrap_or_default();
-    let (obj, _) = read_object(app, &t.key())
+    let (mut obj, _) = read_object(app, &t.key())
         .await?
         .ok_or_else(|| ApiError::not_found(t.res, name))?;
+    crate::crd::convert_out(t.res, &mut obj);
     if table::wants_table(ctx.header(header::ACCEPT)) {
         let meta = json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)});
         let include = IncludeObject::parse(ctx.q("includeObject"));
@@ -242,7 +243,10 @@ async fn from_cache(
 /// GET of a collection: a `<Kind>List`, or a Table.
 pub async fn list(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let res = ctx.target.res;
-    let l = select(app, ctx).await?;
+    let mut l = select(app, ctx).await?;
+    for o in &mut l.items {
+        crate::crd::convert_out(res, o);
+    }
     let mut meta = json!({"resourceVersion": l.revision.to_string()});
     if let Some(c) = &l.continue_token {
         meta["continue"] = json!(c);

@@ -26,8 +26,72 @@ fn selector(obj: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// Where an object keeps what its Scale shows (JSON pointers).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Desired replicas (`/spec/replicas`).
+    pub spec: String,
+    /// Observed replicas (`/status/replicas`).
+    pub status: String,
+    /// A selector string (custom resources' `labelSelectorPath`); `None`:
+    /// `spec.selector.matchLabels`.
+    pub selector: Option<String>,
+}
+
+/// `.spec.replicas` → `/spec/replicas`.
+fn pointer(json_path: &str) -> String {
+    format!("/{}", json_path.trim_start_matches('.').replace('.', "/"))
+}
+
+impl Paths {
+    /// The paths of a resource: a custom resource's CRD declares them.
+    pub fn of(res: &crate::registry::ResourceInfo) -> Paths {
+        match crate::crd::registry::version_of(res).and_then(|v| v.scale.clone()) {
+            Some(s) => Paths {
+                spec: pointer(&s.spec),
+                status: pointer(&s.status),
+                selector: s.selector.as_deref().map(pointer),
+            },
+            None => Paths {
+                spec: "/spec/replicas".into(),
+                status: "/status/replicas".into(),
+                selector: None,
+            },
+        }
+    }
+}
+
+/// Sets the value at JSON pointer `ptr`, creating objects on the way.
+fn set_at(obj: &mut Value, ptr: &str, v: Value) {
+    let mut cur = obj;
+    let parts: Vec<&str> = ptr.trim_start_matches('/').split('/').collect();
+    for (i, p) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        let Some(m) = cur.as_object_mut() else { return };
+        if i + 1 == parts.len() {
+            m.insert((*p).to_string(), v);
+            return;
+        }
+        cur = m.entry((*p).to_string()).or_insert_with(|| json!({}));
+    }
+}
+
 /// The Scale view of an object.
 pub fn to_scale(obj: &Value) -> Value {
+    to_scale_at(
+        obj,
+        &Paths {
+            spec: "/spec/replicas".into(),
+            status: "/status/replicas".into(),
+            selector: None,
+        },
+    )
+}
+
+/// The Scale view of an object whose replicas live at `paths`.
+pub fn to_scale_at(obj: &Value, paths: &Paths) -> Value {
     let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
     let keep = [
         "name",
@@ -49,10 +113,13 @@ pub fn to_scale(obj: &Value) -> Value {
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": meta,
-        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)},
+        "spec": {"replicas": obj.pointer(&paths.spec).and_then(Value::as_i64).unwrap_or(1)},
         "status": {
-            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
-            "selector": selector(obj),
+            "replicas": obj.pointer(&paths.status).and_then(Value::as_i64).unwrap_or(0),
+            "selector": match &paths.selector {
+                Some(p) => obj.pointer(p).and_then(Value::as_str).unwrap_or("").to_string(),
+                None => selector(obj),
+            },
         },
     })
 }
@@ -62,11 +129,12 @@ pub async fn handle(app: &App, ctx: &Ctx, verb: &str) -> ApiResult<Response> {
     let t = &ctx.target;
     let name = t.name.as_deref().unwrap_or("");
     let dry = ctx.dry_run()?;
+    let paths = Paths::of(t.res);
     for _ in 0..5 {
         let (obj, rev) = read_object(app, &t.key())
             .await?
             .ok_or_else(|| ApiError::not_found(t.res, name))?;
-        let scale = to_scale(&obj);
+        let scale = to_scale_at(&obj, &paths);
         let (new_scale, precondition) = match verb {
             "get" => return Ok(json_response(StatusCode::OK, &scale)),
             "update" => {
@@ -108,19 +176,11 @@ pub async fn handle(app: &App, ctx: &Ctx, verb: &str) -> ApiResult<Response> {
                 ))
             }
         };
-        let unchanged = obj.pointer("/spec/replicas").and_then(Value::as_i64) == Some(replicas);
+        let unchanged = obj.pointer(&paths.spec).and_then(Value::as_i64) == Some(replicas);
         let mut new = obj.clone();
-        if let Some(m) = new.as_object_mut() {
-            let spec = m.entry("spec").or_insert_with(|| json!({}));
-            if !spec.is_object() {
-                *spec = json!({});
-            }
-            if let Some(spec) = spec.as_object_mut() {
-                spec.insert("replicas".into(), json!(replicas));
-            }
-        }
+        set_at(&mut new, &paths.spec, json!(replicas));
         if unchanged || dry {
-            return Ok(json_response(StatusCode::OK, &to_scale(&new)));
+            return Ok(json_response(StatusCode::OK, &to_scale_at(&new, &paths)));
         }
         let generation = object::generation(&obj) + 1;
         let m = meta_mut(&mut new);
@@ -131,7 +191,7 @@ pub async fn handle(app: &App, ctx: &Ctx, verb: &str) -> ApiResult<Response> {
         match app.store.update(&t.key(), bytes, rev).await.map_err(store_err)? {
             Cas::Done(r) => {
                 object::set_resource_version(&mut new, r);
-                return Ok(json_response(StatusCode::OK, &to_scale(&new)));
+                return Ok(json_response(StatusCode::OK, &to_scale_at(&new, &paths)));
             }
             Cas::Failed(None) => return Err(ApiError::not_found(t.res, name)),
             Cas::Failed(Some(_)) if precondition.is_some() => {

@@ -29,6 +29,7 @@ pub const SYSTEM_NAMESPACES: &[&str] =
 pub(crate) fn to_store(obj: &Value) -> ApiResult<Vec<u8>> {
     let mut o = obj.clone();
     meta_mut(&mut o).remove("resourceVersion");
+    crate::crd::to_storage_version(&mut o);
     serde_json::to_vec(&o).map_err(|e| ApiError::internal(format!("encoding object: {e}")))
 }
 
@@ -66,7 +67,9 @@ fn type_meta(obj: &mut Value, res: &ResourceInfo) -> ApiResult<()> {
         }
     }
     if let Some(v) = obj.get("apiVersion").and_then(Value::as_str) {
-        if v != gv {
+        // Any served version of a custom resource's group converts (None).
+        let same_group = res.custom && v.split_once('/').is_some_and(|(g, _)| g == res.group);
+        if v != gv && !same_group {
             return Err(ApiError::bad_request(format!(
                 "the API version in the data ({v}) does not match the expected API version ({gv})"
             )));
