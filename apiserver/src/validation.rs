@@ -38,8 +38,9 @@ impl FieldValidation {
     }
 }
 
-/// Messages with a JSON form of their own: not walked into.
-fn opaque(m: &MessageDescriptor) -> bool {
+/// Messages with a JSON form of their own (times, quantities, …): not
+/// walked into.
+pub(crate) fn opaque(m: &MessageDescriptor) -> bool {
     matches!(
         m.full_name(),
         "k8s.io.apimachinery.pkg.apis.meta.v1.Time"

@@ -43,16 +43,7 @@ pub enum Node {
 
 /// Messages with a JSON form of their own (scalars for apply).
 fn opaque(m: &MessageDescriptor) -> bool {
-    matches!(
-        m.full_name(),
-        "k8s.io.apimachinery.pkg.apis.meta.v1.Time"
-            | "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime"
-            | "k8s.io.apimachinery.pkg.apis.meta.v1.Duration"
-            | "k8s.io.apimachinery.pkg.util.intstr.IntOrString"
-            | "k8s.io.apimachinery.pkg.api.resource.Quantity"
-            | "k8s.io.apimachinery.pkg.runtime.RawExtension"
-            | "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1"
-    )
+    crate::validation::opaque(m)
 }
 
 /// Atomic structs (`x-kubernetes-map-type: atomic`): owned as one field.
