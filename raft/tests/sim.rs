@@ -4,8 +4,10 @@
 //! [`RawNode`](keel_raft::core::RawNode)s with in-memory disks and state
 //! machines, over a network that drops, duplicates, delays and reorders
 //! messages and suffers symmetric and one-way partitions; nodes crash
-//! (losing everything not yet durable) and restart from their disks; the
-//! leader takes proposals, linearizable reads, membership changes (add
+//! (losing everything not yet durable) and restart from their disks, or
+//! pause (keeping their state while the clock runs on); the leader takes
+//! proposals, linearizable reads (by ReadIndex, or at once while its read
+//! lease holds), membership changes (add
 //! learner, promote, remove) and leadership transfers; applications compact
 //! their logs, so lagging nodes get snapshots. Safety invariants
 //! (`sim/checker.rs`) are checked after every step. After a chaos phase all
@@ -130,6 +132,9 @@ fn run_seeds(parity: u64) {
                 a.transfers += b.transfers;
                 a.partitions += b.partitions;
                 a.messages += b.messages;
+                a.pauses += b.pauses;
+                a.lease_reads += b.lease_reads;
+                a.lease_checks += b.lease_checks;
                 runs += 1;
             }
             Err(e) => panic!(

@@ -104,8 +104,20 @@ pub struct RawNode {
     /// election timeout). Kept apart from `election_elapsed` so repeated
     /// transfer requests cannot postpone the quorum check.
     transfer_elapsed: usize,
+    /// ReadIndex round: bumped by every read that needs one and by every
+    /// periodic heartbeat, so a quorum's acknowledgements also time the
+    /// leader's read lease (see [`RawNode::lease_read_index`]).
     read_seq: u64,
     pending_reads: VecDeque<PendingRead>,
+    /// Leader: a TimeoutNow went out this term. Its target may win an
+    /// election at any time (its votes override followers' leases), so
+    /// lease reads stop until the next term.
+    lease_revoked: bool,
+    /// Since start, until an election timeout passed: vote requests are
+    /// ignored as if a leader had just been heard. A member that restarts
+    /// quickly forgets the leader it heard before; without this it could
+    /// elect a new leader while the old one still serves lease reads.
+    startup_guard: bool,
     /// Leader: reads waiting for the first commit of the term.
     reads_before_commit: Vec<(u64, Vec<u8>)>,
     /// Leader: a heartbeat round for new reads is owed.
@@ -198,6 +210,8 @@ impl RawNode {
             transfer_elapsed: 0,
             read_seq: 0,
             pending_reads: VecDeque::new(),
+            lease_revoked: false,
+            startup_guard: cfg.check_quorum,
             reads_before_commit: Vec::new(),
             read_heartbeat_due: false,
             bcast_due: false,
@@ -228,6 +242,11 @@ impl RawNode {
     }
 
     // ---- inspection ------------------------------------------------------
+
+    /// The configuration the node was created with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
 
     /// This node's id.
     pub fn id(&self) -> u64 {
@@ -460,6 +479,58 @@ impl RawNode {
         }
     }
 
+    /// The current ReadIndex round (see [`RawNode::confirmed_read_round`]).
+    /// Heartbeats carry the round current when their Ready was taken.
+    pub fn read_round(&self) -> u64 {
+        self.read_seq
+    }
+
+    /// Leader: the highest ReadIndex round a quorum of voters (this node
+    /// included) acknowledged in this term; 0 otherwise. A voter that
+    /// acknowledged round `r` received, after round `r` began, a heartbeat
+    /// of this leader, and ignores votes for an election timeout after it
+    /// (the followers' lease, with check-quorum).
+    pub fn confirmed_read_round(&self) -> u64 {
+        if self.role != Role::Leader {
+            return 0;
+        }
+        if self.conf.voters.len() == 1 && self.conf.voters.contains(&self.id) {
+            return self.read_seq;
+        }
+        let mut acks: Vec<u64> = self
+            .conf
+            .voters
+            .iter()
+            .map(|&v| {
+                if v == self.id {
+                    u64::MAX
+                } else {
+                    self.prs.get(&v).map_or(0, |p| p.read_ack)
+                }
+            })
+            .collect();
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        acks.get(self.quorum() - 1).copied().unwrap_or(0)
+    }
+
+    /// Leader: the index a lease read may be served at, if leases may be
+    /// used at all in this term: check-quorum is on, an entry of this term
+    /// is committed and no leadership transfer was started. Whether the
+    /// lease is still current is the driver's to judge with a real clock:
+    /// it holds from the moment round [`confirmed_read_round`] began for a
+    /// little less than the followers' election timeout (ticks stall when
+    /// a process is paused; clocks do not).
+    ///
+    /// [`confirmed_read_round`]: RawNode::confirmed_read_round
+    pub fn lease_read_index(&self) -> Option<u64> {
+        let usable = self.role == Role::Leader
+            && self.cfg.check_quorum
+            && !self.lease_revoked
+            && self.transferee.is_none()
+            && self.log.term(self.log.committed) == Some(self.term);
+        usable.then_some(self.log.committed)
+    }
+
     /// Asks that leadership move to `to` (a voter). The leader brings `to`'s
     /// log up to date, then tells it to campaign at once (TimeoutNow);
     /// proposals are refused meanwhile. The transfer is abandoned after an
@@ -481,6 +552,7 @@ impl RawNode {
             .get(&to)
             .is_some_and(|p| p.matched == self.log.last_index());
         if caught_up {
+            self.lease_revoked = true;
             self.send(to, MessageKind::TimeoutNow);
         } else {
             self.send_append(to, true);
@@ -738,8 +810,11 @@ impl RawNode {
 
     /// Followers that heard from a leader within an election timeout ignore
     /// votes (unless for a transfer).
+    /// So does a member within an election timeout of its start.
     fn in_lease(&self) -> bool {
-        self.cfg.check_quorum && self.leader != 0 && self.election_elapsed < self.cfg.election_tick
+        self.cfg.check_quorum
+            && (self.leader != 0 || self.startup_guard)
+            && self.election_elapsed < self.cfg.election_tick
     }
 
     fn reset_randomized_timeout(&mut self) {
@@ -776,6 +851,8 @@ impl RawNode {
         self.reset(term);
         self.role = Role::Leader;
         self.leader = self.id;
+        self.lease_revoked = false;
+        self.startup_guard = false;
         let next = self.log.last_index() + 1;
         for id in self.conf.members().collect::<Vec<_>>() {
             if id != self.id {
@@ -877,6 +954,9 @@ impl RawNode {
 
     fn tick_election(&mut self) {
         self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_tick {
+            self.startup_guard = false;
+        }
         if self.promotable() && self.election_elapsed >= self.randomized_timeout {
             self.election_elapsed = 0;
             self.campaign(false);
@@ -914,6 +994,9 @@ impl RawNode {
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick {
             self.heartbeat_elapsed = 0;
+            // Every heartbeat is a new round: its acknowledgements keep the
+            // read lease current without any read asking for it.
+            self.read_seq += 1;
             self.bcast_heartbeat();
         }
     }
@@ -1166,6 +1249,7 @@ impl RawNode {
                     .get(&from)
                     .is_some_and(|p| p.matched == self.log.last_index())
             {
+                self.lease_revoked = true;
                 self.send(from, MessageKind::TimeoutNow);
             }
         }
@@ -1353,20 +1437,7 @@ impl RawNode {
         if self.pending_reads.is_empty() || self.role != Role::Leader {
             return;
         }
-        let mut acks: Vec<u64> = self
-            .conf
-            .voters
-            .iter()
-            .map(|&v| {
-                if v == self.id {
-                    u64::MAX
-                } else {
-                    self.prs.get(&v).map_or(0, |p| p.read_ack)
-                }
-            })
-            .collect();
-        acks.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = acks[self.quorum() - 1];
+        let confirmed = self.confirmed_read_round();
         while self
             .pending_reads
             .front()

@@ -241,6 +241,91 @@ fn followers_in_lease_ignore_votes() {
     assert_eq!(net.node(2).term(), term + 1);
 }
 
+// A member that just started ignores (pre-)votes for an election timeout,
+// as if it had just heard from a leader: one that restarts quickly must not
+// help elect a new leader while the old one may still serve lease reads.
+#[test]
+fn fresh_member_ignores_votes_for_an_election_timeout() {
+    let mut n = new_node(2, &[1, 2, 3]);
+    let vote = |term| Message {
+        from: 3,
+        to: 2,
+        term,
+        kind: MessageKind::Vote {
+            last_index: 100,
+            last_term: 1,
+            transfer: false,
+        },
+    };
+    n.step(vote(1)).unwrap();
+    assert_eq!(n.term(), 0, "vote heeded right after start");
+    for _ in 0..n.cfg.election_tick {
+        n.tick();
+    }
+    n.step(vote(2)).unwrap();
+    assert_eq!(n.term(), 2, "vote ignored after an election timeout");
+    assert!(
+        n.ready()
+            .persisted_messages
+            .iter()
+            .any(|m| m.kind == MessageKind::VoteResp { reject: false }),
+        "vote granted"
+    );
+}
+
+// Read lease, the core's part: every heartbeat starts a new round, a quorum's
+// acknowledgement confirms it; leases are usable only once an entry of the
+// term is committed and never after a TimeoutNow went out in this term.
+#[test]
+fn lease_rounds_and_revocation() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    assert_eq!(
+        net.node(2).confirmed_read_round(),
+        0,
+        "followers hold no lease"
+    );
+    assert_eq!(net.node(2).lease_read_index(), None);
+    assert_eq!(
+        net.node(1).lease_read_index(),
+        Some(net.node(1).commit()),
+        "usable once the term's entry committed"
+    );
+    let before = net.node(1).read_round();
+    net.isolated.insert(2);
+    net.isolated.insert(3);
+    net.node(1).tick();
+    net.settle();
+    let round = net.node(1).read_round();
+    assert!(round > before, "a heartbeat is a new round");
+    assert!(
+        net.node(1).confirmed_read_round() < round,
+        "unconfirmed without a quorum"
+    );
+    net.isolated.remove(&3);
+    net.node(1).tick();
+    net.settle();
+    assert!(
+        net.node(1).confirmed_read_round() > round,
+        "confirmed by 1 and 3"
+    );
+    // A transfer ends lease reads for the rest of the term, even once
+    // abandoned: the lost TimeoutNow may still arrive and win an election.
+    net.isolated.insert(3);
+    net.node(1).transfer_leader(3);
+    assert_eq!(net.node(1).lease_read_index(), None, "transfer in progress");
+    for _ in 0..net.node(1).cfg.election_tick {
+        net.node(1).tick();
+        net.settle();
+    }
+    assert_eq!(net.leaders(), vec![1]);
+    assert!(
+        net.node(1).propose(b"x".to_vec()).is_ok(),
+        "transfer abandoned"
+    );
+    assert_eq!(net.node(1).lease_read_index(), None, "still revoked");
+}
+
 // Raft §5.4.2: the leader of term 3 holds entries 1-2 of term 1. A quorum
 // acknowledging index 2 (term 1) commits nothing; acknowledging its own
 // entry 3 (term 3) commits 1-3.

@@ -16,7 +16,9 @@
 //!   fingerprints chain every applied entry; snapshots must match them).
 //! - **Committed entries never change**.
 //! - **Linearizable reads**: a ReadIndex answer covers every entry known
-//!   committed when the read was issued.
+//!   committed when the read was issued. (The cluster checks leases on
+//!   its own after every step: a lease that holds covers every entry
+//!   committed anywhere.)
 
 use std::collections::BTreeMap;
 

@@ -5,8 +5,17 @@
 //! completes due disk writes; every [`STEPS_PER_TICK`] steps each node
 //! ticks (in a random order) and faults and client requests are drawn.
 //! Invariants are checked after every step.
+//!
+//! Each step is one millisecond of a virtual clock that keeps running while
+//! a node is paused (a stopped process or a VM stall: it neither ticks nor
+//! handles messages, and keeps all its state); nodes time their read
+//! leases ([`ReadLease`]) with it, as the real driver does with
+//! `Instant::now()`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use keel_raft::read_lease::ReadLease;
 
 use keel_raft::core::{
     ConfChange, ConfState, Config, Entry, EntryKind, HardState, Message, MessageKind, RaftError,
@@ -17,6 +26,7 @@ use super::checker::{Check, Checker};
 use super::rng::Rng;
 
 pub const STEPS_PER_TICK: u64 = 4;
+const ELECTION_TICK: usize = 10;
 
 /// A state machine: the index applied and a fingerprint of everything
 /// applied (see `rng::chain`).
@@ -56,6 +66,10 @@ struct Node {
     removed: bool,
     /// When a crashed node comes back (step).
     restart_at: Option<u64>,
+    /// A paused node resumes at this step.
+    paused_until: Option<u64>,
+    /// The driver's read lease (reset by a crash, kept by a pause).
+    lease: ReadLease,
 }
 
 #[derive(Debug)]
@@ -82,6 +96,7 @@ pub struct Params {
     pub crash_per_mille: u64,
     pub leader_crash_per_mille: u64,
     pub crash_after_commit_per_mille: u64,
+    pub pause_per_mille: u64,
 }
 
 impl Params {
@@ -103,6 +118,7 @@ impl Params {
             crash_per_mille: rng.below(60),
             leader_crash_per_mille: rng.below(120),
             crash_after_commit_per_mille: rng.below(150),
+            pause_per_mille: rng.below(40),
         }
     }
 }
@@ -128,6 +144,8 @@ pub struct Sim {
     pub stats: Stats,
     /// Faults are being injected (false once healed).
     chaos_on: bool,
+    /// The virtual clock's origin (step 0).
+    epoch: Instant,
 }
 
 /// Counts of what a run exercised.
@@ -139,6 +157,11 @@ pub struct Stats {
     pub transfers: u64,
     pub partitions: u64,
     pub messages: u64,
+    pub pauses: u64,
+    /// Reads answered from a lease, without a heartbeat round.
+    pub lease_reads: u64,
+    /// Steps at which some node's lease held (and was checked).
+    pub lease_checks: u64,
 }
 
 impl Sim {
@@ -166,11 +189,21 @@ impl Sim {
             proposals: 0,
             stats: Stats::default(),
             chaos_on: true,
+            epoch: Instant::now(),
         };
         for id in ids {
             sim.add_node(id);
         }
         sim
+    }
+
+    /// The virtual clock.
+    fn clock(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.now)
+    }
+
+    fn new_lease() -> ReadLease {
+        ReadLease::new(Duration::from_millis(STEPS_PER_TICK), ELECTION_TICK)
     }
 
     fn log(&self, s: impl FnOnce() -> String) {
@@ -181,7 +214,7 @@ impl Sim {
 
     fn config(&mut self, id: u64) -> Config {
         let mut cfg = Config::new(id);
-        cfg.election_tick = 10;
+        cfg.election_tick = ELECTION_TICK;
         cfg.heartbeat_tick = 2;
         cfg.pre_vote = self.params.pre_vote;
         cfg.check_quorum = self.params.check_quorum;
@@ -216,6 +249,8 @@ impl Sim {
                 recv_snaps: BTreeMap::new(),
                 removed: false,
                 restart_at: None,
+                paused_until: None,
+                lease: Sim::new_lease(),
             },
         );
     }
@@ -224,18 +259,20 @@ impl Sim {
         self.nodes.keys().copied().collect()
     }
 
+    /// Nodes that are up and running (not crashed, not paused).
     fn live_ids(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|(_, n)| n.raw.is_some())
+            .filter(|(_, n)| n.raw.is_some() && n.paused_until.is_none())
             .map(|(&id, _)| id)
             .collect()
     }
 
-    /// The live leader with the highest term.
+    /// The running leader with the highest term.
     pub fn leader(&self) -> Option<u64> {
         self.nodes
             .iter()
+            .filter(|(_, n)| n.paused_until.is_none())
             .filter_map(|(&id, n)| n.raw.as_ref().map(|r| (id, r)))
             .filter(|(_, r)| r.role() == Role::Leader)
             .max_by_key(|(_, r)| r.term())
@@ -288,6 +325,12 @@ impl Sim {
                 break;
             }
             let p = entry.remove();
+            if let Some(until) = self.nodes.get(&p.to).and_then(|n| n.paused_until) {
+                // Queued in the paused node's socket buffer.
+                let key = (until, self.rng.next_u64());
+                self.net.insert(key, p);
+                continue;
+            }
             let alive = self.nodes.get(&p.to).is_some_and(|n| n.raw.is_some());
             if !alive || self.blocked.contains(&(p.from, p.to)) {
                 if p.snap.is_some() {
@@ -347,7 +390,11 @@ impl Sim {
         if !raw.has_ready() {
             return Ok(());
         }
+        let clock = self.epoch + Duration::from_millis(now);
+        node.lease
+            .on_confirmed(raw.term(), raw.confirmed_read_round());
         let rd = raw.ready();
+        node.lease.on_ready(raw.term(), raw.read_round(), clock);
         self.checker.appended(raw, &rd.entries)?;
         // The snapshot to install: its data came with the message.
         let snap = match &rd.snapshot {
@@ -499,6 +546,8 @@ impl Sim {
         node.recv_snaps.clear();
         node.sm = Sm::default();
         node.restart_at = Some(now + down_for);
+        node.paused_until = None;
+        node.lease = Sim::new_lease();
     }
 
     fn restart(&mut self, id: u64) -> Check {
@@ -546,6 +595,15 @@ impl Sim {
     /// One step: deliver, process Readies, persist, check.
     pub fn step(&mut self) -> Check {
         self.now += 1;
+        let now = self.now;
+        for (&id, n) in self.nodes.iter_mut() {
+            if n.paused_until.is_some_and(|t| t <= now) {
+                n.paused_until = None;
+                if self.trace {
+                    println!("[{now:>5}] resume {id}");
+                }
+            }
+        }
         let leaders: Vec<(u64, u64)> = self
             .nodes
             .iter()
@@ -570,6 +628,7 @@ impl Sim {
             let raw = self.nodes[&id].raw.as_ref().expect("live");
             self.checker.observe(raw)?;
         }
+        self.check_leases()?;
         // A leader may crash right after it advanced its commit index (before
         // its followers learn of it): the adversarial timing of Raft's
         // figure 8.
@@ -583,6 +642,35 @@ impl Sim {
                     let down = STEPS_PER_TICK * (1 + self.rng.below(15));
                     self.crash(id, down);
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lease safety: a node whose read lease holds now (paused or not:
+    /// it would serve as soon as it runs) answers reads at its commit
+    /// index, so that index must cover everything committed anywhere,
+    /// in any term.
+    fn check_leases(&mut self) -> Check {
+        let clock = self.clock();
+        let max = self.checker.max_committed();
+        for (&id, n) in &self.nodes {
+            let Some(raw) = n.raw.as_ref() else {
+                continue;
+            };
+            let Some(index) = raw.lease_read_index() else {
+                continue;
+            };
+            if !n.lease.holds(raw.term(), clock) {
+                continue;
+            }
+            self.stats.lease_checks += 1;
+            if index < max {
+                return Err(format!(
+                    "lease: node {id} (term {}, paused: {}) holds its read lease at commit {index}, but {max} is committed",
+                    raw.term(),
+                    n.paused_until.is_some()
+                ));
             }
         }
         Ok(())
@@ -658,6 +746,24 @@ impl Sim {
                 self.restart(id)?;
             }
         }
+        // Pauses (SIGSTOP, a VM stall): no ticks, no messages handled, all
+        // state kept, while the clock runs on. Leaders half of the time.
+        if self.rng.chance(self.params.pause_per_mille) {
+            let live = self.live_ids();
+            let pick = match self.leader() {
+                Some(l) if self.rng.chance(500) => Some(l),
+                _ => self.rng.pick(&live),
+            };
+            if let Some(id) = pick {
+                let steps = STEPS_PER_TICK * (1 + self.rng.below(40));
+                self.log(|| format!("pause {id} for {steps} steps"));
+                self.stats.pauses += 1;
+                let until = self.now + steps;
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.paused_until = Some(until);
+                }
+            }
+        }
         // Clients.
         if self.rng.chance(400) {
             self.propose_somewhere();
@@ -669,8 +775,18 @@ impl Sim {
                 self.next_read += 1;
                 self.checker.read_issued(ctx.clone());
                 self.log(|| format!("read {} at node {id}", self.next_read - 1));
-                if let Some(r) = self.raw_mut(id) {
-                    r.read_index(ctx);
+                let clock = self.clock();
+                let node = self.nodes.get_mut(&id).expect("live");
+                if let Some(r) = node.raw.as_mut() {
+                    // A leader whose lease holds answers at once.
+                    match r.lease_read_index() {
+                        Some(index) if node.lease.holds(r.term(), clock) => {
+                            self.stats.lease_reads += 1;
+                            let rs = keel_raft::core::ReadState { index, ctx };
+                            self.checker.read_answered(id, &rs)?;
+                        }
+                        _ => r.read_index(ctx),
+                    }
                 }
             }
         }
@@ -766,6 +882,9 @@ impl Sim {
         self.log(|| "heal everything".into());
         self.chaos_on = false;
         self.blocked.clear();
+        for n in self.nodes.values_mut() {
+            n.paused_until = None;
+        }
         self.drop_per_mille = 0;
         self.dup_per_mille = 0;
         // Raft's timing assumption: a round trip well under the election timeout.

@@ -15,8 +15,9 @@
 //! and applied.
 //!
 //! Reads: linearizable reads wait for a ReadIndex confirmed by a quorum (and
-//! for the local apply to reach it); serializable reads are served from the
-//! local state at once.
+//! for the local apply to reach it); a leader whose read lease holds (see
+//! [`keel_raft::read_lease`]) skips the round trip. Serializable reads are served from
+//! the local state at once.
 
 pub mod commit_hint;
 pub mod config;

@@ -19,11 +19,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_raft::core::{
     ConfChange, Entry, HardState, Message, RaftError, RawNode, Ready, Role, SnapshotMeta, Status,
 };
+use keel_raft::read_lease::ReadLease;
 use keel_raft::transport::{Incoming, ReceivedSnapshot, Transport};
 
 use super::waiters::{Outcome, Waiters};
@@ -188,6 +189,7 @@ pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
         }
     }
     let (transport, incoming) = parts.transport;
+    let lease = ReadLease::new(parts.tick, parts.node.config().election_tick);
     let driver = Driver {
         node: parts.node,
         transport,
@@ -202,6 +204,7 @@ pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
         reads: HashMap::new(),
         ev_tx,
         sent_hs: HardState::default(),
+        lease,
     };
     tokio::spawn(driver.run(rx, ev_rx, incoming, parts.tick));
     tx
@@ -224,6 +227,8 @@ struct Driver {
     sent_hs: HardState,
     commit_hint: super::commit_hint::CommitHint,
     waiters: Arc<Waiters>,
+    /// The leader's read lease (linearizable reads without a round trip).
+    lease: ReadLease,
 }
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -318,6 +323,15 @@ impl Driver {
                 // retry with a new context and stop listening for the old.
                 if self.reads.len() >= 1024 {
                     self.reads.retain(|_, tx| !tx.is_closed());
+                }
+                // The clock is read after the request arrived: a lease that
+                // holds now covers a read invoked before now.
+                let now = Instant::now();
+                if let Some(index) = self.node.lease_read_index() {
+                    if self.lease.holds(self.node.term(), now) {
+                        let _ = done.send(index);
+                        return;
+                    }
                 }
                 let ctx = ctx.to_le_bytes().to_vec();
                 self.reads.insert(ctx.clone(), done);
@@ -437,8 +451,14 @@ impl Driver {
     }
 
     fn process_ready(&mut self) {
+        let term = self.node.term();
+        self.lease
+            .on_confirmed(term, self.node.confirmed_read_round());
         while self.node.has_ready() {
             let rd = self.node.ready();
+            // Noted before the Ready's heartbeats leave (see read_lease).
+            self.lease
+                .on_ready(self.node.term(), self.node.read_round(), Instant::now());
             self.handle_ready(rd);
         }
         let st = &self.shared;
