@@ -113,6 +113,9 @@ pub struct RawNode {
     /// election at any time (its votes override followers' leases), so
     /// lease reads stop until the next term.
     lease_revoked: bool,
+    /// The driver's word that its read lease holds at this instant (see
+    /// [`RawNode::set_read_lease`]).
+    read_lease_holds: bool,
     /// Since start, until an election timeout passed: vote requests are
     /// ignored as if a leader had just been heard. A member that restarts
     /// quickly forgets the leader it heard before; without this it could
@@ -211,6 +214,7 @@ impl RawNode {
             read_seq: 0,
             pending_reads: VecDeque::new(),
             lease_revoked: false,
+            read_lease_holds: false,
             startup_guard: cfg.check_quorum,
             reads_before_commit: Vec::new(),
             read_heartbeat_due: false,
@@ -529,6 +533,17 @@ impl RawNode {
             && self.transferee.is_none()
             && self.log.term(self.log.committed) == Some(self.term);
         usable.then_some(self.log.committed)
+    }
+
+    /// The driver's clock says its read lease holds now (see
+    /// [`lease_read_index`](RawNode::lease_read_index)): reads handled
+    /// until the next call, from this node or forwarded by a follower, are
+    /// answered at once at the commit index instead of waiting for a
+    /// heartbeat round. The driver must read its clock after the read
+    /// arrived and call `set_read_lease(false)` right after handing it in,
+    /// so that a stale answer never outlives the instant it was true for.
+    pub fn set_read_lease(&mut self, holds: bool) {
+        self.read_lease_holds = holds;
     }
 
     /// Asks that leadership move to `to` (a voter). The leader brings `to`'s
@@ -1414,7 +1429,9 @@ impl RawNode {
             return;
         }
         let index = self.log.committed;
-        if self.conf.voters.len() == 1 {
+        if self.conf.voters.len() == 1
+            || (self.read_lease_holds && self.lease_read_index().is_some())
+        {
             self.deliver_read(PendingRead {
                 seq: 0,
                 index,

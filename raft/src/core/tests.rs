@@ -326,6 +326,35 @@ fn lease_rounds_and_revocation() {
     assert_eq!(net.node(1).lease_read_index(), None, "still revoked");
 }
 
+// While the driver vouches for its lease, the leader answers a follower's
+// read at once, without a heartbeat round; otherwise it starts a round.
+#[test]
+fn forwarded_read_under_lease_needs_no_round() {
+    for holds in [true, false] {
+        let mut net = Net::new(&[1, 2, 3]);
+        net.elect(1);
+        let term = net.node(1).term();
+        let round = net.node(1).read_round();
+        net.node(1).set_read_lease(holds);
+        net.node(1)
+            .step(Message {
+                from: 2,
+                to: 1,
+                term,
+                kind: MessageKind::ReadIndex { ctx: b"f".to_vec() },
+            })
+            .unwrap();
+        net.node(1).set_read_lease(false);
+        let rd = net.node(1).ready();
+        let answered = rd
+            .messages
+            .iter()
+            .any(|m| matches!(&m.kind, MessageKind::ReadIndexResp { ctx, .. } if ctx == b"f"));
+        assert_eq!(answered, holds, "holds={holds}");
+        assert_eq!(net.node(1).read_round() > round, !holds, "holds={holds}");
+    }
+}
+
 // Raft §5.4.2: the leader of term 3 holds entries 1-2 of term 1. A quorum
 // acknowledging index 2 (term 1) commits nothing; acknowledging its own
 // entry 3 (term 3) commits 1-3.

@@ -356,7 +356,18 @@ impl Sim {
                 node.recv_snaps.insert((meta.index, meta.term), sm);
             }
             let raw = node.raw.as_mut().expect("alive");
-            match raw.step(m) {
+            // A forwarded read meets the leader's lease as the driver's
+            // clock says now.
+            let read = matches!(m.kind, MessageKind::ReadIndex { .. });
+            if read {
+                let clock = self.epoch + Duration::from_millis(self.now);
+                raw.set_read_lease(node.lease.holds(raw.term(), clock));
+            }
+            let stepped = raw.step(m);
+            if read {
+                raw.set_read_lease(false);
+            }
+            match stepped {
                 Ok(()) => {}
                 Err(RaftError::InvalidMessage(e)) => {
                     return Err(format!("core refused a well-formed message: {e}"))

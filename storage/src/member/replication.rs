@@ -397,8 +397,18 @@ impl Driver {
             TAG_RAFT => match Message::decode(body) {
                 Ok(m) if m.from == from => {
                     tracing::trace!(target: "keel::lat", from, kind = ?std::mem::discriminant(&m.kind), "peer msg");
+                    // A follower's read: answered at once while the lease
+                    // holds (the clock is read after it arrived).
+                    let read = matches!(m.kind, keel_raft::core::MessageKind::ReadIndex { .. });
+                    if read {
+                        let holds = self.lease.holds(self.node.term(), Instant::now());
+                        self.node.set_read_lease(holds);
+                    }
                     if let Err(e) = self.node.step(m) {
                         tracing::debug!(from, error = %e, "peer message ignored");
+                    }
+                    if read {
+                        self.node.set_read_lease(false);
                     }
                 }
                 Ok(m) => tracing::warn!(
