@@ -5,6 +5,7 @@
 //! report (`report`).
 
 mod floor;
+mod kube;
 mod load;
 mod report;
 mod stats;
@@ -175,6 +176,49 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// Kubernetes API server: ConfigMap creates (`--clients` over
+    /// `--conns` HTTP/2 connections, `--total`, `--rate`).
+    KubeCreate {
+        /// kubeconfig with the server URL, CA and a client certificate.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Namespace (created if missing).
+        #[arg(long, default_value = "keel-bench")]
+        namespace: String,
+    },
+    /// Kubernetes API server: `--total` lists of `--objects` pods (created
+    /// first if fewer exist, `--clients` at a time).
+    KubeList {
+        /// kubeconfig with the server URL, CA and a client certificate.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Namespace (created if missing).
+        #[arg(long, default_value = "keel-bench-list")]
+        namespace: String,
+        /// Pods in the namespace.
+        #[arg(long, default_value_t = 10_000)]
+        objects: usize,
+    },
+    /// Kubernetes API server: `--watchers` pod watches (over `--conns`),
+    /// then pod creates; latency from each create to each watcher's ADDED
+    /// event (`--total` is not used).
+    KubeWatch {
+        /// kubeconfig with the server URL, CA and a client certificate.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Namespace (created if missing).
+        #[arg(long, default_value = "keel-bench-watch")]
+        namespace: String,
+        /// Watchers in total.
+        #[arg(long, default_value_t = 10_000)]
+        watchers: usize,
+        /// Pods created.
+        #[arg(long, default_value_t = 100)]
+        pods: u64,
+        /// Pod creates per second.
+        #[arg(long, default_value_t = 10.0)]
+        pod_rate: f64,
+    },
     /// Prints `--endpoints` reordered with the Raft leader first (Status
     /// RPC), so that single-connection workloads talk to the leader.
     Leader,
@@ -265,6 +309,9 @@ async fn run(
         Cmd::Rtt { .. } => "rtt",
         Cmd::Report { .. } => "report",
         Cmd::Leader => "leader",
+        Cmd::KubeCreate { .. } => "kube-create",
+        Cmd::KubeList { .. } => "kube-list",
+        Cmd::KubeWatch { .. } => "kube-watch",
     };
     result.workload = name.into();
     match &cli.cmd {
@@ -272,6 +319,47 @@ async fn run(
         Cmd::Rtt { size } => {
             let (total, size) = (cli.total, *size);
             return tokio::task::spawn_blocking(move || floor::rtt(total, size)).await?;
+        }
+        Cmd::KubeCreate {
+            kubeconfig,
+            namespace,
+        } => {
+            let target = kube::Target::from_kubeconfig(kubeconfig)?;
+            let conns = target.connect(cli.conns).await?;
+            kube::ensure_namespace(&mut conns[0].clone(), namespace).await?;
+            let prefix = format!("c{}", rand::random::<u32>());
+            let workers: Vec<Box<dyn Worker>> = (0..cli.clients.max(1))
+                .map(|c| {
+                    Box::new(kube::CreateWorker {
+                        conn: conns[c % conns.len()].clone(),
+                        ns: namespace.clone(),
+                        prefix: prefix.clone(),
+                    }) as Box<dyn Worker>
+                })
+                .collect();
+            let timeout = std::time::Duration::from_secs_f64(cli.request_timeout.max(0.001));
+            return load::closed_loop(workers, cli.total, Limiter::new(cli.rate), timeout, errors)
+                .await;
+        }
+        Cmd::KubeList {
+            kubeconfig,
+            namespace,
+            objects,
+        } => {
+            let target = kube::Target::from_kubeconfig(kubeconfig)?;
+            let conns = target.connect(cli.conns).await?;
+            return kube::list(&conns, namespace, *objects, cli.clients, cli.total, errors).await;
+        }
+        Cmd::KubeWatch {
+            kubeconfig,
+            namespace,
+            watchers,
+            pods,
+            pod_rate,
+        } => {
+            let target = kube::Target::from_kubeconfig(kubeconfig)?;
+            let conns = target.connect(cli.conns).await?;
+            return kube::watch(&conns, namespace, *watchers, *pods, *pod_rate, errors).await;
         }
         _ => {}
     }
@@ -384,7 +472,13 @@ async fn run(
             let put_conns = load::connect(&endpoints, cfg.putters.min(cli.conns)).await?;
             return watch::run(&cfg, &conns, &put_conns, errors).await;
         }
-        Cmd::Fsync { .. } | Cmd::Rtt { .. } | Cmd::Report { .. } | Cmd::Leader => {
+        Cmd::Fsync { .. }
+        | Cmd::Rtt { .. }
+        | Cmd::Report { .. }
+        | Cmd::Leader
+        | Cmd::KubeCreate { .. }
+        | Cmd::KubeList { .. }
+        | Cmd::KubeWatch { .. } => {
             unreachable!("handled above")
         }
     }

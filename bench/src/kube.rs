@@ -1,0 +1,507 @@
+//! Kubernetes API server workloads (issue 6's "how fast"): mutating
+//! requests at a fixed rate, pod watch fan-out, lists of many pods. They talk
+//! HTTPS + HTTP/2 to any API server (keel's or Kubernetes') with the client
+//! certificate of a kubeconfig, as kubectl does.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::Deserialize;
+
+use crate::load::Worker;
+use crate::stats::{new_histogram, record, Errors, Limiter};
+
+/// An API server and the credentials to reach it (from a kubeconfig).
+#[derive(Clone)]
+pub struct Target {
+    /// `host:port` to dial.
+    addr: String,
+    /// The name the serving certificate is checked against.
+    server_name: ServerName<'static>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// One HTTP/2 connection; clones share it (one stream per request).
+pub type Conn = SendRequest<Full<Bytes>>;
+
+/// The first value of `field:` in a kubeconfig (the file keel and kubeadm
+/// write: one cluster, one user).
+fn kubeconfig_field<'a>(text: &'a str, field: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        let l = l.trim().trim_start_matches("- ");
+        l.strip_prefix(field)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+impl Target {
+    /// Reads the server URL, CA and client certificate of a kubeconfig
+    /// (embedded `*-data` fields).
+    pub fn from_kubeconfig(path: &Path) -> Result<Target> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        let field = |f: &str| {
+            kubeconfig_field(&text, f)
+                .ok_or_else(|| anyhow!("{}: no {f}", path.display()))
+                .map(str::to_owned)
+        };
+        let b64 = |f: &str| -> Result<Vec<u8>> {
+            base64::engine::general_purpose::STANDARD
+                .decode(field(f)?)
+                .with_context(|| format!("{}: {f} is not base64", path.display()))
+        };
+        let server = field("server")?;
+        let hostport = server
+            .strip_prefix("https://")
+            .ok_or_else(|| anyhow!("server {server}: only https:// is supported"))?
+            .trim_end_matches('/');
+        let host = match hostport.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+            None => hostport,
+        };
+        let addr = if hostport.contains(':') {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:443")
+        };
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|e| anyhow!("server name {host}: {e}"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&b64("certificate-authority-data")?) {
+            roots.add(c.context("CA certificate")?)?;
+        }
+        let certs = CertificateDer::pem_slice_iter(&b64("client-certificate-data")?)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .context("client certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(&b64("client-key-data")?).context("client key")?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)?;
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Target {
+            addr,
+            server_name,
+            tls: Arc::new(tls),
+        })
+    }
+
+    /// Opens `n` HTTP/2 connections.
+    pub async fn connect(&self, n: usize) -> Result<Vec<Conn>> {
+        let mut conns = Vec::with_capacity(n.max(1));
+        for _ in 0..n.max(1) {
+            let tcp = tokio::net::TcpStream::connect(&self.addr)
+                .await
+                .with_context(|| format!("connecting to {}", self.addr))?;
+            tcp.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .context("TLS handshake")?;
+            let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(16 << 20)
+                .handshake(TokioIo::new(tls))
+                .await
+                .context("HTTP/2 handshake")?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            conns.push(send);
+        }
+        Ok(conns)
+    }
+}
+
+/// Sends one request and reads the whole response.
+async fn call(
+    conn: &mut Conn,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(StatusCode, Bytes)> {
+    let resp = conn
+        .send_request(build(method, path, body)?)
+        .await
+        .context("request")?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.context("body")?.to_bytes();
+    Ok((status, body))
+}
+
+fn build(method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Request<Full<Bytes>>> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("accept", "application/json");
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    Ok(req.body(Full::new(Bytes::from(body.unwrap_or_default())))?)
+}
+
+/// Fails unless `status` is `want`, quoting the server's Status message.
+fn expect(status: StatusCode, want: StatusCode, body: &[u8], what: &str) -> Result<()> {
+    if status == want {
+        return Ok(());
+    }
+    let msg: String = String::from_utf8_lossy(body).chars().take(300).collect();
+    bail!("{what}: {status}: {msg}")
+}
+
+/// Creates namespace `ns` unless it exists.
+pub async fn ensure_namespace(conn: &mut Conn, ns: &str) -> Result<()> {
+    let body =
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+    let (status, b) = call(
+        conn,
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(body.to_string().into_bytes()),
+    )
+    .await?;
+    if status == StatusCode::CONFLICT {
+        return Ok(());
+    }
+    expect(status, StatusCode::CREATED, &b, "creating the namespace")
+}
+
+fn pod(name: &str, annotations: serde_json::Value) -> Vec<u8> {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "keel-bench"}, "annotations": annotations},
+        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}]},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Creates a pod, retrying while the namespace's default service account
+/// does not exist yet (admission refuses pods until it does).
+async fn create_pod(conn: &mut Conn, ns: &str, body: Vec<u8>) -> Result<()> {
+    let path = format!("/api/v1/namespaces/{ns}/pods");
+    for attempt in 0.. {
+        let (status, b) = call(conn, Method::POST, &path, Some(body.clone())).await?;
+        if status == StatusCode::CREATED {
+            return Ok(());
+        }
+        let sa_missing = String::from_utf8_lossy(&b).contains("serviceaccount");
+        if !sa_missing || attempt >= 50 {
+            return expect(status, StatusCode::CREATED, &b, "creating a pod");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!("the loop returns")
+}
+
+/// `kube-create`: one ConfigMap create per request (a mutating request
+/// through authentication, authorization, admission, validation and a
+/// compare-and-swap in the store).
+pub struct CreateWorker {
+    /// The connection.
+    pub conn: Conn,
+    /// The namespace.
+    pub ns: String,
+    /// Name prefix (unique per run).
+    pub prefix: String,
+}
+
+impl Worker for CreateWorker {
+    fn call(&mut self, i: u64) -> BoxFuture<'_, Result<()>> {
+        let body = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": format!("{}-{i}", self.prefix)},
+            "data": {"k": "v".repeat(64)},
+        })
+        .to_string()
+        .into_bytes();
+        let path = format!("/api/v1/namespaces/{}/configmaps", self.ns);
+        Box::pin(async move {
+            let (status, b) = call(&mut self.conn, Method::POST, &path, Some(body)).await?;
+            expect(status, StatusCode::CREATED, &b, "create")
+        })
+    }
+}
+
+/// `kube-list`: makes sure `objects` pods exist in `ns` (created with
+/// `clients` in parallel), then times `total` full lists of them.
+pub async fn list(
+    conns: &[Conn],
+    ns: &str,
+    objects: usize,
+    clients: usize,
+    total: u64,
+    errors: Arc<Errors>,
+) -> Result<(Histogram<u64>, Duration)> {
+    let mut c0 = conns[0].clone();
+    ensure_namespace(&mut c0, ns).await?;
+    let have = count_pods(&mut c0, ns).await?;
+    if have < objects {
+        eprintln!("creating {} pods in {ns} ...", objects - have);
+        let next = Arc::new(AtomicUsize::new(have));
+        let mut tasks = Vec::new();
+        for c in 0..clients.max(1) {
+            let mut conn = conns[c % conns.len()].clone();
+            let (next, ns) = (next.clone(), ns.to_string());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= objects {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    create_pod(
+                        &mut conn,
+                        &ns,
+                        pod(&format!("l-{i}"), serde_json::json!({})),
+                    )
+                    .await?;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+    }
+    let path = format!("/api/v1/namespaces/{ns}/pods");
+    let mut h = new_histogram();
+    let start = Instant::now();
+    for _ in 0..total {
+        let t0 = Instant::now();
+        let (status, body) = call(&mut c0, Method::GET, &path, None).await?;
+        let took = t0.elapsed();
+        if status != StatusCode::OK {
+            errors.add(format!("list: {status}"));
+            continue;
+        }
+        let n = items(&body)?;
+        if n < objects {
+            errors.add(format!("list returned {n} pods, want at least {objects}"));
+            continue;
+        }
+        record(&mut h, took);
+    }
+    Ok((h, start.elapsed()))
+}
+
+fn items(body: &[u8]) -> Result<usize> {
+    #[derive(Deserialize)]
+    struct List {
+        items: Vec<serde::de::IgnoredAny>,
+    }
+    Ok(serde_json::from_slice::<List>(body)
+        .context("list body")?
+        .items
+        .len())
+}
+
+async fn count_pods(conn: &mut Conn, ns: &str) -> Result<usize> {
+    let (status, body) = call(
+        conn,
+        Method::GET,
+        &format!("/api/v1/namespaces/{ns}/pods"),
+        None,
+    )
+    .await?;
+    expect(status, StatusCode::OK, &body, "listing pods")?;
+    items(&body)
+}
+
+/// The annotation carrying a pod's creation instant (µs since the run's
+/// epoch, in this process).
+const SENT: &str = "keel-bench/sent-us";
+
+#[derive(Deserialize)]
+struct WatchEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    object: WatchObject,
+}
+
+#[derive(Deserialize)]
+struct WatchObject {
+    #[serde(default)]
+    metadata: WatchMeta,
+}
+
+#[derive(Deserialize, Default)]
+struct WatchMeta {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+/// `kube-watch`: `watchers` pod watches on `ns` (spread over the
+/// connections), then `pods` pod creates at `pod_rate`/s; each watcher times
+/// every ADDED event from its create. Missing events count as errors.
+pub async fn watch(
+    conns: &[Conn],
+    ns: &str,
+    watchers: usize,
+    pods: u64,
+    pod_rate: f64,
+    errors: Arc<Errors>,
+) -> Result<(Histogram<u64>, Duration)> {
+    let mut c0 = conns[0].clone();
+    ensure_namespace(&mut c0, ns).await?;
+    let (status, body) = call(
+        &mut c0,
+        Method::GET,
+        &format!("/api/v1/namespaces/{ns}/pods?limit=1"),
+        None,
+    )
+    .await?;
+    expect(status, StatusCode::OK, &body, "listing pods")?;
+    let list: serde_json::Value = serde_json::from_slice(&body).context("list body")?;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .ok_or_else(|| anyhow!("list without resourceVersion"))?
+        .to_string();
+    let epoch = Instant::now();
+    let prefix = format!("w{}", rand::random::<u32>());
+    let path =
+        format!("/api/v1/namespaces/{ns}/pods?watch=true&resourceVersion={rv}&timeoutSeconds=3600");
+    // Watches first: all established before the first create.
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<()>>();
+    let mut tasks = Vec::with_capacity(watchers);
+    for w in 0..watchers {
+        let mut conn = conns[w % conns.len()].clone();
+        let (path, ready, prefix) = (path.clone(), ready_tx.clone(), prefix.clone());
+        tasks.push(tokio::spawn(async move {
+            watch_one(&mut conn, &path, &prefix, pods, epoch, ready).await
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..watchers {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e.context("starting a watch")),
+            None => bail!("a watcher ended before it started"),
+        }
+    }
+    eprintln!("{watchers} watches established; creating {pods} pods at {pod_rate}/s");
+    let start = Instant::now();
+    let limiter = Limiter::new(pod_rate);
+    for i in 0..pods {
+        if let Some(l) = &limiter {
+            l.wait().await;
+        }
+        let sent = epoch.elapsed().as_micros().to_string();
+        let body = pod(&format!("{prefix}-{i}"), serde_json::json!({ SENT: sent }));
+        if let Err(e) = create_pod(&mut c0, ns, body).await {
+            errors.add(format!("{e:#}"));
+        }
+    }
+    let mut all = new_histogram();
+    for t in tasks {
+        let (h, missing) = t.await.context("watcher task")?;
+        if missing > 0 {
+            errors.add_n(missing, "events not received");
+        }
+        all.add(&h)
+            .map_err(|e| anyhow!("merging histograms: {e:?}"))?;
+    }
+    Ok((all, start.elapsed()))
+}
+
+/// One watcher: reports when its stream is open, then records the latency
+/// of every ADDED event of this run's pods until it has `want` or the
+/// stream goes quiet for 30 s. Returns its histogram and how many it missed.
+async fn watch_one(
+    conn: &mut Conn,
+    path: &str,
+    prefix: &str,
+    want: u64,
+    epoch: Instant,
+    ready: tokio::sync::mpsc::UnboundedSender<Result<()>>,
+) -> (Histogram<u64>, u64) {
+    let mut h = new_histogram();
+    let resp = match build(Method::GET, path, None) {
+        Ok(req) => conn.send_request(req).await.map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    let mut body = match resp {
+        Ok(r) if r.status() == StatusCode::OK => {
+            let _ = ready.send(Ok(()));
+            r.into_body()
+        }
+        Ok(r) => {
+            let _ = ready.send(Err(anyhow!("watch: {}", r.status())));
+            return (h, want);
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return (h, want);
+        }
+    };
+    drop(ready);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut got = 0u64;
+    while got < want {
+        let frame = match tokio::time::timeout(Duration::from_secs(30), body.frame()).await {
+            Ok(Some(Ok(f))) => f,
+            _ => break,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let now = epoch.elapsed().as_micros() as u64;
+        buf.extend_from_slice(&data);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let Ok(ev) = serde_json::from_slice::<WatchEvent>(&line) else {
+                continue;
+            };
+            let meta = &ev.object.metadata;
+            if ev.kind != "ADDED" || !meta.name.starts_with(prefix) {
+                continue;
+            }
+            if let Some(sent) = meta
+                .annotations
+                .get(SENT)
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                record(&mut h, Duration::from_micros(now.saturating_sub(sent)));
+                got += 1;
+            }
+        }
+    }
+    (h, want - got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kubeconfig_fields() {
+        let text = "clusters:\n- name: keel\n  cluster:\n    server: https://127.0.0.1:6443\n    certificate-authority-data: QUJD\n";
+        assert_eq!(
+            kubeconfig_field(text, "server"),
+            Some("https://127.0.0.1:6443")
+        );
+        assert_eq!(
+            kubeconfig_field(text, "certificate-authority-data"),
+            Some("QUJD")
+        );
+        assert_eq!(kubeconfig_field(text, "client-key-data"), None);
+    }
+}
