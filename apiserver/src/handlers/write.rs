@@ -6,6 +6,7 @@ use axum::http::{header, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
 
+use super::propagation::{self, Propagation};
 use super::read::{read_object, select};
 use super::{json_response, store_err, with_warnings, App, Ctx};
 use crate::admission::{Attributes, Charge, Operation};
@@ -657,6 +658,8 @@ struct DeleteOptions {
     resource_version: Option<i64>,
     dry_run: bool,
     grace_period: Option<i64>,
+    /// `propagationPolicy` / `orphanDependents`, if the client set one.
+    propagation: Option<Propagation>,
 }
 
 fn delete_options(ctx: &Ctx) -> ApiResult<DeleteOptions> {
@@ -696,11 +699,13 @@ fn delete_options(ctx: &Ctx) -> ApiResult<DeleteOptions> {
                 })?),
             },
         };
+    let propagation = super::propagation::from_options(&body, |k| ctx.q(k))?;
     Ok(DeleteOptions {
         uid,
         resource_version,
         dry_run,
         grace_period,
+        propagation,
     })
 }
 
@@ -731,7 +736,7 @@ fn bound_pod(res: &ResourceInfo, obj: &Value) -> bool {
 
 /// True if a marked object may now go: no finalizers left, and a pod's node
 /// has confirmed (grace 0) or it is not bound.
-fn ready_to_remove(res: &ResourceInfo, obj: &Value) -> bool {
+pub(crate) fn ready_to_remove(res: &ResourceInfo, obj: &Value) -> bool {
     obj.pointer("/metadata/deletionTimestamp").is_some()
         && !has_finalizers(obj)
         && !(res.kind == "Namespace" && has_spec_finalizers(obj))
@@ -745,6 +750,10 @@ fn ready_to_remove(res: &ResourceInfo, obj: &Value) -> bool {
 /// Deletes `obj` (read at `rev`): at once, or by marking it with a
 /// `deletionTimestamp` when it has finalizers, or is a pod bound to a node
 /// with a grace period (the node agent removes it with grace 0).
+/// `propagation` (else the object's own GC finalizer, else `Background`)
+/// first sets the `orphan` / `foregroundDeletion` finalizer the garbage
+/// collector acts on; an object already marked may still change it, as
+/// with Kubernetes (not a pod in its grace period).
 pub(crate) async fn delete_or_mark(
     app: &App,
     res: &ResourceInfo,
@@ -752,6 +761,7 @@ pub(crate) async fn delete_or_mark(
     obj: &Value,
     rev: i64,
     grace: Option<i64>,
+    propagation: Option<Propagation>,
 ) -> ApiResult<Deletion> {
     let pod_grace = bound_pod(res, obj)
         .then(|| {
@@ -762,7 +772,24 @@ pub(crate) async fn delete_or_mark(
             })
         })
         .filter(|g| *g > 0);
-    if !has_finalizers(obj) && pod_grace.is_none() {
+    let marked = obj.pointer("/metadata/deletionTimestamp").is_some();
+    let existing = propagation::finalizers(obj);
+    let wanted = if marked && bound_pod(res, obj) {
+        existing.clone()
+    } else {
+        propagation::deletion_finalizers(&existing, propagation)
+    };
+    let mut new = obj.clone();
+    let refinalized = !propagation::same_set(&existing, &wanted);
+    if refinalized {
+        let m = meta_mut(&mut new);
+        if wanted.is_empty() {
+            m.remove("finalizers");
+        } else {
+            m.insert("finalizers".into(), json!(wanted));
+        }
+    }
+    if !has_finalizers(&new) && pod_grace.is_none() {
         return Ok(match app.store.delete(key, rev).await.map_err(store_err)? {
             Cas::Done(_) => {
                 if res.kind == "Service" {
@@ -773,22 +800,24 @@ pub(crate) async fn delete_or_mark(
             Cas::Failed(_) => Deletion::Conflict,
         });
     }
-    if obj.pointer("/metadata/deletionTimestamp").is_some() {
+    if marked && !refinalized {
         return Ok(Deletion::Terminating(obj.clone()));
     }
-    let mut new = obj.clone();
-    let when = time::OffsetDateTime::now_utc() + time::Duration::seconds(pod_grace.unwrap_or(0));
-    let when = when
-        .replace_nanosecond(0)
-        .unwrap_or(when)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let m = meta_mut(&mut new);
-    m.insert("deletionTimestamp".into(), json!(when));
-    m.insert(
-        "deletionGracePeriodSeconds".into(),
-        json!(pod_grace.unwrap_or(0)),
-    );
+    if !marked {
+        let when =
+            time::OffsetDateTime::now_utc() + time::Duration::seconds(pod_grace.unwrap_or(0));
+        let when = when
+            .replace_nanosecond(0)
+            .unwrap_or(when)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let m = meta_mut(&mut new);
+        m.insert("deletionTimestamp".into(), json!(when));
+        m.insert(
+            "deletionGracePeriodSeconds".into(),
+            json!(pod_grace.unwrap_or(0)),
+        );
+    }
     Ok(
         match app
             .store
@@ -858,13 +887,74 @@ pub async fn delete(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         let deletion = if is_namespace {
             terminate_namespace(app, &t.key(), &obj, rev).await?
         } else {
-            delete_or_mark(app, t.res, &t.key(), &obj, rev, opts.grace_period).await?
+            delete_or_mark(
+                app,
+                t.res,
+                &t.key(),
+                &obj,
+                rev,
+                opts.grace_period,
+                opts.propagation,
+            )
+            .await?
         };
         match deletion {
             Deletion::Removed => return Ok(json_response(StatusCode::OK, &obj)),
             Deletion::Terminating(marked) => return Ok(json_response(StatusCode::OK, &marked)),
             Deletion::Conflict if opts.resource_version.is_some() => return Err(conflict(ctx)),
             Deletion::Conflict => continue,
+        }
+    }
+    Err(conflict(ctx))
+}
+
+/// PUT of `namespaces/<name>/finalize`: only `spec.finalizers` is taken
+/// from the body (as Kubernetes' finalize strategy does); a terminating
+/// namespace left with no finalizers at all is removed.
+pub async fn finalize_namespace(app: &App, ctx: &Ctx) -> ApiResult<Response> {
+    let t = &ctx.target;
+    ctx.dry_run()?;
+    let mut body = parse_body(ctx)?;
+    type_meta(&mut body, t.res)?;
+    check_name(&body, ctx)?;
+    let expected = parse_body_rv(&body)?;
+    let finalizers = match body.pointer("/spec/finalizers") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(f)) if f.iter().all(Value::is_string) => Some(Value::Array(f.clone())),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "spec.finalizers must be a list of strings, not {other}"
+            )))
+        }
+    };
+    let name = t.name.as_deref().unwrap_or("");
+    for _ in 0..RETRIES {
+        let (old, rev) = read_object(app, &t.key())
+            .await?
+            .ok_or_else(|| ApiError::not_found(t.res, name))?;
+        if expected.is_some_and(|e| e != rev) {
+            return Err(conflict(ctx));
+        }
+        let mut new = old.clone();
+        if !new.get("spec").is_some_and(Value::is_object) {
+            new["spec"] = json!({});
+        }
+        match (
+            &finalizers,
+            new.get_mut("spec").and_then(Value::as_object_mut),
+        ) {
+            (Some(f), Some(spec)) => {
+                spec.insert("finalizers".into(), f.clone());
+            }
+            (None, Some(spec)) => {
+                spec.remove("finalizers");
+            }
+            (_, None) => {}
+        }
+        match write_if(app, ctx, &old, new, rev, &[]).await? {
+            Written::Done(done) => return Ok(json_response(StatusCode::OK, &done)),
+            Written::Stale if expected.is_some() => return Err(conflict(ctx)),
+            Written::Stale | Written::QuotaChanged => continue,
         }
     }
     Err(conflict(ctx))
@@ -898,7 +988,16 @@ pub async fn delete_collection(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             let deletion = if res.kind == "Namespace" {
                 terminate_namespace(app, &key, &obj, rev).await?
             } else {
-                delete_or_mark(app, res, &key, &obj, rev, opts.grace_period).await?
+                delete_or_mark(
+                    app,
+                    res,
+                    &key,
+                    &obj,
+                    rev,
+                    opts.grace_period,
+                    opts.propagation,
+                )
+                .await?
             };
             match deletion {
                 Deletion::Removed => {}
