@@ -85,13 +85,26 @@ fn watched() -> Vec<&'static ResourceInfo> {
 }
 
 impl Collector {
-    /// Brings the mirrors up to the caches; returns the caches.
-    async fn refresh(&mut self, app: &App) -> ApiResult<Vec<Arc<Cache>>> {
+    /// Brings the mirrors up to the caches; returns the caches, and false
+    /// if one could not be had (its type's mirror is then the last one
+    /// seen, or empty).
+    async fn refresh(&mut self, app: &App) -> (Vec<Arc<Cache>>, bool) {
         let mut caches = Vec::new();
         let mut mirrors = HashMap::new();
+        let mut complete = true;
         for res in watched() {
             let prefix = res.prefix(None);
-            let cache = app.caches.get(&app.store, res).await.map_err(store_err)?;
+            let cache = match app.caches.get(&app.store, res).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(resource = %res.qualified(), error = %e, "collector has no cache");
+                    complete = false;
+                    if let Some(m) = self.mirrors.remove(&prefix) {
+                        mirrors.insert(prefix, m);
+                    }
+                    continue;
+                }
+            };
             let (kvs, _) = cache.snapshot(prefix.as_bytes());
             let mut old = self.mirrors.remove(&prefix).unwrap_or_default();
             let mut mirror = Mirror::with_capacity(kvs.len());
@@ -118,7 +131,7 @@ impl Collector {
             caches.push(cache);
         }
         self.mirrors = mirrors;
-        Ok(caches)
+        (caches, complete)
     }
 
     fn nodes(&self) -> impl Iterator<Item = &Node> {
@@ -129,7 +142,7 @@ impl Collector {
 
     /// One pass: mirror, plan, act.
     pub async fn pass(&mut self, app: &App) -> ApiResult<()> {
-        let caches = self.refresh(app).await?;
+        let (caches, _) = self.refresh(app).await;
         let kinds = Kinds::new(&registry::all());
         {
             let g = Graph::new(self.nodes(), &kinds);
@@ -145,11 +158,10 @@ impl Collector {
         // the newest revision any of them has shown, so no dependent made
         // before this pass is missed.
         let target = caches.iter().map(|c| c.revision()).max().unwrap_or(0);
-        let mut all = true;
-        for c in &caches {
-            all &= c.wait_for(target, CATCH_UP).await;
-        }
-        self.refresh(app).await?;
+        let reached =
+            futures::future::join_all(caches.iter().map(|c| c.wait_for(target, CATCH_UP))).await;
+        let (_, complete) = self.refresh(app).await;
+        let all = complete && reached.into_iter().all(|r| r);
         let g = Graph::new(self.nodes(), &kinds);
         let plan: Vec<Action> = g
             .plan()
