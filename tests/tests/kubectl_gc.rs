@@ -401,8 +401,9 @@ fn foreground_waits_for_blocking_dependents() {
 }
 
 /// The delete options kubectl does not send: an unknown policy and both
-/// `propagationPolicy` and `orphanDependents` are 422s, as in Kubernetes;
-/// `orphanDependents=true` orphans.
+/// `propagationPolicy` and `orphanDependents` are 422s, as in Kubernetes,
+/// as is an object with both GC finalizers; `orphanDependents=true`
+/// orphans.
 #[test]
 fn delete_options_are_checked() {
     let Some(api) = KubeApi::start_or_skip() else {
@@ -431,6 +432,20 @@ fn delete_options_are_checked() {
     ])
     .fails_with("cannot be both set");
     assert!(get(&api, "default", "cm/owner").is_some());
+    // Both GC finalizers on one object: refused.
+    let mut both = configmap("default", "both", vec![]);
+    both["metadata"]["finalizers"] = json!(["orphan", "foregroundDeletion"]);
+    api.kubectl_stdin(&["create", "-f", "-"], Some(&both.to_string()))
+        .fails_with("finalizer orphan and foregroundDeletion cannot be both set");
+    api.kubectl(&[
+        "patch",
+        "cm",
+        "owner",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["orphan","foregroundDeletion"]}}"#,
+    ])
+    .fails_with("cannot be both set");
     api.kubectl_ok(&[
         "delete",
         "--raw",

@@ -18,7 +18,7 @@
 
 use serde_json::Value;
 
-use crate::status::{ApiError, ApiResult};
+use crate::status::{ApiError, ApiResult, Cause};
 
 /// The finalizer of `propagationPolicy: Orphan`.
 pub const ORPHAN: &str = "orphan";
@@ -148,6 +148,24 @@ pub fn deletion_finalizers(existing: &[String], explicit: Option<Propagation>) -
     out
 }
 
+/// The 422 cause of an object holding both GC finalizers (Kubernetes'
+/// `ValidateFinalizers`), if it does.
+pub fn validate_finalizers(obj: &Value) -> Option<Cause> {
+    let f = finalizers(obj);
+    if !(f.iter().any(|x| x == ORPHAN) && f.iter().any(|x| x == FOREGROUND)) {
+        return None;
+    }
+    let shown: Vec<String> = f.iter().map(|x| format!("{x:?}")).collect();
+    Some(Cause {
+        reason: "FieldValueInvalid",
+        message: format!(
+            "Invalid value: []string{{{}}}: finalizer {ORPHAN} and {FOREGROUND} cannot be both set",
+            shown.join(", ")
+        ),
+        field: "metadata.finalizers".into(),
+    })
+}
+
 /// True if `a` and `b` hold the same finalizers (order aside).
 pub fn same_set(a: &[String], b: &[String]) -> bool {
     let mut a: Vec<&String> = a.iter().collect();
@@ -236,6 +254,12 @@ mod tests {
         );
         assert!(deletion_finalizers(&[], None).is_empty());
         assert!(same_set(&s(&["b", "a"]), &s(&["a", "b"])));
+        let both = json!({"metadata": {"finalizers": ["orphan", "foregroundDeletion"]}});
+        assert_eq!(
+            validate_finalizers(&both).map(|c| c.message),
+            Some("Invalid value: []string{\"orphan\", \"foregroundDeletion\"}: finalizer orphan and foregroundDeletion cannot be both set".to_string())
+        );
+        assert!(validate_finalizers(&json!({"metadata": {"finalizers": ["orphan"]}})).is_none());
         assert!(!same_set(&s(&["a"]), &s(&["a", "b"])));
     }
 }

@@ -198,6 +198,9 @@ async fn create_object(
     if let Some(cause) = object::validate_name(&name, res.dns_label_names) {
         return Err(ApiError::invalid(res, &name, vec![cause]));
     }
+    if let Some(cause) = propagation::validate_finalizers(&obj) {
+        return Err(ApiError::invalid(res, &name, vec![cause]));
+    }
     object::clear_server_fields(&mut obj);
     let tracked = tracks_generation(res, &obj);
     {
@@ -520,6 +523,9 @@ pub async fn update(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             return Err(conflict(ctx));
         }
         let mut new = merge_update(t.res, &old, body.clone(), t.sub.is_some());
+        if let Some(cause) = propagation::validate_finalizers(&new) {
+            return Err(ApiError::invalid(t.res, name, vec![cause]));
+        }
         apply::record_update(&writer(ctx), Some(&old), &mut new, client_managed.as_ref())?;
         let (new, charges) = admit(
             app,
@@ -616,6 +622,9 @@ pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             None => None,
         };
         let mut merged = merge_update(t.res, &old, new, t.sub.is_some());
+        if let Some(cause) = propagation::validate_finalizers(&merged) {
+            return Err(ApiError::invalid(t.res, name, vec![cause]));
+        }
         match (is_apply, client_managed) {
             // The apply computed the managed fields itself.
             (true, Some(managed)) => {
