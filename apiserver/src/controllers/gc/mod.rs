@@ -62,14 +62,23 @@ pub async fn run(app: Arc<App>, every: Duration) {
     }
 }
 
-/// The objects of one store prefix: key → (mod revision, node).
-type Mirror = HashMap<Bytes, (i64, Option<Node>)>;
+/// The objects of one store prefix as its cache showed them.
+#[derive(Default)]
+struct Mirror {
+    /// The cache's revision then.
+    revision: i64,
+    /// Key → (mod revision, node).
+    objects: HashMap<Bytes, (i64, Option<Node>)>,
+}
 
 /// The collector's memory between passes: the decoded objects, so a pass
 /// decodes only what changed.
 #[derive(Default)]
 pub struct Collector {
     mirrors: HashMap<String, Mirror>,
+    /// The last pass found nothing to do (and nothing changed since, a
+    /// pass skips planning).
+    idle: bool,
 }
 
 /// The resource types the collector watches: every stored one once per
@@ -84,69 +93,90 @@ fn watched() -> Vec<&'static ResourceInfo> {
         .collect()
 }
 
+/// `old` brought up to `cache` (only changed objects decoded); true if an
+/// object changed.
+fn mirror(res: &'static ResourceInfo, cache: &Cache, prefix: &str, old: Mirror) -> (Mirror, bool) {
+    let (kvs, revision) = cache.snapshot(prefix.as_bytes());
+    let mut old = old.objects;
+    let mut changed = false;
+    let mut objects = HashMap::with_capacity(kvs.len());
+    for kv in kvs {
+        let entry = match old.remove(&kv.key) {
+            Some(e) if e.0 == kv.mod_revision => e,
+            _ => {
+                changed = true;
+                let node = match decode(&kv) {
+                    Ok(v) => Node::from_object(res, &String::from_utf8_lossy(&kv.key), &v),
+                    Err(e) => {
+                        tracing::debug!(error = %e.message, "collector skips an undecodable object");
+                        None
+                    }
+                };
+                (kv.mod_revision, node)
+            }
+        };
+        objects.insert(kv.key, entry);
+    }
+    changed |= !old.is_empty();
+    (Mirror { revision, objects }, changed)
+}
+
 impl Collector {
-    /// Brings the mirrors up to the caches; returns the caches, and false
-    /// if one could not be had (its type's mirror is then the last one
-    /// seen, or empty).
-    async fn refresh(&mut self, app: &App) -> (Vec<Arc<Cache>>, bool) {
+    /// Brings the mirrors up to the caches; returns the caches, whether
+    /// every cache could be had (a missing one's mirror is the last one
+    /// seen, or empty) and whether any object changed.
+    async fn refresh(&mut self, app: &App) -> (Vec<Arc<Cache>>, bool, bool) {
         let mut caches = Vec::new();
         let mut mirrors = HashMap::new();
         let mut complete = true;
+        let mut changed = false;
         for res in watched() {
             let prefix = res.prefix(None);
+            let old = self.mirrors.remove(&prefix);
             let cache = match app.caches.get(&app.store, res).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(resource = %res.qualified(), error = %e, "collector has no cache");
                     complete = false;
-                    if let Some(m) = self.mirrors.remove(&prefix) {
+                    if let Some(m) = old {
                         mirrors.insert(prefix, m);
                     }
                     continue;
                 }
             };
-            let (kvs, _) = cache.snapshot(prefix.as_bytes());
-            let mut old = self.mirrors.remove(&prefix).unwrap_or_default();
-            let mut mirror = Mirror::with_capacity(kvs.len());
-            for kv in kvs {
-                let entry = match old.remove(&kv.key) {
-                    Some(e) if e.0 == kv.mod_revision => e,
-                    _ => {
-                        let node = match decode(&kv) {
-                            Ok(v) => {
-                                let key = String::from_utf8_lossy(&kv.key);
-                                Node::from_object(res, &key, &v)
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e.message, "collector skips an undecodable object");
-                                None
-                            }
-                        };
-                        (kv.mod_revision, node)
-                    }
-                };
-                mirror.insert(kv.key, entry);
-            }
+            let mirror = match old {
+                Some(m) if m.revision == cache.revision() => m,
+                old => {
+                    let (m, moved) = mirror(res, &cache, &prefix, old.unwrap_or_default());
+                    changed |= moved;
+                    m
+                }
+            };
             mirrors.insert(prefix, mirror);
             caches.push(cache);
         }
+        changed |= !self.mirrors.is_empty();
         self.mirrors = mirrors;
-        (caches, complete)
+        (caches, complete, changed)
     }
 
-    fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.mirrors
+    fn nodes(mirrors: &HashMap<String, Mirror>) -> impl Iterator<Item = &Node> {
+        mirrors
             .values()
-            .flat_map(|m| m.values().filter_map(|(_, n)| n.as_ref()))
+            .flat_map(|m| m.objects.values().filter_map(|(_, n)| n.as_ref()))
     }
 
     /// One pass: mirror, plan, act.
     pub async fn pass(&mut self, app: &App) -> ApiResult<()> {
-        let (caches, _) = self.refresh(app).await;
+        let (caches, _, changed) = self.refresh(app).await;
+        if self.idle && !changed {
+            return Ok(());
+        }
         let kinds = Kinds::new(&registry::all());
         {
-            let g = Graph::new(self.nodes(), &kinds);
+            let g = Graph::new(Self::nodes(&self.mirrors), &kinds);
             let plan = g.plan();
+            self.idle = plan.is_empty();
             if plan.is_empty() {
                 return Ok(());
             }
@@ -160,9 +190,9 @@ impl Collector {
         let target = caches.iter().map(|c| c.revision()).max().unwrap_or(0);
         let reached =
             futures::future::join_all(caches.iter().map(|c| c.wait_for(target, CATCH_UP))).await;
-        let (_, complete) = self.refresh(app).await;
+        let (_, complete, _) = self.refresh(app).await;
         let all = complete && reached.into_iter().all(|r| r);
-        let g = Graph::new(self.nodes(), &kinds);
+        let g = Graph::new(Self::nodes(&self.mirrors), &kinds);
         let plan: Vec<Action> = g
             .plan()
             .into_iter()
