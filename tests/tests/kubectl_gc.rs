@@ -462,6 +462,7 @@ fn delete_options_are_checked() {
 /// terminating namespace's conditions say what is left (Kubernetes'
 /// wording); it goes once the finalizer is removed. `PUT .../finalize`
 /// with no `spec.finalizers` removes a terminating namespace at once.
+/// Namespaces as owners: `--cascade=orphan` keeps their dependents.
 #[test]
 fn namespace_conditions_and_finalize() {
     let Some(api) = KubeApi::start_or_skip() else {
@@ -535,4 +536,39 @@ fn namespace_conditions_and_finalize() {
         &path,
     ]);
     assert!(get(&api, "default", "ns/stuck").is_none());
+
+    // A namespace deleted with --cascade=orphan: its (cluster-scoped)
+    // dependents stay, without the reference; with the default
+    // (background) they go.
+    api.kubectl_ok(&["create", "ns", "parent"]);
+    let p = uid(&api, "default", "ns/parent");
+    create(
+        &api,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": "kept-role", "ownerReferences": [owner("v1", "Namespace", "parent", &p, false)]},
+               "rules": []}),
+    );
+    api.kubectl_ok(&[
+        "delete",
+        "ns",
+        "parent",
+        "--cascade=orphan",
+        "--timeout=30s",
+    ]);
+    assert!(get(&api, "default", "ns/parent").is_none());
+    let role = get(&api, "default", "clusterrole/kept-role").expect("the orphan stays");
+    assert!(owner_uids(&role).is_empty(), "{role}");
+
+    api.kubectl_ok(&["create", "ns", "parent2"]);
+    let p = uid(&api, "default", "ns/parent2");
+    create(
+        &api,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": "gone-role", "ownerReferences": [owner("v1", "Namespace", "parent2", &p, false)]},
+               "rules": []}),
+    );
+    api.kubectl_ok(&["delete", "ns", "parent2", "--timeout=30s"]);
+    eventually("the namespace's dependent to be collected", || {
+        get(&api, "default", "clusterrole/gone-role").is_none()
+    });
 }

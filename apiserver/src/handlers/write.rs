@@ -844,9 +844,27 @@ pub(crate) async fn delete_or_mark(
 }
 
 /// Marks a namespace `Terminating` (the namespace controller empties and
-/// then removes it).
-async fn terminate_namespace(app: &App, key: &str, ns: &Value, rev: i64) -> ApiResult<Deletion> {
-    let marked = mark_terminating(ns);
+/// then removes it). On the first DELETE an explicit `propagation` sets
+/// the GC finalizers in `metadata.finalizers`, as Kubernetes' namespace
+/// storage does (namespaces have no default policy).
+async fn terminate_namespace(
+    app: &App,
+    key: &str,
+    ns: &Value,
+    rev: i64,
+    propagation: Option<Propagation>,
+) -> ApiResult<Deletion> {
+    let mut marked = mark_terminating(ns);
+    if let (Some(p), None) = (propagation, ns.pointer("/metadata/deletionTimestamp")) {
+        let existing = propagation::finalizers(ns);
+        let wanted = propagation::deletion_finalizers(&existing, Some(p));
+        let m = meta_mut(&mut marked);
+        if wanted.is_empty() {
+            m.remove("finalizers");
+        } else {
+            m.insert("finalizers".into(), json!(wanted));
+        }
+    }
     if &marked == ns {
         return Ok(Deletion::Terminating(marked));
     }
@@ -894,7 +912,7 @@ pub async fn delete(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             return Ok(json_response(StatusCode::OK, &obj));
         }
         let deletion = if is_namespace {
-            terminate_namespace(app, &t.key(), &obj, rev).await?
+            terminate_namespace(app, &t.key(), &obj, rev, opts.propagation).await?
         } else {
             delete_or_mark(
                 app,
@@ -995,7 +1013,7 @@ pub async fn delete_collection(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         if !opts.dry_run {
             let key = res.key(ns, name);
             let deletion = if res.kind == "Namespace" {
-                terminate_namespace(app, &key, &obj, rev).await?
+                terminate_namespace(app, &key, &obj, rev, opts.propagation).await?
             } else {
                 delete_or_mark(
                     app,
