@@ -756,22 +756,29 @@ pub(crate) fn ready_to_remove(res: &ResourceInfo, obj: &Value) -> bool {
                 == Some(0))
 }
 
-/// Deletes `obj` (read at `rev`): at once, or by marking it with a
+/// What deleting an object comes to (see [`plan_deletion`]).
+pub(crate) enum Planned {
+    /// Remove the key.
+    Remove,
+    /// Nothing to write: it is already marked as asked.
+    Keep,
+    /// Store this (marked, or with other GC finalizers).
+    Write(Value),
+}
+
+/// Decides how `obj` is deleted: at once, or by marking it with a
 /// `deletionTimestamp` when it has finalizers, or is a pod bound to a node
 /// with a grace period (the node agent removes it with grace 0).
 /// `propagation` (else the object's own GC finalizer, else `Background`)
 /// first sets the `orphan` / `foregroundDeletion` finalizer the garbage
 /// collector acts on; an object already marked may still change it, as
 /// with Kubernetes (not a pod in its grace period).
-pub(crate) async fn delete_or_mark(
-    app: &App,
+pub(crate) fn plan_deletion(
     res: &ResourceInfo,
-    key: &str,
     obj: &Value,
-    rev: i64,
     grace: Option<i64>,
     propagation: Option<Propagation>,
-) -> ApiResult<Deletion> {
+) -> Planned {
     let pod_grace = bound_pod(res, obj)
         .then(|| {
             grace.unwrap_or_else(|| {
@@ -799,18 +806,10 @@ pub(crate) async fn delete_or_mark(
         }
     }
     if !has_finalizers(&new) && pod_grace.is_none() {
-        return Ok(match app.store.delete(key, rev).await.map_err(store_err)? {
-            Cas::Done(_) => {
-                if res.kind == "Service" {
-                    crate::alloc::release(&app.store, &crate::alloc::held_keys(obj)).await;
-                }
-                Deletion::Removed
-            }
-            Cas::Failed(_) => Deletion::Conflict,
-        });
+        return Planned::Remove;
     }
     if marked && !refinalized {
-        return Ok(Deletion::Terminating(obj.clone()));
+        return Planned::Keep;
     }
     if !marked {
         let when =
@@ -827,8 +826,31 @@ pub(crate) async fn delete_or_mark(
             json!(pod_grace.unwrap_or(0)),
         );
     }
-    Ok(
-        match app
+    Planned::Write(new)
+}
+
+/// Deletes `obj` (read at `rev`) as [`plan_deletion`] decides.
+pub(crate) async fn delete_or_mark(
+    app: &App,
+    res: &ResourceInfo,
+    key: &str,
+    obj: &Value,
+    rev: i64,
+    grace: Option<i64>,
+    propagation: Option<Propagation>,
+) -> ApiResult<Deletion> {
+    Ok(match plan_deletion(res, obj, grace, propagation) {
+        Planned::Remove => match app.store.delete(key, rev).await.map_err(store_err)? {
+            Cas::Done(_) => {
+                if res.kind == "Service" {
+                    crate::alloc::release(&app.store, &crate::alloc::held_keys(obj)).await;
+                }
+                Deletion::Removed
+            }
+            Cas::Failed(_) => Deletion::Conflict,
+        },
+        Planned::Keep => Deletion::Terminating(obj.clone()),
+        Planned::Write(mut new) => match app
             .store
             .update(key, to_store(&new)?, rev)
             .await
@@ -840,7 +862,7 @@ pub(crate) async fn delete_or_mark(
             }
             Cas::Failed(_) => Deletion::Conflict,
         },
-    )
+    })
 }
 
 /// Marks a namespace `Terminating` (the namespace controller empties and
@@ -909,7 +931,14 @@ pub async fn delete(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         }
         let (obj, _) = admit(app, ctx, Operation::Delete, name, obj, None, opts.dry_run).await?;
         if opts.dry_run {
-            return Ok(json_response(StatusCode::OK, &obj));
+            // The object as the deletion would leave it (or as it was, if
+            // it would go at once).
+            let preview = match plan_deletion(t.res, &obj, opts.grace_period, opts.propagation) {
+                Planned::Write(new) if !is_namespace => new,
+                _ if is_namespace => mark_terminating(&obj),
+                _ => obj,
+            };
+            return Ok(json_response(StatusCode::OK, &preview));
         }
         let deletion = if is_namespace {
             terminate_namespace(app, &t.key(), &obj, rev, opts.propagation).await?
@@ -1069,4 +1098,63 @@ pub async fn bootstrap(app: &App) -> ApiResult<()> {
             .map_err(store_err)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configmaps() -> &'static ResourceInfo {
+        registry::lookup("", "v1", "configmaps").expect("registered")
+    }
+
+    #[test]
+    fn deletion_follows_the_propagation_policy() {
+        let cm = json!({"metadata": {"name": "c"}});
+        // Background (or nothing asked): removed at once.
+        assert!(matches!(
+            plan_deletion(configmaps(), &cm, None, Some(Propagation::Background)),
+            Planned::Remove
+        ));
+        assert!(matches!(
+            plan_deletion(configmaps(), &cm, None, None),
+            Planned::Remove
+        ));
+        // Orphan: marked, with the finalizer.
+        let Planned::Write(marked) =
+            plan_deletion(configmaps(), &cm, None, Some(Propagation::Orphan))
+        else {
+            panic!("orphan marks the object");
+        };
+        assert!(marked["metadata"]["deletionTimestamp"].is_string());
+        assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 0);
+        assert_eq!(marked["metadata"]["finalizers"], json!(["orphan"]));
+        // Again without a policy: kept as it is.
+        assert!(matches!(
+            plan_deletion(configmaps(), &marked, None, None),
+            Planned::Keep
+        ));
+        // Switched to foreground: same timestamp, the other finalizer.
+        let Planned::Write(fg) =
+            plan_deletion(configmaps(), &marked, None, Some(Propagation::Foreground))
+        else {
+            panic!("a new policy rewrites the finalizers");
+        };
+        assert_eq!(
+            fg["metadata"]["deletionTimestamp"],
+            marked["metadata"]["deletionTimestamp"]
+        );
+        assert_eq!(fg["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+        // Switched to background with nothing else holding it: removed.
+        assert!(matches!(
+            plan_deletion(configmaps(), &marked, None, Some(Propagation::Background)),
+            Planned::Remove
+        ));
+        // Another finalizer keeps it (marked, without GC finalizers).
+        let held = json!({"metadata": {"name": "c", "finalizers": ["x/y"]}});
+        let Planned::Write(m) = plan_deletion(configmaps(), &held, None, None) else {
+            panic!("a finalizer holds it");
+        };
+        assert_eq!(m["metadata"]["finalizers"], json!(["x/y"]));
+    }
 }
