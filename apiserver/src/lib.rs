@@ -19,9 +19,9 @@
 //!   client is a later step).
 //! - [`status`]: Kubernetes `Status` errors; [`metrics`]: `/metrics`.
 //! - [`admission`]: the admission plugins (mutating, then validating) every
-//!   write passes; [`controllers`]: the loops they rely on (namespace
-//!   termination, service accounts, quota usage); [`quantity`]: resource
-//!   quantities.
+//!   write passes; [`controllers`]: the loops inside the server (namespace
+//!   termination, service accounts, quota usage, the garbage collector);
+//!   [`quantity`]: resource quantities.
 //! - [`crd`]: CustomResourceDefinitions: their validation and status, the
 //!   registry's dynamic layer, custom objects' structural schemas.
 #![warn(missing_docs)]

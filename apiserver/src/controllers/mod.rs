@@ -3,11 +3,13 @@
 //! - [`namespace`]: empties a terminating namespace, then removes it;
 //! - [`service_accounts`]: the `default` ServiceAccount and the
 //!   `kube-root-ca.crt` ConfigMap in every namespace;
-//! - [`quota`]: recalculates `ResourceQuota` usage (deletions lower it).
+//! - [`quota`]: recalculates `ResourceQuota` usage (deletions lower it);
+//! - [`gc`]: the garbage collector (owner references, propagation policies).
 //!
 //! Every write they make is a compare-and-swap or create-if-absent, so
 //! several API servers on one store can run them side by side.
 
+pub mod gc;
 pub mod namespace;
 pub mod quota;
 pub mod service_accounts;
@@ -32,6 +34,8 @@ pub struct Intervals {
     pub service_accounts_resync: Duration,
     /// Quota usage.
     pub quota: Duration,
+    /// Garbage collector passes.
+    pub gc: Duration,
 }
 
 impl Default for Intervals {
@@ -41,6 +45,7 @@ impl Default for Intervals {
             service_accounts: Duration::from_millis(200),
             service_accounts_resync: Duration::from_secs(10),
             quota: Duration::from_secs(1),
+            gc: Duration::from_millis(200),
         }
     }
 }
@@ -55,6 +60,7 @@ pub fn spawn(app: Arc<App>, ca_pem: Option<String>, every: Intervals) {
         every.service_accounts_resync,
     ));
     tokio::spawn(crate::crd::controller::run(app.clone()));
+    tokio::spawn(gc::run(app.clone(), every.gc));
     tokio::spawn(quota::run(app, every.quota));
 }
 

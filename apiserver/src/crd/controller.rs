@@ -332,7 +332,7 @@ async fn cleanup(app: &App, key: &str, crd: &Value, rev: i64) -> ApiResult<bool>
                 meta_str(&obj, "namespace"),
                 meta_str(&obj, "name").unwrap_or(""),
             );
-            match delete_or_mark(app, &row, &okey, &obj, orev, None).await? {
+            match delete_or_mark(app, &row, &okey, &obj, orev, None, None).await? {
                 Deletion::Removed => {}
                 Deletion::Terminating(_) | Deletion::Conflict => left += 1,
             }

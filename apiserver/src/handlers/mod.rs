@@ -3,6 +3,7 @@
 //! in [`crate::watch`].
 
 pub mod pods;
+pub mod propagation;
 pub mod read;
 pub mod scale;
 pub mod write;
@@ -440,6 +441,7 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
             "scale" => target.res.scale && matches!(info.verb, "get" | "update" | "patch"),
             "binding" | "eviction" => is_pod && info.verb == "create",
             "token" => target.res.kind == "ServiceAccount" && info.verb == "create",
+            "finalize" => target.res.kind == "Namespace" && info.verb == "update",
             _ => false,
         };
         if !served {
@@ -461,6 +463,7 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
         Some("binding") => return pods::bind(app, &ctx).await,
         Some("eviction") => return pods::evict(app, &ctx).await,
         Some("token") => return crate::authn::review::token_request(app, &ctx).await,
+        Some("finalize") => return write::finalize_namespace(app, &ctx).await,
         _ => {}
     }
     if !ctx.target.res.stored {

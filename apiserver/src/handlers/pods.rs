@@ -119,7 +119,7 @@ pub async fn evict(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         if dry {
             return Ok(created(json!({"name": name, "kind": "pods"})));
         }
-        match delete_or_mark(app, t.res, &t.key(), &pod, rev, grace).await? {
+        match delete_or_mark(app, t.res, &t.key(), &pod, rev, grace, None).await? {
             Deletion::Removed | Deletion::Terminating(_) => {
                 return Ok(created(json!({"name": name, "kind": "pods"})))
             }

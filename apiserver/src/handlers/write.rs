@@ -6,6 +6,7 @@ use axum::http::{header, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
 
+use super::propagation::{self, Propagation};
 use super::read::{read_object, select};
 use super::{json_response, store_err, with_warnings, App, Ctx};
 use crate::admission::{Attributes, Charge, Operation};
@@ -195,6 +196,9 @@ async fn create_object(
         name = format!("{generate}{}", object::random_suffix(5));
     }
     if let Some(cause) = object::validate_name(&name, res.dns_label_names) {
+        return Err(ApiError::invalid(res, &name, vec![cause]));
+    }
+    if let Some(cause) = propagation::validate_finalizers(&obj) {
         return Err(ApiError::invalid(res, &name, vec![cause]));
     }
     object::clear_server_fields(&mut obj);
@@ -519,6 +523,9 @@ pub async fn update(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             return Err(conflict(ctx));
         }
         let mut new = merge_update(t.res, &old, body.clone(), t.sub.is_some());
+        if let Some(cause) = propagation::validate_finalizers(&new) {
+            return Err(ApiError::invalid(t.res, name, vec![cause]));
+        }
         apply::record_update(&writer(ctx), Some(&old), &mut new, client_managed.as_ref())?;
         let (new, charges) = admit(
             app,
@@ -615,6 +622,9 @@ pub async fn patch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             None => None,
         };
         let mut merged = merge_update(t.res, &old, new, t.sub.is_some());
+        if let Some(cause) = propagation::validate_finalizers(&merged) {
+            return Err(ApiError::invalid(t.res, name, vec![cause]));
+        }
         match (is_apply, client_managed) {
             // The apply computed the managed fields itself.
             (true, Some(managed)) => {
@@ -657,6 +667,8 @@ struct DeleteOptions {
     resource_version: Option<i64>,
     dry_run: bool,
     grace_period: Option<i64>,
+    /// `propagationPolicy` / `orphanDependents`, if the client set one.
+    propagation: Option<Propagation>,
 }
 
 fn delete_options(ctx: &Ctx) -> ApiResult<DeleteOptions> {
@@ -696,11 +708,13 @@ fn delete_options(ctx: &Ctx) -> ApiResult<DeleteOptions> {
                 })?),
             },
         };
+    let propagation = super::propagation::from_options(&body, |k| ctx.q(k))?;
     Ok(DeleteOptions {
         uid,
         resource_version,
         dry_run,
         grace_period,
+        propagation,
     })
 }
 
@@ -731,7 +745,7 @@ fn bound_pod(res: &ResourceInfo, obj: &Value) -> bool {
 
 /// True if a marked object may now go: no finalizers left, and a pod's node
 /// has confirmed (grace 0) or it is not bound.
-fn ready_to_remove(res: &ResourceInfo, obj: &Value) -> bool {
+pub(crate) fn ready_to_remove(res: &ResourceInfo, obj: &Value) -> bool {
     obj.pointer("/metadata/deletionTimestamp").is_some()
         && !has_finalizers(obj)
         && !(res.kind == "Namespace" && has_spec_finalizers(obj))
@@ -742,17 +756,29 @@ fn ready_to_remove(res: &ResourceInfo, obj: &Value) -> bool {
                 == Some(0))
 }
 
-/// Deletes `obj` (read at `rev`): at once, or by marking it with a
+/// What deleting an object comes to (see [`plan_deletion`]).
+pub(crate) enum Planned {
+    /// Remove the key.
+    Remove,
+    /// Nothing to write: it is already marked as asked.
+    Keep,
+    /// Store this (marked, or with other GC finalizers).
+    Write(Value),
+}
+
+/// Decides how `obj` is deleted: at once, or by marking it with a
 /// `deletionTimestamp` when it has finalizers, or is a pod bound to a node
 /// with a grace period (the node agent removes it with grace 0).
-pub(crate) async fn delete_or_mark(
-    app: &App,
+/// `propagation` (else the object's own GC finalizer, else `Background`)
+/// first sets the `orphan` / `foregroundDeletion` finalizer the garbage
+/// collector acts on; an object already marked may still change it, as
+/// with Kubernetes (not a pod in its grace period).
+pub(crate) fn plan_deletion(
     res: &ResourceInfo,
-    key: &str,
     obj: &Value,
-    rev: i64,
     grace: Option<i64>,
-) -> ApiResult<Deletion> {
+    propagation: Option<Propagation>,
+) -> Planned {
     let pod_grace = bound_pod(res, obj)
         .then(|| {
             grace.unwrap_or_else(|| {
@@ -762,8 +788,59 @@ pub(crate) async fn delete_or_mark(
             })
         })
         .filter(|g| *g > 0);
-    if !has_finalizers(obj) && pod_grace.is_none() {
-        return Ok(match app.store.delete(key, rev).await.map_err(store_err)? {
+    let marked = obj.pointer("/metadata/deletionTimestamp").is_some();
+    let existing = propagation::finalizers(obj);
+    let wanted = if marked && bound_pod(res, obj) {
+        existing.clone()
+    } else {
+        propagation::deletion_finalizers(&existing, propagation)
+    };
+    let mut new = obj.clone();
+    let refinalized = !propagation::same_set(&existing, &wanted);
+    if refinalized {
+        let m = meta_mut(&mut new);
+        if wanted.is_empty() {
+            m.remove("finalizers");
+        } else {
+            m.insert("finalizers".into(), json!(wanted));
+        }
+    }
+    if !has_finalizers(&new) && pod_grace.is_none() {
+        return Planned::Remove;
+    }
+    if marked && !refinalized {
+        return Planned::Keep;
+    }
+    if !marked {
+        let when =
+            time::OffsetDateTime::now_utc() + time::Duration::seconds(pod_grace.unwrap_or(0));
+        let when = when
+            .replace_nanosecond(0)
+            .unwrap_or(when)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let m = meta_mut(&mut new);
+        m.insert("deletionTimestamp".into(), json!(when));
+        m.insert(
+            "deletionGracePeriodSeconds".into(),
+            json!(pod_grace.unwrap_or(0)),
+        );
+    }
+    Planned::Write(new)
+}
+
+/// Deletes `obj` (read at `rev`) as [`plan_deletion`] decides.
+pub(crate) async fn delete_or_mark(
+    app: &App,
+    res: &ResourceInfo,
+    key: &str,
+    obj: &Value,
+    rev: i64,
+    grace: Option<i64>,
+    propagation: Option<Propagation>,
+) -> ApiResult<Deletion> {
+    Ok(match plan_deletion(res, obj, grace, propagation) {
+        Planned::Remove => match app.store.delete(key, rev).await.map_err(store_err)? {
             Cas::Done(_) => {
                 if res.kind == "Service" {
                     crate::alloc::release(&app.store, &crate::alloc::held_keys(obj)).await;
@@ -771,26 +848,9 @@ pub(crate) async fn delete_or_mark(
                 Deletion::Removed
             }
             Cas::Failed(_) => Deletion::Conflict,
-        });
-    }
-    if obj.pointer("/metadata/deletionTimestamp").is_some() {
-        return Ok(Deletion::Terminating(obj.clone()));
-    }
-    let mut new = obj.clone();
-    let when = time::OffsetDateTime::now_utc() + time::Duration::seconds(pod_grace.unwrap_or(0));
-    let when = when
-        .replace_nanosecond(0)
-        .unwrap_or(when)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let m = meta_mut(&mut new);
-    m.insert("deletionTimestamp".into(), json!(when));
-    m.insert(
-        "deletionGracePeriodSeconds".into(),
-        json!(pod_grace.unwrap_or(0)),
-    );
-    Ok(
-        match app
+        },
+        Planned::Keep => Deletion::Terminating(obj.clone()),
+        Planned::Write(mut new) => match app
             .store
             .update(key, to_store(&new)?, rev)
             .await
@@ -802,13 +862,31 @@ pub(crate) async fn delete_or_mark(
             }
             Cas::Failed(_) => Deletion::Conflict,
         },
-    )
+    })
 }
 
 /// Marks a namespace `Terminating` (the namespace controller empties and
-/// then removes it).
-async fn terminate_namespace(app: &App, key: &str, ns: &Value, rev: i64) -> ApiResult<Deletion> {
-    let marked = mark_terminating(ns);
+/// then removes it). On the first DELETE an explicit `propagation` sets
+/// the GC finalizers in `metadata.finalizers`, as Kubernetes' namespace
+/// storage does (namespaces have no default policy).
+async fn terminate_namespace(
+    app: &App,
+    key: &str,
+    ns: &Value,
+    rev: i64,
+    propagation: Option<Propagation>,
+) -> ApiResult<Deletion> {
+    let mut marked = mark_terminating(ns);
+    if let (Some(p), None) = (propagation, ns.pointer("/metadata/deletionTimestamp")) {
+        let existing = propagation::finalizers(ns);
+        let wanted = propagation::deletion_finalizers(&existing, Some(p));
+        let m = meta_mut(&mut marked);
+        if wanted.is_empty() {
+            m.remove("finalizers");
+        } else {
+            m.insert("finalizers".into(), json!(wanted));
+        }
+    }
     if &marked == ns {
         return Ok(Deletion::Terminating(marked));
     }
@@ -853,18 +931,86 @@ pub async fn delete(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         }
         let (obj, _) = admit(app, ctx, Operation::Delete, name, obj, None, opts.dry_run).await?;
         if opts.dry_run {
-            return Ok(json_response(StatusCode::OK, &obj));
+            // The object as the deletion would leave it (or as it was, if
+            // it would go at once).
+            let preview = match plan_deletion(t.res, &obj, opts.grace_period, opts.propagation) {
+                Planned::Write(new) if !is_namespace => new,
+                _ if is_namespace => mark_terminating(&obj),
+                _ => obj,
+            };
+            return Ok(json_response(StatusCode::OK, &preview));
         }
         let deletion = if is_namespace {
-            terminate_namespace(app, &t.key(), &obj, rev).await?
+            terminate_namespace(app, &t.key(), &obj, rev, opts.propagation).await?
         } else {
-            delete_or_mark(app, t.res, &t.key(), &obj, rev, opts.grace_period).await?
+            delete_or_mark(
+                app,
+                t.res,
+                &t.key(),
+                &obj,
+                rev,
+                opts.grace_period,
+                opts.propagation,
+            )
+            .await?
         };
         match deletion {
             Deletion::Removed => return Ok(json_response(StatusCode::OK, &obj)),
             Deletion::Terminating(marked) => return Ok(json_response(StatusCode::OK, &marked)),
             Deletion::Conflict if opts.resource_version.is_some() => return Err(conflict(ctx)),
             Deletion::Conflict => continue,
+        }
+    }
+    Err(conflict(ctx))
+}
+
+/// PUT of `namespaces/<name>/finalize`: only `spec.finalizers` is taken
+/// from the body (as Kubernetes' finalize strategy does); a terminating
+/// namespace left with no finalizers at all is removed.
+pub async fn finalize_namespace(app: &App, ctx: &Ctx) -> ApiResult<Response> {
+    let t = &ctx.target;
+    ctx.dry_run()?;
+    let mut body = parse_body(ctx)?;
+    type_meta(&mut body, t.res)?;
+    check_name(&body, ctx)?;
+    let expected = parse_body_rv(&body)?;
+    let finalizers = match body.pointer("/spec/finalizers") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(f)) if f.iter().all(Value::is_string) => Some(Value::Array(f.clone())),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "spec.finalizers must be a list of strings, not {other}"
+            )))
+        }
+    };
+    let name = t.name.as_deref().unwrap_or("");
+    for _ in 0..RETRIES {
+        let (old, rev) = read_object(app, &t.key())
+            .await?
+            .ok_or_else(|| ApiError::not_found(t.res, name))?;
+        if expected.is_some_and(|e| e != rev) {
+            return Err(conflict(ctx));
+        }
+        let mut new = old.clone();
+        if !new.get("spec").is_some_and(Value::is_object) {
+            new["spec"] = json!({});
+        }
+        match (
+            &finalizers,
+            new.get_mut("spec").and_then(Value::as_object_mut),
+        ) {
+            (Some(f), Some(spec)) => {
+                spec.insert("finalizers".into(), f.clone());
+            }
+            (None, Some(spec)) => {
+                spec.remove("finalizers");
+            }
+            (_, None) => {}
+        }
+        match write_if(app, ctx, &old, new, rev, &[]).await? {
+            Written::Done(done) => return Ok(json_response(StatusCode::OK, &done)),
+            Written::Stale if expected.is_some() => return Err(conflict(ctx)),
+            Written::Stale | Written::QuotaChanged => continue,
         }
     }
     Err(conflict(ctx))
@@ -896,9 +1042,18 @@ pub async fn delete_collection(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         if !opts.dry_run {
             let key = res.key(ns, name);
             let deletion = if res.kind == "Namespace" {
-                terminate_namespace(app, &key, &obj, rev).await?
+                terminate_namespace(app, &key, &obj, rev, opts.propagation).await?
             } else {
-                delete_or_mark(app, res, &key, &obj, rev, opts.grace_period).await?
+                delete_or_mark(
+                    app,
+                    res,
+                    &key,
+                    &obj,
+                    rev,
+                    opts.grace_period,
+                    opts.propagation,
+                )
+                .await?
             };
             match deletion {
                 Deletion::Removed => {}
@@ -943,4 +1098,63 @@ pub async fn bootstrap(app: &App) -> ApiResult<()> {
             .map_err(store_err)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configmaps() -> &'static ResourceInfo {
+        registry::lookup("", "v1", "configmaps").expect("registered")
+    }
+
+    #[test]
+    fn deletion_follows_the_propagation_policy() {
+        let cm = json!({"metadata": {"name": "c"}});
+        // Background (or nothing asked): removed at once.
+        assert!(matches!(
+            plan_deletion(configmaps(), &cm, None, Some(Propagation::Background)),
+            Planned::Remove
+        ));
+        assert!(matches!(
+            plan_deletion(configmaps(), &cm, None, None),
+            Planned::Remove
+        ));
+        // Orphan: marked, with the finalizer.
+        let Planned::Write(marked) =
+            plan_deletion(configmaps(), &cm, None, Some(Propagation::Orphan))
+        else {
+            panic!("orphan marks the object");
+        };
+        assert!(marked["metadata"]["deletionTimestamp"].is_string());
+        assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 0);
+        assert_eq!(marked["metadata"]["finalizers"], json!(["orphan"]));
+        // Again without a policy: kept as it is.
+        assert!(matches!(
+            plan_deletion(configmaps(), &marked, None, None),
+            Planned::Keep
+        ));
+        // Switched to foreground: same timestamp, the other finalizer.
+        let Planned::Write(fg) =
+            plan_deletion(configmaps(), &marked, None, Some(Propagation::Foreground))
+        else {
+            panic!("a new policy rewrites the finalizers");
+        };
+        assert_eq!(
+            fg["metadata"]["deletionTimestamp"],
+            marked["metadata"]["deletionTimestamp"]
+        );
+        assert_eq!(fg["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+        // Switched to background with nothing else holding it: removed.
+        assert!(matches!(
+            plan_deletion(configmaps(), &marked, None, Some(Propagation::Background)),
+            Planned::Remove
+        ));
+        // Another finalizer keeps it (marked, without GC finalizers).
+        let held = json!({"metadata": {"name": "c", "finalizers": ["x/y"]}});
+        let Planned::Write(m) = plan_deletion(configmaps(), &held, None, None) else {
+            panic!("a finalizer holds it");
+        };
+        assert_eq!(m["metadata"]["finalizers"], json!(["x/y"]));
+    }
 }

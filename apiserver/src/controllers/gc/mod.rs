@@ -1,0 +1,468 @@
+//! The garbage collector (kube-controller-manager's, inside the API server):
+//! dependents go with their owners, as `metadata.ownerReferences` and
+//! `DeleteOptions.propagationPolicy` ask.
+//!
+//! Each pass mirrors every stored resource type (built-in and custom, but
+//! not events) from its watch cache, re-reading only objects whose
+//! revision moved, builds the owner → dependents [`graph::Graph`] and acts
+//! on what [`graph::Graph::plan`] finds:
+//! - a dependent whose owners are all absent is deleted (background, or the
+//!   policy its own `orphan`/`foregroundDeletion` finalizer asks); one that
+//!   keeps a present owner only loses its references to absent ones;
+//! - an owner deleting with the `orphan` finalizer has its uid removed from
+//!   its dependents' `ownerReferences`, then loses the finalizer (and goes,
+//!   if nothing else holds it);
+//! - an owner deleting with `foregroundDeletion` has its dependents deleted
+//!   (in the foreground themselves if they have dependents), and loses the
+//!   finalizer once no dependent with `blockOwnerDeletion: true` is left.
+//!
+//! Caches may lag each other, so nothing is decided on them alone: a
+//! dependent's and its owners' live states are read from the store before
+//! it is touched, owners' finalizers are removed only once every cache has
+//! reached the revision the pass started from, and every write is a
+//! compare-and-swap on the revision read. Several API servers on one store
+//! may therefore all run the collector: the first write wins, the others'
+//! fail their CAS and find nothing left to do.
+
+pub mod graph;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use graph::{classify, decide, Action, Decision, Graph, Kinds, Node, OwnerView};
+
+use crate::cache::Cache;
+use crate::handlers::propagation::{self, FOREGROUND, ORPHAN};
+use crate::handlers::read::read_object;
+use crate::handlers::write::{delete_or_mark, ready_to_remove, to_store};
+use crate::handlers::{decode, store_err, App};
+use crate::object::{meta_mut, meta_str};
+use crate::registry::{self, ResourceInfo};
+use crate::status::ApiResult;
+use crate::store::Cas;
+
+/// How long a pass that must see every dependent waits for lagging caches.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// How often one write is retried when its object changed under it.
+const RETRIES: usize = 5;
+
+/// Runs the collector every `every`.
+pub async fn run(app: Arc<App>, every: Duration) {
+    let mut gc = Collector::default();
+    loop {
+        if let Err(e) = gc.pass(&app).await {
+            tracing::debug!(error = %e, "garbage collector pass failed");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The objects of one store prefix as its cache showed them.
+#[derive(Default)]
+struct Mirror {
+    /// The cache's revision then.
+    revision: i64,
+    /// Key → (mod revision, node).
+    objects: HashMap<Bytes, (i64, Option<Node>)>,
+}
+
+/// The collector's memory between passes: the decoded objects, so a pass
+/// decodes only what changed.
+#[derive(Default)]
+pub struct Collector {
+    mirrors: HashMap<String, Mirror>,
+    /// The last pass found nothing to do (and nothing changed since, a
+    /// pass skips planning).
+    idle: bool,
+}
+
+/// The resource types the collector watches: every stored one once per
+/// store prefix (the versions of a custom resource share one), events aside
+/// (as Kubernetes' collector ignores them).
+fn watched() -> Vec<&'static ResourceInfo> {
+    let mut seen = std::collections::HashSet::new();
+    registry::all()
+        .into_iter()
+        .filter(|r| r.stored && !(r.plural == "events" && r.kind == "Event"))
+        .filter(|r| seen.insert(r.prefix(None)))
+        .collect()
+}
+
+/// `old` brought up to `cache` (only changed objects decoded); true if an
+/// object changed.
+fn mirror(res: &'static ResourceInfo, cache: &Cache, prefix: &str, old: Mirror) -> (Mirror, bool) {
+    let (kvs, revision) = cache.snapshot(prefix.as_bytes());
+    let mut old = old.objects;
+    let mut changed = false;
+    let mut objects = HashMap::with_capacity(kvs.len());
+    for kv in kvs {
+        let entry = match old.remove(&kv.key) {
+            Some(e) if e.0 == kv.mod_revision => e,
+            _ => {
+                changed = true;
+                let node = match decode(&kv) {
+                    Ok(v) => Node::from_object(res, &String::from_utf8_lossy(&kv.key), &v),
+                    Err(e) => {
+                        tracing::debug!(error = %e.message, "collector skips an undecodable object");
+                        None
+                    }
+                };
+                (kv.mod_revision, node)
+            }
+        };
+        objects.insert(kv.key, entry);
+    }
+    changed |= !old.is_empty();
+    (Mirror { revision, objects }, changed)
+}
+
+impl Collector {
+    /// Brings the mirrors up to the caches; returns the caches, whether
+    /// every cache could be had (a missing one's mirror is the last one
+    /// seen, or empty) and whether any object changed.
+    async fn refresh(&mut self, app: &App) -> (Vec<Arc<Cache>>, bool, bool) {
+        let mut caches = Vec::new();
+        let mut mirrors = HashMap::new();
+        let mut complete = true;
+        let mut changed = false;
+        for res in watched() {
+            let prefix = res.prefix(None);
+            let old = self.mirrors.remove(&prefix);
+            let cache = match app.caches.get(&app.store, res).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(resource = %res.qualified(), error = %e, "collector has no cache");
+                    complete = false;
+                    if let Some(m) = old {
+                        mirrors.insert(prefix, m);
+                    }
+                    continue;
+                }
+            };
+            let mirror = match old {
+                Some(m) if m.revision == cache.revision() => m,
+                old => {
+                    let (m, moved) = mirror(res, &cache, &prefix, old.unwrap_or_default());
+                    changed |= moved;
+                    m
+                }
+            };
+            mirrors.insert(prefix, mirror);
+            caches.push(cache);
+        }
+        changed |= !self.mirrors.is_empty();
+        self.mirrors = mirrors;
+        (caches, complete, changed)
+    }
+
+    fn nodes(mirrors: &HashMap<String, Mirror>) -> impl Iterator<Item = &Node> {
+        mirrors
+            .values()
+            .flat_map(|m| m.objects.values().filter_map(|(_, n)| n.as_ref()))
+    }
+
+    /// One pass: mirror, plan, act.
+    pub async fn pass(&mut self, app: &App) -> ApiResult<()> {
+        let (caches, _, changed) = self.refresh(app).await;
+        if self.idle && !changed {
+            return Ok(());
+        }
+        let kinds = Kinds::new(&registry::all());
+        {
+            let g = Graph::new(Self::nodes(&self.mirrors), &kinds);
+            let plan = g.plan();
+            self.idle = plan.is_empty();
+            if plan.is_empty() {
+                return Ok(());
+            }
+            if !plan.iter().any(Action::needs_complete_view) {
+                return execute(app, &g, &kinds, plan).await;
+            }
+        }
+        // Finalizers are about to be removed: first let every cache reach
+        // the newest revision any of them has shown, so no dependent made
+        // before this pass is missed.
+        let target = caches.iter().map(|c| c.revision()).max().unwrap_or(0);
+        let reached =
+            futures::future::join_all(caches.iter().map(|c| c.wait_for(target, CATCH_UP))).await;
+        let (_, complete, _) = self.refresh(app).await;
+        let all = complete && reached.into_iter().all(|r| r);
+        let g = Graph::new(Self::nodes(&self.mirrors), &kinds);
+        let plan: Vec<Action> = g
+            .plan()
+            .into_iter()
+            .filter(|a| all || !a.needs_complete_view())
+            .collect();
+        execute(app, &g, &kinds, plan).await
+    }
+}
+
+/// Carries out `plan` (each action on its own; a failure is logged and the
+/// next pass tries again).
+async fn execute(app: &App, g: &Graph<'_>, kinds: &Kinds, plan: Vec<Action>) -> ApiResult<()> {
+    for action in plan {
+        let done = match &action {
+            Action::AttemptToDelete(key) => attempt_to_delete(app, g, kinds, key).await,
+            Action::Orphan(key) => orphan(app, g, key).await,
+            Action::FinishForeground(key) => match g.node(key) {
+                Some(n) => remove_finalizer(app, n.res, key, &n.uid, FOREGROUND).await,
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = done {
+            tracing::debug!(?action, error = %e, "garbage collector action failed");
+        }
+    }
+    Ok(())
+}
+
+/// Decides on the dependent at `key` from its and its owners' live state
+/// (Kubernetes' `attemptToDeleteItem`), and does it.
+async fn attempt_to_delete(app: &App, g: &Graph<'_>, kinds: &Kinds, key: &str) -> ApiResult<()> {
+    let Some(node) = g.node(key) else {
+        return Ok(());
+    };
+    for _ in 0..RETRIES {
+        let Some((obj, rev)) = read_object(app, key).await? else {
+            return Ok(());
+        };
+        if meta_str(&obj, "uid") != Some(node.uid.as_str())
+            || obj.pointer("/metadata/deletionTimestamp").is_some()
+        {
+            return Ok(());
+        }
+        let refs = graph::owner_refs(&obj);
+        let mut states = Vec::with_capacity(refs.len());
+        for r in refs {
+            let okey = kinds.owner_key(node.namespace.as_deref(), &r);
+            let owner = match &okey {
+                Some(k) => read_object(app, k).await?.map(|(o, _)| o),
+                None => None,
+            };
+            let view = owner.as_ref().and_then(|o| {
+                Some(OwnerView {
+                    uid: meta_str(o, "uid")?,
+                    deleting_dependents: o.pointer("/metadata/deletionTimestamp").is_some()
+                        && propagation::finalizers(o).iter().any(|f| f == FOREGROUND),
+                })
+            });
+            let state = classify(&r, okey.as_deref(), view);
+            states.push((r, state));
+        }
+        let fins = propagation::finalizers(&obj);
+        let own = (
+            fins.iter().any(|f| f == ORPHAN),
+            fins.iter().any(|f| f == FOREGROUND),
+        );
+        let decision = decide(
+            &states,
+            own,
+            g.has_dependents(key),
+            g.dependent_deleting_dependents(key),
+        );
+        let written = match decision {
+            Decision::Nothing => return Ok(()),
+            Decision::RemoveRefs(uids) => {
+                tracing::info!(key, ?uids, "removing owner references to absent owners");
+                let mut new = obj.clone();
+                strip_owner_refs(&mut new, &uids);
+                update(app, key, &new, rev).await?
+            }
+            Decision::Delete { policy, unblock } => {
+                let (obj, rev) = if unblock {
+                    let mut new = obj.clone();
+                    unblock_owner_refs(&mut new);
+                    match app
+                        .store
+                        .update(key, to_store(&new)?, rev)
+                        .await
+                        .map_err(store_err)?
+                    {
+                        Cas::Done(r) => (new, r),
+                        Cas::Failed(_) => continue,
+                    }
+                } else {
+                    (obj, rev)
+                };
+                tracing::info!(
+                    key,
+                    ?policy,
+                    "deleting a dependent whose owners are gone or going"
+                );
+                !matches!(
+                    delete_or_mark(app, node.res, key, &obj, rev, None, Some(policy)).await?,
+                    crate::handlers::write::Deletion::Conflict
+                )
+            }
+        };
+        if written {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Removes the references to `uids` (the field goes when none are left).
+fn strip_owner_refs(obj: &mut Value, uids: &[String]) -> bool {
+    let m = meta_mut(obj);
+    let Some(Value::Array(refs)) = m.get_mut("ownerReferences") else {
+        return false;
+    };
+    let before = refs.len();
+    refs.retain(|r| {
+        r.get("uid")
+            .and_then(Value::as_str)
+            .is_none_or(|u| !uids.iter().any(|x| x == u))
+    });
+    let changed = refs.len() != before;
+    if refs.is_empty() {
+        m.remove("ownerReferences");
+    }
+    changed
+}
+
+/// Sets `blockOwnerDeletion: false` on every reference that blocks.
+fn unblock_owner_refs(obj: &mut Value) {
+    if let Some(Value::Array(refs)) = obj.pointer_mut("/metadata/ownerReferences") {
+        for r in refs.iter_mut() {
+            if r.get("blockOwnerDeletion") == Some(&json!(true)) {
+                r["blockOwnerDeletion"] = json!(false);
+            }
+        }
+    }
+}
+
+/// Writes `new` at `key` if it is still at `rev`; false if it changed.
+async fn update(app: &App, key: &str, new: &Value, rev: i64) -> ApiResult<bool> {
+    Ok(matches!(
+        app.store
+            .update(key, to_store(new)?, rev)
+            .await
+            .map_err(store_err)?,
+        Cas::Done(_)
+    ))
+}
+
+/// Orphans the dependents of the owner at `key`, then drops its `orphan`
+/// finalizer (Kubernetes' `orphanDependents` + `removeFinalizer`).
+async fn orphan(app: &App, g: &Graph<'_>, key: &str) -> ApiResult<()> {
+    let Some(owner) = g.node(key) else {
+        return Ok(());
+    };
+    let uids = [owner.uid.clone()];
+    for dep in g.dependents(key) {
+        let mut done = false;
+        for _ in 0..RETRIES {
+            let Some((mut obj, rev)) = read_object(app, dep).await? else {
+                done = true;
+                break;
+            };
+            if !strip_owner_refs(&mut obj, &uids) {
+                done = true;
+                break;
+            }
+            if update(app, dep, &obj, rev).await? {
+                tracing::info!(owner = key, dependent = dep, "orphaned a dependent");
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            // Next pass.
+            return Ok(());
+        }
+    }
+    remove_finalizer(app, owner.res, key, &owner.uid, ORPHAN).await
+}
+
+/// Drops `finalizer` from the object at `key` (if it still has `uid` and is
+/// marked for deletion); removes the object if nothing holds it any more.
+async fn remove_finalizer(
+    app: &App,
+    res: &ResourceInfo,
+    key: &str,
+    uid: &str,
+    finalizer: &str,
+) -> ApiResult<()> {
+    for _ in 0..RETRIES {
+        let Some((obj, rev)) = read_object(app, key).await? else {
+            return Ok(());
+        };
+        if meta_str(&obj, "uid") != Some(uid)
+            || obj.pointer("/metadata/deletionTimestamp").is_none()
+        {
+            return Ok(());
+        }
+        let fins = propagation::finalizers(&obj);
+        if !fins.iter().any(|f| f == finalizer) {
+            return Ok(());
+        }
+        let left: Vec<String> = fins.into_iter().filter(|f| f != finalizer).collect();
+        let mut new = obj.clone();
+        {
+            let m = meta_mut(&mut new);
+            if left.is_empty() {
+                m.remove("finalizers");
+            } else {
+                m.insert("finalizers".into(), json!(left));
+            }
+        }
+        let result = if ready_to_remove(res, &new) {
+            app.store.delete(key, rev).await.map_err(store_err)?
+        } else {
+            app.store
+                .update(key, to_store(&new)?, rev)
+                .await
+                .map_err(store_err)?
+        };
+        if let Cas::Done(_) = result {
+            let removed = ready_to_remove(res, &new);
+            if removed && res.kind == "Service" {
+                crate::alloc::release(&app.store, &crate::alloc::held_keys(&new)).await;
+            }
+            tracing::info!(
+                key,
+                finalizer,
+                removed,
+                "garbage collector removed a finalizer"
+            );
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripping_and_unblocking_references() {
+        let mut obj = json!({"metadata": {"ownerReferences": [
+            {"uid": "1", "blockOwnerDeletion": true},
+            {"uid": "2", "blockOwnerDeletion": true},
+        ]}});
+        assert!(strip_owner_refs(&mut obj, &["1".into()]));
+        assert!(!strip_owner_refs(&mut obj, &["1".into()]));
+        unblock_owner_refs(&mut obj);
+        assert_eq!(
+            obj["metadata"]["ownerReferences"],
+            json!([{"uid": "2", "blockOwnerDeletion": false}])
+        );
+        assert!(strip_owner_refs(&mut obj, &["2".into()]));
+        assert!(obj["metadata"].get("ownerReferences").is_none());
+    }
+
+    #[test]
+    fn events_are_not_watched() {
+        let w = watched();
+        assert!(w.iter().all(|r| r.plural != "events"));
+        assert!(w.iter().any(|r| r.plural == "configmaps"));
+        assert!(w.iter().all(|r| r.stored));
+    }
+}
