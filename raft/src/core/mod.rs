@@ -14,8 +14,8 @@
 //! - this file: configuration, membership, the [`Ready`] bundle and the other
 //!   plain types, [`RaftError`].
 //! - `node`: [`RawNode`], the Raft protocol itself (elections with pre-vote
-//!   and check-quorum, replication, commit, ReadIndex, snapshots, membership,
-//!   leadership transfer).
+//!   and check-quorum, replication, commit, ReadIndex and the rounds that
+//!   time read leases, snapshots, membership, leadership transfer).
 //! - `message`: [`Message`] and its validated rkyv wire encoding.
 //! - `log`: the in-memory log (entries after the last snapshot, with the
 //!   persisted/committed/applied marks).
@@ -31,6 +31,15 @@
 //! [`Ready::entries`] and [`Ready::hard_state`], (3) only then send
 //! [`Ready::persisted_messages`] and call [`RawNode::on_persisted`], (4) apply
 //! [`Ready::committed_entries`] in order and call [`RawNode::on_applied`].
+//!
+//! # Read leases
+//!
+//! The core has no clock, so it cannot tell whether its lease still holds;
+//! it tells the driver which ReadIndex round a quorum confirmed
+//! ([`RawNode::confirmed_read_round`]) and whether leases may be used at all
+//! this term ([`RawNode::lease_read_index`]), and the driver times the lease
+//! with its monotonic clock ([`crate::read_lease::ReadLease`]) and vouches
+//! for it around each read ([`RawNode::set_read_lease`]).
 
 mod log;
 mod message;
