@@ -423,20 +423,8 @@ async fn start_member(args: &StoreArgs) -> Result<Running> {
     member.spawn_lease_loops();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
-    for addr in &listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr}"))?;
-        tracing::info!(%addr, "serving client requests");
-        let mut rx = stop_rx.clone();
-        let m = member.clone();
-        servers.push(tokio::spawn(async move {
-            keel_storage::server::serve(m, listener, async move {
-                let _ = rx.changed().await;
-            })
-            .await
-        }));
-    }
+    // The QUIC endpoints first: their certificate exists by the time the
+    // gRPC port answers /health (tests wait on that, then pin it).
     let quic_tls = match (&args.cert_file, &args.key_file) {
         (Some(cert), Some(key)) => keel_storage::quic::ServerTls::Files {
             cert: cert.clone(),
@@ -462,6 +450,20 @@ async fn start_member(args: &StoreArgs) -> Result<Running> {
                 })
                 .await;
             Ok(())
+        }));
+    }
+    for addr in &listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        tracing::info!(%addr, "serving client requests");
+        let mut rx = stop_rx.clone();
+        let m = member.clone();
+        servers.push(tokio::spawn(async move {
+            keel_storage::server::serve(m, listener, async move {
+                let _ = rx.changed().await;
+            })
+            .await
         }));
     }
     Ok(Running {

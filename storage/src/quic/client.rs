@@ -206,7 +206,7 @@ impl Client {
                 st.failures = 0;
                 st.retry_at = None;
                 st.conn = Some(c.clone());
-                tracing::debug!(endpoint = %target.url, "QUIC store connection up");
+                tracing::info!(endpoint = %target.url, "QUIC store connection up");
                 Ok(c)
             }
             Err(reason) => {
@@ -266,7 +266,7 @@ impl Client {
             match conn.open_bi().await {
                 Ok((send, recv)) => {
                     if i != start {
-                        tracing::info!(endpoint = %self.inner.targets[i].url, "QUIC store client: failed over");
+                        tracing::info!(endpoint = %self.inner.targets[i].url, "QUIC store client: failover to this endpoint");
                     }
                     self.inner.pinned.store(i, Ordering::Relaxed);
                     return Ok((send, recv, i));
@@ -322,12 +322,15 @@ impl Client {
     /// Moves the pin past endpoint `i` (its connection broke).
     fn skip(&self, i: usize) {
         let n = self.inner.targets.len();
-        let _ = self.inner.pinned.compare_exchange(
-            i,
-            (i + 1) % n,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        if n > 1
+            && self
+                .inner
+                .pinned
+                .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::info!(endpoint = %self.inner.targets[i].url, "QUIC store client: failover away from this endpoint");
+        }
     }
 
     async fn exchange(
