@@ -35,7 +35,8 @@ enum Cmd {
         #[arg(long, default_value = "./keel-data")]
         data_dir: PathBuf,
         /// Client port of the first member (etcd's 2379); the others use
-        /// +100 and +200, peers the client port + 1.
+        /// +100 and +200, peers the client port + 1, the QUIC client API
+        /// the client port + 2.
         #[arg(long, default_value_t = 2379)]
         client_port: u16,
     },
@@ -432,10 +433,7 @@ async fn start_member(args: &StoreArgs) -> Result<Running> {
         },
         _ => keel_storage::quic::ServerTls::Auto {
             dir: cfg.data_dir.join("fixtures").join("client"),
-            hosts: quic_listen
-                .iter()
-                .map(|a| a.ip().to_string())
-                .collect(),
+            hosts: quic_listen.iter().map(|a| a.ip().to_string()).collect(),
         },
     };
     for addr in &quic_listen {

@@ -21,10 +21,8 @@ use keel_storage::proto::etcdserverpb::{
     watch_request, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
     WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
+use keel_storage::proto::etcdserverpb::{DeleteRangeResponse, RangeResponse, TxnResponse};
 use keel_storage::proto::mvccpb::KeyValue;
-use keel_storage::proto::etcdserverpb::{
-    DeleteRangeResponse, RangeResponse, TxnResponse,
-};
 use tonic::transport::{Channel, Endpoint};
 
 /// Errors from the store.
@@ -97,6 +95,9 @@ pub struct Store {
 }
 
 /// The transport to the store.
+// One per API server (clones share the connections): its size does not
+// matter, and boxing would add an allocation to every clone.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 enum Backend {
     /// etcd v3 gRPC.
@@ -136,7 +137,10 @@ impl Store {
                 "no endpoints".into(),
             ));
         }
-        let quic = endpoints.iter().filter(|e| e.starts_with("quic://")).count();
+        let quic = endpoints
+            .iter()
+            .filter(|e| e.starts_with("quic://"))
+            .count();
         if quic > 0 {
             if quic != endpoints.len() {
                 return Err(StoreError::BadEndpoint(
@@ -197,12 +201,9 @@ impl Store {
 
     async fn txn_req(&self, req: TxnRequest) -> Result<TxnResponse, StoreError> {
         match &self.backend {
-            Backend::Grpc { kv, .. } => Ok(kv
-                .clone()
-                .txn(req)
-                .await
-                .map_err(map_status)?
-                .into_inner()),
+            Backend::Grpc { kv, .. } => {
+                Ok(kv.clone().txn(req).await.map_err(map_status)?.into_inner())
+            }
             Backend::Quic(c) => c.txn(&req).await.map_err(|e| map_status(e.into())),
         }
     }
@@ -514,7 +515,9 @@ impl Store {
                     .watch(create, rx)
                     .await
                     .map_err(|e| map_status(e.into()))?;
-                Ok(Box::pin(stream.map(|r| r.map_err(|e| map_status(e.into())))))
+                Ok(Box::pin(
+                    stream.map(|r| r.map_err(|e| map_status(e.into()))),
+                ))
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::{free_port, keel_bin, Backend, CtlOutput, Member, MemberOpts};
 /// The store an API server runs on.
 enum Stores {
     /// One member.
-    One(Member),
+    One(Box<Member>),
     /// A cluster.
     Cluster(Box<Cluster>),
 }
@@ -99,7 +99,7 @@ impl KubeApi {
         let store = Member::try_start(Backend::Keel, MemberOpts::default().quic_client())?;
         let servers = store.quic_url().context("member serves no QUIC")?;
         let ca = store.quic_cert();
-        Self::try_start_on(Stores::One(store), servers, Some(ca), extra_args)
+        Self::try_start_on(Stores::One(Box::new(store)), servers, Some(ca), extra_args)
     }
 
     /// [`KubeApi::try_start`] with the API server on the store's etcd gRPC
@@ -107,7 +107,7 @@ impl KubeApi {
     pub fn try_start_grpc() -> Result<KubeApi> {
         let store = Member::try_start(Backend::Keel, MemberOpts::default())?;
         let servers = store.client_url();
-        Self::try_start_on(Stores::One(store), servers, None, &[])
+        Self::try_start_on(Stores::One(Box::new(store)), servers, None, &[])
     }
 
     /// An API server over QUIC on a 3-member keel cluster (every member's
@@ -253,8 +253,7 @@ impl KubeApi {
         if let Some(ca) = &self.etcd_cafile {
             cmd.arg("--etcd-cafile").arg(ca);
         }
-        cmd
-            .args(["--secure-port", &port.to_string()])
+        cmd.args(["--secure-port", &port.to_string()])
             .args(["--bind-address", "127.0.0.1", "--cert-dir"])
             .arg(self.cert_dir())
             .args(extra_args)

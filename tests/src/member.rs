@@ -201,7 +201,10 @@ impl Member {
     /// The QUIC client API's self-signed certificate (generated at the
     /// first start): what a client pins (`--etcd-cafile`).
     pub fn quic_cert(&self) -> PathBuf {
-        self.data_dir().join("fixtures").join("client").join("cert.pem")
+        self.data_dir()
+            .join("fixtures")
+            .join("client")
+            .join("cert.pem")
     }
     /// The client port.
     pub fn client_port(&self) -> u16 {

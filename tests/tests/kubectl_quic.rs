@@ -82,7 +82,14 @@ fn apiserver_over_quic_on_three_members_crud_watch_and_failover() {
     api.kubectl_ok(&["create", "ns", "quic"]);
     let (mut watcher, rx) = watch_configmaps(&api, "quic");
     std::thread::sleep(Duration::from_millis(700));
-    api.kubectl_ok(&["-n", "quic", "create", "configmap", "c1", "--from-literal=a=b"]);
+    api.kubectl_ok(&[
+        "-n",
+        "quic",
+        "create",
+        "configmap",
+        "c1",
+        "--from-literal=a=b",
+    ]);
     api.kubectl_ok(&["-n", "quic", "label", "configmap", "c1", "x=y"]);
     let got = api.kubectl_ok(&[
         "-n",
@@ -99,6 +106,30 @@ fn apiserver_over_quic_on_three_members_crud_watch_and_failover() {
     let _ = watcher.kill();
     let _ = watcher.wait();
 
+    // Every member, followers included, serves writes (forwarded to the
+    // leader) and linearizable reads over QUIC, as over gRPC.
+    {
+        let cluster = api.cluster_mut().expect("cluster");
+        let leader = cluster.wait_leader(Duration::from_secs(10));
+        let rt = runtime();
+        for i in 0..cluster.len() {
+            let c = quic_client(cluster.member(i));
+            rt.block_on(async {
+                let key = format!("direct/{i}");
+                let put = c.put(&put(&key, "v")).await.expect("put over QUIC");
+                let rev = put.header.expect("header").revision;
+                let r = c
+                    .range(&RangeRequest {
+                        key: Bytes::copy_from_slice(key.as_bytes()),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("range over QUIC");
+                assert_eq!(r.kvs.len(), 1, "member {i} (leader {leader})");
+                assert!(r.header.expect("header").revision >= rev);
+            });
+        }
+    }
     // The API server pins the first endpoint; kill that member.
     let first = api.store().quic_url().expect("quic url");
     assert!(
@@ -112,11 +143,24 @@ fn apiserver_over_quic_on_three_members_crud_watch_and_failover() {
     );
     api.cluster_mut().expect("cluster").kill9(0);
     // Writes and reads go on through another member.
-    eventually(Duration::from_secs(40), "a write after the failover", || {
-        api.kubectl(&["-n", "quic", "create", "configmap", "c2", "--from-literal=k=v"])
+    eventually(
+        Duration::from_secs(40),
+        "a write after the failover",
+        || {
+            api.kubectl(&[
+                "-n",
+                "quic",
+                "create",
+                "configmap",
+                "c2",
+                "--from-literal=k=v",
+            ])
             .success()
-            || api.kubectl(&["-n", "quic", "get", "configmap", "c2"]).success()
-    });
+                || api
+                    .kubectl(&["-n", "quic", "get", "configmap", "c2"])
+                    .success()
+        },
+    );
     let got = api.kubectl_ok(&[
         "-n",
         "quic",
