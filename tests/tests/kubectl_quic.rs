@@ -113,8 +113,9 @@ fn apiserver_over_quic_on_three_members_crud_watch_and_failover() {
         let leader = cluster.wait_leader(Duration::from_secs(10));
         let rt = runtime();
         for i in 0..cluster.len() {
-            let c = quic_client(cluster.member(i));
+            let m = cluster.member(i);
             rt.block_on(async {
+                let c = quic_client(m);
                 let key = format!("direct/{i}");
                 let put = c.put(&put(&key, "v")).await.expect("put over QUIC");
                 let rev = put.header.expect("header").revision;
@@ -334,4 +335,18 @@ fn quic_endpoint_refuses_garbage_and_keeps_serving() {
     // And so does the API server.
     api.kubectl_ok(&["create", "configmap", "after", "--from-literal=a=b"]);
     assert!(api.kubectl(&["get", "configmap", "before"]).success());
+}
+
+#[test]
+fn apiserver_over_grpc_still_works() {
+    if !keel_tests::kube::kubectl_bin().exists() {
+        println!("skipped: no kubectl");
+        return;
+    }
+    // `http://` endpoints keep the etcd gRPC client (a real etcd works too).
+    let api = KubeApi::try_start_grpc().unwrap_or_else(|e| panic!("{e:#}"));
+    api.kubectl_ok(&["create", "configmap", "g", "--from-literal=a=b"]);
+    let got = api.kubectl_ok(&["get", "configmap", "g", "-o", "jsonpath={.data.a}"]);
+    assert_eq!(got, "b");
+    assert!(api.log_lines_with("QUIC store connection up").is_empty());
 }
