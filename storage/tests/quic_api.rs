@@ -274,3 +274,91 @@ fn rcgen_free_self_signed() -> Vec<u8> {
     tls.ensure().expect("generate");
     std::fs::read(dir.path().join("cert.pem")).expect("cert")
 }
+
+/// Waits until the hub has `n` open streams.
+async fn wait_streams(f: &Fixture, n: usize) {
+    for _ in 0..500 {
+        if f.member.hub().stats().streams == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "hub has {} streams, expected {n}",
+        f.member.hub().stats().streams
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_watch_progress_and_cancel_by_closing_the_stream() {
+    let f = start().await;
+    let c = client(&f);
+    let base = f.member.hub().stats().streams;
+    let (progress_tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut w1 = c.watch(watch_create("p/", 0), rx).await.expect("watch");
+    assert!(w1.next().await.expect("created").expect("ok").created);
+    let (keep, rx) = tokio::sync::mpsc::channel(1);
+    let mut w2 = c.watch(watch_create("q/", 0), rx).await.expect("watch");
+    assert!(w2.next().await.expect("created").expect("ok").created);
+    wait_streams(&f, base + 2).await;
+    // A progress request on the watch's own stream.
+    let rev = c
+        .put(&put("other", "x"))
+        .await
+        .expect("put")
+        .header
+        .expect("h")
+        .revision;
+    progress_tx
+        .send(WatchRequest {
+            request_union: Some(RequestUnion::ProgressRequest(Default::default())),
+        })
+        .await
+        .expect("send progress request");
+    let p = tokio::time::timeout(Duration::from_secs(5), w1.next())
+        .await
+        .expect("progress")
+        .expect("response")
+        .expect("ok");
+    assert!(p.events.is_empty());
+    assert!(p.header.expect("header").revision >= rev);
+    // Dropping the response stream cancels that watch only.
+    drop(w1);
+    wait_streams(&f, base + 1).await;
+    c.put(&put("q/1", "v")).await.expect("put");
+    let e = w2.next().await.expect("event").expect("ok");
+    assert_eq!(e.events.len(), 1);
+    // Ending the request side cancels it too.
+    drop(keep);
+    wait_streams(&f, base).await;
+    drop(progress_tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_client_fails_over_to_the_next_endpoint() {
+    let f = start().await;
+    let dead = format!("quic://127.0.0.1:{}", free_udp_port());
+    let mut cfg = ClientConfig::new(vec![dead.clone(), f.url.clone()], f.cert_pem.clone());
+    cfg.connect_timeout = Duration::from_millis(300);
+    let c = Client::new(cfg).expect("client");
+    assert_eq!(c.pinned_endpoint(), dead);
+    c.put(&put("fo", "1"))
+        .await
+        .expect("put through the live endpoint");
+    assert_eq!(c.pinned_endpoint(), f.url);
+    // Pinned to the live one now: no more waiting on the dead one.
+    let t = std::time::Instant::now();
+    let r = c
+        .range(&RangeRequest {
+            key: Bytes::from_static(b"fo"),
+            ..Default::default()
+        })
+        .await
+        .expect("range");
+    assert_eq!(r.kvs.len(), 1);
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+}
