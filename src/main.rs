@@ -35,7 +35,8 @@ enum Cmd {
         #[arg(long, default_value = "./keel-data")]
         data_dir: PathBuf,
         /// Client port of the first member (etcd's 2379); the others use
-        /// +100 and +200, peers the client port + 1.
+        /// +100 and +200, peers the client port + 1, the QUIC client API
+        /// the client port + 2.
         #[arg(long, default_value_t = 2379)]
         client_port: u16,
     },
@@ -79,9 +80,15 @@ enum SnapshotCmd {
 /// `keel apiserver` flags, named as kube-apiserver's.
 #[derive(Args, Debug, Clone)]
 struct ApiserverArgs {
-    /// Store client URLs (comma-separated).
+    /// Store client URLs (comma-separated): `quic://host:port` for keel's
+    /// native QUIC client API (needs --etcd-cafile), `http://host:port`
+    /// for the etcd gRPC API (keel or a real etcd).
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     etcd_servers: String,
+    /// PEM certificates that the members' QUIC certificates must chain to
+    /// (a CA) or be one of (pinned self-signed certificates).
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
     /// The HTTPS port.
     #[arg(long, default_value_t = 6443)]
     secure_port: u16,
@@ -178,6 +185,12 @@ struct StoreArgs {
     /// Client URLs to advertise to the rest of the cluster.
     #[arg(long, default_value = "http://localhost:2379")]
     advertise_client_urls: String,
+    /// URLs (`quic://host:port`, comma-separated) to serve keel's native
+    /// QUIC client API on, next to the gRPC API (off unless given). The
+    /// endpoint presents --cert-file/--key-file, else a self-signed
+    /// certificate generated in `<data-dir>/fixtures/client`.
+    #[arg(long, default_value = "")]
+    listen_client_quic_urls: String,
     /// URLs to listen on for peer traffic (`quic://host:port`).
     #[arg(long, default_value = "quic://localhost:2380")]
     listen_peer_urls: String,
@@ -193,10 +206,10 @@ struct StoreArgs {
     /// Initial cluster token.
     #[arg(long, default_value = "etcd-cluster")]
     initial_cluster_token: String,
-    /// Client TLS certificate.
+    /// Client TLS certificate (today: of the QUIC client endpoint only).
     #[arg(long)]
     cert_file: Option<PathBuf>,
-    /// Client TLS key.
+    /// Client TLS key (with --cert-file).
     #[arg(long)]
     key_file: Option<PathBuf>,
     /// Client TLS trusted CA.
@@ -306,8 +319,14 @@ impl StoreArgs {
             "existing" => false,
             other => bail!("--initial-cluster-state must be new or existing, not {other}"),
         };
-        if self.cert_file.is_some() || self.key_file.is_some() || self.trusted_ca_file.is_some() {
-            bail!("client TLS (--cert-file/--key-file/--trusted-ca-file) is not supported yet");
+        if self.trusted_ca_file.is_some() {
+            bail!("client certificate authentication (--trusted-ca-file) is not supported yet");
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            bail!("--cert-file and --key-file go together");
+        }
+        if self.cert_file.is_some() && self.listen_client_quic_urls.trim().is_empty() {
+            bail!("--cert-file applies to the QUIC client endpoint only (--listen-client-quic-urls); the gRPC API is plain http:// for now");
         }
         let peer_tls_files = match (&self.peer_cert_file, &self.peer_key_file, &self.peer_trusted_ca_file) {
             (Some(c), Some(k), Some(ca)) => Some((c.clone(), k.clone(), ca.clone())),
@@ -355,6 +374,18 @@ async fn shutdown_signal() {
     }
 }
 
+/// `quic://host:port` → a socket address to bind.
+fn quic_listen_addr(url: &str) -> Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let (_, hostport) = keel_storage::quic::parse_quic_url(url)
+        .map_err(|e| anyhow::anyhow!("--listen-client-quic-urls: {e}"))?;
+    hostport
+        .to_socket_addrs()
+        .with_context(|| format!("--listen-client-quic-urls {url}"))?
+        .next()
+        .with_context(|| format!("--listen-client-quic-urls {url}: no address"))
+}
+
 /// A member serving its client URLs.
 struct Running {
     member: std::sync::Arc<Member>,
@@ -383,12 +414,42 @@ async fn start_member(args: &StoreArgs) -> Result<Running> {
         .iter()
         .map(|u| listen_addr(u))
         .collect::<Result<_>>()?;
+    let quic_listen: Vec<std::net::SocketAddr> = split_urls(&args.listen_client_quic_urls)
+        .iter()
+        .map(|u| quic_listen_addr(u))
+        .collect::<Result<_>>()?;
     let member = Member::open(cfg.clone())
         .await
         .with_context(|| format!("opening data dir {}", cfg.data_dir.display()))?;
     member.spawn_lease_loops();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
+    // The QUIC endpoints first: their certificate exists by the time the
+    // gRPC port answers /health (tests wait on that, then pin it).
+    let quic_tls = match (&args.cert_file, &args.key_file) {
+        (Some(cert), Some(key)) => keel_storage::quic::ServerTls::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => keel_storage::quic::ServerTls::Auto {
+            dir: cfg.data_dir.join("fixtures").join("client"),
+            hosts: quic_listen.iter().map(|a| a.ip().to_string()).collect(),
+        },
+    };
+    for addr in &quic_listen {
+        let server = keel_storage::quic::QuicServer::bind(member.clone(), *addr, &quic_tls)
+            .with_context(|| format!("serving the QUIC client API on {addr}"))?;
+        tracing::info!(%addr, "serving QUIC client requests");
+        let mut rx = stop_rx.clone();
+        servers.push(tokio::spawn(async move {
+            server
+                .serve(async move {
+                    let _ = rx.changed().await;
+                })
+                .await;
+            Ok(())
+        }));
+    }
     for addr in &listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -466,6 +527,7 @@ async fn run_apiserver(
 ) -> Result<()> {
     let cfg = keel_apiserver::Config {
         etcd_servers: split_urls(&args.etcd_servers),
+        etcd_cafile: args.etcd_cafile.clone(),
         bind_address: args.bind_address,
         secure_port: args.secure_port,
         cert_dir: args.cert_dir.clone(),
@@ -532,7 +594,8 @@ fn write_kubeconfig(args: &KubeconfigArgs) -> Result<()> {
 
 /// `keel up`: a 3-member store cluster in this process (separate data
 /// dirs, real QUIC between the members) and an apiserver on
-/// https://127.0.0.1:6443 against it.
+/// https://127.0.0.1:6443 against it, talking to the members over their
+/// QUIC client endpoints (certificates from a store CA in `pki/etcd`).
 async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
     let names = ["keel-1", "keel-2", "keel-3"];
     let port = |i: usize, peer: bool| client_port + 100 * i as u16 + u16::from(peer);
@@ -542,12 +605,21 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         .map(|(i, n)| format!("{n}=quic://127.0.0.1:{}", port(i, true)))
         .collect::<Vec<_>>()
         .join(",");
+    // The members' QUIC client endpoints present certificates from a store
+    // CA of their own, which the API server trusts (--etcd-cafile).
+    let store_pki = data_dir.join("pki").join("etcd");
+    keel_apiserver::tls::ensure_store_pki(&store_pki, &names)
+        .context("creating the store CA and member certificates")?;
     let mut running = Vec::new();
     let mut endpoints = Vec::new();
+    let mut quic_endpoints = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let client = format!("http://127.0.0.1:{}", port(i, false));
         let peer = format!("quic://127.0.0.1:{}", port(i, true));
+        let quic = format!("quic://127.0.0.1:{}", port(i, true) + 1);
         let dir = data_dir.join(name);
+        let cert = store_pki.join(format!("{name}.crt"));
+        let key = store_pki.join(format!("{name}.key"));
         let args = StoreOnly::parse_from([
             "store",
             "--name",
@@ -564,13 +636,22 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
             &peer,
             "--initial-cluster",
             &cluster,
+            "--listen-client-quic-urls",
+            &quic,
+            "--cert-file",
+            &cert.to_string_lossy(),
+            "--key-file",
+            &key.to_string_lossy(),
         ])
         .args;
         running.push(start_member(&args).await?);
         endpoints.push(client);
+        quic_endpoints.push(quic);
     }
+    let store_ca = store_pki.join("ca.crt");
     let api = ApiserverArgs {
-        etcd_servers: endpoints.join(","),
+        etcd_servers: quic_endpoints.join(","),
+        etcd_cafile: Some(store_ca.clone()),
         secure_port: 6443,
         bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
         cert_dir: data_dir.join("pki"),
@@ -603,7 +684,8 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
     });
     // `kubectl get ns` must work right after the banner: wait until the
     // apiserver has created the system namespaces (the store has a leader).
-    let store = keel_apiserver::store::Store::connect(&endpoints).context("store client")?;
+    let store = keel_apiserver::store::Store::connect(&quic_endpoints, Some(&store_ca))
+        .context("store client")?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::time::Instant::now() < deadline {
         if let Ok((Some(_), _)) = store.get("/registry/namespaces/kube-node-lease").await {
@@ -613,8 +695,9 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
     }
     let kubeconfig_abs = std::fs::canonicalize(&kubeconfig).unwrap_or(kubeconfig);
     println!(
-        "keel up: a 3-member store cluster, data in {}\n  ETCDCTL_API=3 etcdctl --endpoints={} endpoint status -w table\nAPI server on https://127.0.0.1:6443:\n  export KUBECONFIG={}\n  kubectl get ns\n(Ctrl-C stops it)",
+        "keel up: a 3-member store cluster, data in {} (QUIC client API on {})\n  ETCDCTL_API=3 etcdctl --endpoints={} endpoint status -w table\nAPI server on https://127.0.0.1:6443:\n  export KUBECONFIG={}\n  kubectl get ns\n(Ctrl-C stops it)",
         data_dir.display(),
+        quic_endpoints.join(","),
         endpoints.join(","),
         kubeconfig_abs.display()
     );

@@ -23,8 +23,12 @@ use crate::Error;
 /// `keel apiserver` settings (named after kube-apiserver's flags).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `--etcd-servers`: store client URLs.
+    /// `--etcd-servers`: store client URLs, `quic://host:port` (keel's
+    /// QUIC client API) or `http://host:port` (etcd gRPC).
     pub etcd_servers: Vec<String>,
+    /// `--etcd-cafile`: the PEM certificates a `quic://` member's
+    /// certificate must chain to (a CA) or be one of (pinned).
+    pub etcd_cafile: Option<PathBuf>,
     /// `--bind-address`.
     pub bind_address: IpAddr,
     /// `--secure-port` (0: any free port).
@@ -58,7 +62,7 @@ impl Server {
     pub async fn bind(cfg: &Config) -> Result<Server, Error> {
         tls::ensure_pki(&cfg.cert_dir, &[cfg.bind_address.to_string()])?;
         let tls_cfg = tls::server_config(&cfg.cert_dir)?;
-        let store = Store::connect(&cfg.etcd_servers)?;
+        let store = Store::connect(&cfg.etcd_servers, cfg.etcd_cafile.as_deref())?;
         let admission = crate::admission::Chain::new(&cfg.admission)?;
         tracing::info!(plugins = ?admission.names(), "admission plugins");
         let ca_pem = std::fs::read_to_string(cfg.cert_dir.join(tls::CA_CERT))

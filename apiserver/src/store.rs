@@ -1,9 +1,16 @@
-//! Store access: the etcd v3 gRPC API of a keel store (or a real etcd).
+//! Store access, over one of two transports chosen by the endpoint URLs:
 //!
-//! This is the first step. The design's native QUIC client of the store (one
-//! QUIC stream per watch, no head-of-line blocking between watches) replaces
-//! this gRPC client later; the API server only uses the operations below, so
-//! the swap stays inside this module.
+//! - `quic://host:port`: keel's native QUIC client API
+//!   ([`keel_storage::quic`]): one QUIC stream per request and per watch, so
+//!   a watch that is read slowly holds back no other watch; one connection
+//!   per member, reconnects with backoff, failover between members. The
+//!   server's certificate is verified against `--etcd-cafile`. `keel up`
+//!   uses this.
+//! - `http://host:port`: the etcd v3 gRPC API (tonic), balanced over the
+//!   endpoints, so the API server also works against a real etcd.
+//!
+//! Both carry the same etcd protobuf messages, so everything above
+//! [`Store`] is the same for both.
 
 use std::pin::Pin;
 
@@ -14,6 +21,7 @@ use keel_storage::proto::etcdserverpb::{
     watch_request, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
     WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
+use keel_storage::proto::etcdserverpb::{DeleteRangeResponse, RangeResponse, TxnResponse};
 use keel_storage::proto::mvccpb::KeyValue;
 use tonic::transport::{Channel, Endpoint};
 
@@ -83,8 +91,22 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, StoreErro
 /// A handle to the store (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct Store {
-    kv: KvClient<Channel>,
-    watch: WatchClient<Channel>,
+    backend: Backend,
+}
+
+/// The transport to the store.
+// One per API server (clones share the connections): its size does not
+// matter, and boxing would add an allocation to every clone.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+enum Backend {
+    /// etcd v3 gRPC.
+    Grpc {
+        kv: KvClient<Channel>,
+        watch: WatchClient<Channel>,
+    },
+    /// keel's native QUIC client API.
+    Quic(keel_storage::quic::Client),
 }
 
 /// The end of the range of every key starting with `prefix`.
@@ -100,8 +122,48 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 impl Store {
-    /// A lazily connecting client balanced over `endpoints` (`http://host:port`).
-    pub fn connect(endpoints: &[String]) -> Result<Store, StoreError> {
+    /// A lazily connecting client of `endpoints`: all `quic://host:port`
+    /// (the QUIC client API; `trusted_ca` is then required: the PEM file
+    /// the members' certificates must chain to or be one of), or all
+    /// `http://host:port` (etcd gRPC, balanced over them). Must be called
+    /// inside a tokio runtime.
+    pub fn connect(
+        endpoints: &[String],
+        trusted_ca: Option<&std::path::Path>,
+    ) -> Result<Store, StoreError> {
+        if endpoints.is_empty() {
+            return Err(StoreError::BadEndpoint(
+                String::new(),
+                "no endpoints".into(),
+            ));
+        }
+        let quic = endpoints
+            .iter()
+            .filter(|e| e.starts_with("quic://"))
+            .count();
+        if quic > 0 {
+            if quic != endpoints.len() {
+                return Err(StoreError::BadEndpoint(
+                    endpoints.join(","),
+                    "quic:// and other endpoints cannot be mixed".into(),
+                ));
+            }
+            let Some(ca) = trusted_ca else {
+                return Err(StoreError::BadEndpoint(
+                    endpoints.join(","),
+                    "quic:// endpoints need --etcd-cafile (the CA or certificates of the members' QUIC endpoints)".into(),
+                ));
+            };
+            let pem = std::fs::read(ca).map_err(|e| {
+                StoreError::BadEndpoint(endpoints.join(","), format!("{}: {e}", ca.display()))
+            })?;
+            let cfg = keel_storage::quic::ClientConfig::new(endpoints.to_vec(), pem);
+            let client = keel_storage::quic::Client::new(cfg)
+                .map_err(|e| StoreError::BadEndpoint(endpoints.join(","), e.to_string()))?;
+            return Ok(Store {
+                backend: Backend::Quic(client),
+            });
+        }
         let mut eps = Vec::new();
         for e in endpoints {
             let ep = Endpoint::from_shared(e.clone())
@@ -110,32 +172,65 @@ impl Store {
                 .tcp_nodelay(true);
             eps.push(ep);
         }
-        if eps.is_empty() {
-            return Err(StoreError::BadEndpoint(
-                String::new(),
-                "no endpoints".into(),
-            ));
-        }
         let channel = Channel::balance_list(eps.into_iter());
         let max = 64 * 1024 * 1024;
         Ok(Store {
-            kv: KvClient::new(channel.clone()).max_decoding_message_size(max),
-            watch: WatchClient::new(channel).max_decoding_message_size(max),
+            backend: Backend::Grpc {
+                kv: KvClient::new(channel.clone()).max_decoding_message_size(max),
+                watch: WatchClient::new(channel).max_decoding_message_size(max),
+            },
         })
+    }
+
+    /// Whether this client speaks the QUIC client API.
+    pub fn is_quic(&self) -> bool {
+        matches!(self.backend, Backend::Quic(_))
+    }
+
+    async fn range_req(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
+        match &self.backend {
+            Backend::Grpc { kv, .. } => Ok(kv
+                .clone()
+                .range(req)
+                .await
+                .map_err(map_status)?
+                .into_inner()),
+            Backend::Quic(c) => c.range(&req).await.map_err(|e| map_status(e.into())),
+        }
+    }
+
+    async fn txn_req(&self, req: TxnRequest) -> Result<TxnResponse, StoreError> {
+        match &self.backend {
+            Backend::Grpc { kv, .. } => {
+                Ok(kv.clone().txn(req).await.map_err(map_status)?.into_inner())
+            }
+            Backend::Quic(c) => c.txn(&req).await.map_err(|e| map_status(e.into())),
+        }
+    }
+
+    async fn delete_range_req(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, StoreError> {
+        match &self.backend {
+            Backend::Grpc { kv, .. } => Ok(kv
+                .clone()
+                .delete_range(req)
+                .await
+                .map_err(map_status)?
+                .into_inner()),
+            Backend::Quic(c) => c.delete_range(&req).await.map_err(|e| map_status(e.into())),
+        }
     }
 
     /// One key (linearizable read); `None` if it does not exist.
     pub async fn get(&self, key: &str) -> Result<(Option<KeyValue>, i64), StoreError> {
         let resp = self
-            .kv
-            .clone()
-            .range(RangeRequest {
+            .range_req(RangeRequest {
                 key: Bytes::copy_from_slice(key.as_bytes()),
                 ..Default::default()
             })
-            .await
-            .map_err(map_status)?
-            .into_inner();
+            .await?;
         let rev = resp.header.map(|h| h.revision).unwrap_or(0);
         Ok((resp.kvs.into_iter().next(), rev))
     }
@@ -149,18 +244,14 @@ impl Store {
         revision: i64,
     ) -> Result<Page, StoreError> {
         let resp = self
-            .kv
-            .clone()
-            .range(RangeRequest {
+            .range_req(RangeRequest {
                 key: Bytes::copy_from_slice(start),
                 range_end: Bytes::copy_from_slice(end),
                 limit,
                 revision,
                 ..Default::default()
             })
-            .await
-            .map_err(map_status)?
-            .into_inner();
+            .await?;
         Ok(Page {
             revision: resp.header.map(|h| h.revision).unwrap_or(0),
             kvs: resp.kvs,
@@ -188,9 +279,7 @@ impl Store {
         success: Vec<RequestOp>,
     ) -> Result<Cas, StoreError> {
         let resp = self
-            .kv
-            .clone()
-            .txn(TxnRequest {
+            .txn_req(TxnRequest {
                 compare,
                 success,
                 failure: vec![RequestOp {
@@ -200,9 +289,7 @@ impl Store {
                     })),
                 }],
             })
-            .await
-            .map_err(map_status)?
-            .into_inner();
+            .await?;
         if resp.succeeded {
             return Ok(Cas::Done(resp.header.map(|h| h.revision).unwrap_or(0)));
         }
@@ -341,16 +428,12 @@ impl Store {
     /// Deletes every key under `prefix`; returns how many were deleted.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<i64, StoreError> {
         let resp = self
-            .kv
-            .clone()
-            .delete_range(DeleteRangeRequest {
+            .delete_range_req(DeleteRangeRequest {
                 key: Bytes::copy_from_slice(prefix.as_bytes()),
                 range_end: prefix_end(prefix.as_bytes()).into(),
                 ..Default::default()
             })
-            .await
-            .map_err(map_status)?
-            .into_inner();
+            .await?;
         Ok(resp.deleted)
     }
 
@@ -387,9 +470,12 @@ impl Store {
                 },
             )),
         };
-        tx.send(create)
-            .await
-            .map_err(|_| StoreError::Unavailable("watch request channel closed".into()))?;
+        if matches!(self.backend, Backend::Grpc { .. }) {
+            // gRPC: the create request goes first on the request stream.
+            tx.send(create.clone())
+                .await
+                .map_err(|_| StoreError::Unavailable("watch request channel closed".into()))?;
+        }
         if let Some(every) = progress {
             let kick = kick.unwrap_or_default();
             tokio::spawn(async move {
@@ -413,14 +499,27 @@ impl Store {
             // Keep the request side open for as long as the watch lives.
             tokio::spawn(async move { tx.closed().await });
         }
-        let stream = self
-            .watch
-            .clone()
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .map_err(map_status)?
-            .into_inner();
-        Ok(Box::pin(stream.map(|r| r.map_err(map_status))))
+        match &self.backend {
+            Backend::Grpc { watch, .. } => {
+                let stream = watch
+                    .clone()
+                    .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .map_err(map_status)?
+                    .into_inner();
+                Ok(Box::pin(stream.map(|r| r.map_err(map_status))))
+            }
+            Backend::Quic(c) => {
+                // Its own QUIC stream; progress requests follow on it.
+                let stream = c
+                    .watch(create, rx)
+                    .await
+                    .map_err(|e| map_status(e.into()))?;
+                Ok(Box::pin(
+                    stream.map(|r| r.map_err(|e| map_status(e.into()))),
+                ))
+            }
+        }
     }
 }
 

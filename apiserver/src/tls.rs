@@ -94,21 +94,7 @@ fn dn(cn: &str, orgs: &[String]) -> DistinguishedName {
 /// signing key (`sa.key`) in `dir` unless they exist.
 /// `hosts` are extra names/IPs for the serving certificate.
 pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<()> {
-    if !dir.join(CA_CERT).exists() || !dir.join(CA_KEY).exists() {
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).map_err(cert_err("CA params"))?;
-        params.distinguished_name = dn("keel-ca", &[]);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        validity(&mut params, 10);
-        let key = KeyPair::generate().map_err(cert_err("CA key"))?;
-        let cert = params.self_signed(&key).map_err(cert_err("CA"))?;
-        write(&dir.join(CA_KEY), &key.serialize_pem(), true)?;
-        write(&dir.join(CA_CERT), &cert.pem(), false)?;
+    if ensure_ca(dir, "keel-ca")? {
         // A new CA invalidates any old serving certificate.
         let _ = std::fs::remove_file(dir.join(SERVING_CERT));
     }
@@ -145,6 +131,65 @@ pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<()> {
     }
     crate::authn::service_account::ensure_key(dir)
         .map_err(|e| TlsError::Cert("service account key", e.to_string()))
+}
+
+/// Creates a CA (`ca.crt`, `ca.key`) named `cn` in `dir` unless it exists;
+/// true if it was created.
+fn ensure_ca(dir: &Path, cn: &str) -> Result<bool> {
+    if dir.join(CA_CERT).exists() && dir.join(CA_KEY).exists() {
+        return Ok(false);
+    }
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err("CA params"))?;
+    params.distinguished_name = dn(cn, &[]);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, 10);
+    let key = KeyPair::generate().map_err(cert_err("CA key"))?;
+    let cert = params.self_signed(&key).map_err(cert_err("CA"))?;
+    write(&dir.join(CA_KEY), &key.serialize_pem(), true)?;
+    write(&dir.join(CA_CERT), &cert.pem(), false)?;
+    Ok(true)
+}
+
+/// A store PKI for `keel up` (as kubeadm gives etcd a CA of its own): a CA
+/// in `dir` (`ca.crt`, `ca.key`) and, for each member name, a serving
+/// certificate `<name>.crt`/`<name>.key` for `localhost`, `127.0.0.1` and
+/// `::1`, which the member's QUIC client endpoint presents
+/// (`--cert-file`/`--key-file`) and the API server checks against
+/// `ca.crt` (`--etcd-cafile`). Existing files are kept.
+pub fn ensure_store_pki(dir: &Path, members: &[&str]) -> Result<()> {
+    if ensure_ca(dir, "keel-store-ca")? {
+        for m in members {
+            let _ = std::fs::remove_file(dir.join(format!("{m}.crt")));
+        }
+    }
+    for m in members {
+        let (crt, key) = (dir.join(format!("{m}.crt")), dir.join(format!("{m}.key")));
+        if crt.exists() && key.exists() {
+            continue;
+        }
+        let sans: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut params = CertificateParams::new(sans).map_err(cert_err("store params"))?;
+        params.distinguished_name = dn(m, &[]);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, 1);
+        let (cert_pem, key_pem) = sign(dir, &params)?;
+        write(&key, &key_pem, true)?;
+        write(&crt, &cert_pem, false)?;
+    }
+    Ok(())
 }
 
 /// Signs `params` with the CA in `dir`; returns (cert PEM, key PEM).

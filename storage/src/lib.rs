@@ -10,6 +10,7 @@
 //! - `member`: one replicated member: opening a data dir, the Raft driver
 //!   and apply loop, snapshots (feature `server`).
 //! - [`server`]: the member's gRPC and HTTP servers.
+//! - [`quic`]: the native QUIC client API (server and client; feature `server`).
 //! - [`sync`]: the loom-able sync shim.
 #![warn(missing_docs)]
 
@@ -20,6 +21,8 @@ pub mod lease;
 pub mod member;
 pub mod mvcc;
 pub mod proto;
+#[cfg(feature = "server")]
+pub mod quic;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod sync;

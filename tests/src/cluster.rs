@@ -40,6 +40,9 @@ pub struct ClusterOpts {
     pub snapshot_count: Option<u64>,
     /// Extra flags for every member.
     pub extra_args: Vec<String>,
+    /// Every member also serves the QUIC client API
+    /// ([`MemberOpts::quic_client`]).
+    pub quic_client: bool,
 }
 
 impl Default for ClusterOpts {
@@ -50,6 +53,7 @@ impl Default for ClusterOpts {
             election_ms: 500,
             snapshot_count: None,
             extra_args: Vec::new(),
+            quic_client: false,
         }
     }
 }
@@ -130,6 +134,7 @@ pub fn member_name(i: usize) -> String {
 fn member_opts(opts: &ClusterOpts, name: &str) -> MemberOpts {
     let mut mo = MemberOpts::default().name(name);
     mo.snapshot_count = opts.snapshot_count;
+    mo.quic_client = opts.quic_client;
     mo.extra_args = vec![
         "--heartbeat-interval".into(),
         opts.heartbeat_ms.to_string(),

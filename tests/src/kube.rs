@@ -1,6 +1,10 @@
-//! An API server for end-to-end tests: a `keel store` member plus a
-//! `keel apiserver` process against it, a kubeconfig written by
-//! `keel kubeconfig`, and [`KubeApi::kubectl`] to drive the real kubectl.
+//! An API server for end-to-end tests: a `keel store` member (or a
+//! 3-member cluster) plus a `keel apiserver` process against it, a
+//! kubeconfig written by `keel kubeconfig`, and [`KubeApi::kubectl`] to
+//! drive the real kubectl. The API server reaches the store over the
+//! store's QUIC client API, as under `keel up` (pinning the members'
+//! self-signed certificates with `--etcd-cafile`); [`KubeApi::try_start_grpc`]
+//! uses the etcd gRPC API instead.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -11,7 +15,16 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use tempfile::TempDir;
 
+use crate::cluster::{Cluster, ClusterOpts};
 use crate::{free_port, keel_bin, Backend, CtlOutput, Member, MemberOpts};
+
+/// The store an API server runs on.
+enum Stores {
+    /// One member.
+    One(Box<Member>),
+    /// A cluster.
+    Cluster(Box<Cluster>),
+}
 
 /// The kubectl the tests drive (`$KUBECTL_BIN` overrides `/usr/bin/kubectl`).
 pub fn kubectl_bin() -> PathBuf {
@@ -26,7 +39,11 @@ pub const API_READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// A store member and an apiserver process on it. Dropping it kills both
 /// (printing the apiserver log's tail if the thread is panicking).
 pub struct KubeApi {
-    store: Member,
+    stores: Stores,
+    /// `--etcd-servers`.
+    etcd_servers: String,
+    /// `--etcd-cafile`, for `quic://` servers.
+    etcd_cafile: Option<PathBuf>,
     dir: TempDir,
     port: u16,
     child: Option<Child>,
@@ -79,13 +96,70 @@ impl KubeApi {
 
     /// [`KubeApi::try_start`] with extra `keel apiserver` flags.
     pub fn try_start_with(extra_args: &[String]) -> Result<KubeApi> {
+        let store = Member::try_start(Backend::Keel, MemberOpts::default().quic_client())?;
+        let servers = store.quic_url().context("member serves no QUIC")?;
+        let ca = store.quic_cert();
+        Self::try_start_on(Stores::One(Box::new(store)), servers, Some(ca), extra_args)
+    }
+
+    /// [`KubeApi::try_start`] with the API server on the store's etcd gRPC
+    /// API (`http://`), as against a real etcd.
+    pub fn try_start_grpc() -> Result<KubeApi> {
         let store = Member::try_start(Backend::Keel, MemberOpts::default())?;
+        let servers = store.client_url();
+        Self::try_start_on(Stores::One(Box::new(store)), servers, None, &[])
+    }
+
+    /// An API server over QUIC on a 3-member keel cluster (every member's
+    /// QUIC endpoint in `--etcd-servers`, their certificates pinned), or
+    /// `None` when there is no kubectl.
+    pub fn start_on_cluster_or_skip() -> Option<KubeApi> {
+        let bin = kubectl_bin();
+        if !bin.exists() {
+            println!("skipped: no kubectl at {} (KUBECTL_BIN)", bin.display());
+            return None;
+        }
+        let cluster = Cluster::start(
+            Backend::Keel,
+            ClusterOpts {
+                quic_client: true,
+                ..ClusterOpts::default()
+            },
+        );
+        let mut urls = Vec::new();
+        let mut pem = Vec::new();
+        for i in 0..cluster.len() {
+            let m = cluster.member(i);
+            urls.push(m.quic_url().expect("member serves QUIC"));
+            pem.extend(std::fs::read(m.quic_cert()).expect("member QUIC certificate"));
+        }
+        let ca = cluster.member(0).scratch_dir().join("store-quic-certs.pem");
+        std::fs::write(&ca, pem).expect("write pinned certificates");
+        Some(
+            Self::try_start_on(
+                Stores::Cluster(Box::new(cluster)),
+                urls.join(","),
+                Some(ca),
+                &[],
+            )
+            .unwrap_or_else(|e| panic!("{e:#}")),
+        )
+    }
+
+    fn try_start_on(
+        stores: Stores,
+        etcd_servers: String,
+        etcd_cafile: Option<PathBuf>,
+        extra_args: &[String],
+    ) -> Result<KubeApi> {
         let dir = tempfile::Builder::new()
             .prefix("keel-kube-")
             .tempdir()
             .context("create apiserver temp dir")?;
         let mut api = KubeApi {
-            store,
+            stores,
+            etcd_servers,
+            etcd_cafile,
             dir,
             port: free_port(),
             child: None,
@@ -173,10 +247,13 @@ impl KubeApi {
             .open(self.log_path())
             .context("open apiserver log")?;
         let err = log.try_clone().context("clone log fd")?;
-        Command::new(keel_bin())
-            .arg("apiserver")
-            .args(["--etcd-servers", &self.store.client_url()])
-            .args(["--secure-port", &port.to_string()])
+        let mut cmd = Command::new(keel_bin());
+        cmd.arg("apiserver")
+            .args(["--etcd-servers", &self.etcd_servers]);
+        if let Some(ca) = &self.etcd_cafile {
+            cmd.arg("--etcd-cafile").arg(ca);
+        }
+        cmd.args(["--secure-port", &port.to_string()])
             .args(["--bind-address", "127.0.0.1", "--cert-dir"])
             .arg(self.cert_dir())
             .args(extra_args)
@@ -228,9 +305,27 @@ impl KubeApi {
     pub fn scratch(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
-    /// The store member.
+    /// The store member (of a cluster: the first).
     pub fn store(&self) -> &Member {
-        &self.store
+        match &self.stores {
+            Stores::One(m) => m,
+            Stores::Cluster(c) => c.member(0),
+        }
+    }
+    /// The store cluster, if the API server runs on one.
+    pub fn cluster_mut(&mut self) -> Option<&mut Cluster> {
+        match &mut self.stores {
+            Stores::One(_) => None,
+            Stores::Cluster(c) => Some(c),
+        }
+    }
+    /// The API server's log lines so far that mention `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(String::from)
+            .collect()
     }
     /// The apiserver log path.
     pub fn log_path(&self) -> PathBuf {

@@ -42,6 +42,10 @@ pub struct MemberOpts {
     pub initial_cluster: Option<String>,
     /// `--initial-cluster-state` (`new`/`existing`); `None`: `new`.
     pub initial_cluster_state: Option<String>,
+    /// keel only: also serve the QUIC client API
+    /// (`--listen-client-quic-urls`, on a port of its own, with the
+    /// generated self-signed certificate: [`Member::quic_cert`]).
+    pub quic_client: bool,
 }
 
 impl Default for MemberOpts {
@@ -54,6 +58,7 @@ impl Default for MemberOpts {
             extra_args: Vec::new(),
             initial_cluster: None,
             initial_cluster_state: None,
+            quic_client: false,
         }
     }
 }
@@ -72,6 +77,11 @@ impl MemberOpts {
     /// Sets `--snapshot-count`.
     pub fn snapshot_count(mut self, n: u64) -> Self {
         self.snapshot_count = Some(n);
+        self
+    }
+    /// Serves the QUIC client API too (keel).
+    pub fn quic_client(mut self) -> Self {
+        self.quic_client = true;
         self
     }
     /// Sets `--name`.
@@ -93,6 +103,8 @@ pub struct Member {
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
+    /// The QUIC client API's UDP port ([`MemberOpts::quic_client`]).
+    quic_port: Option<u16>,
     child: Option<Child>,
     starts: u32,
 }
@@ -128,6 +140,9 @@ impl Member {
                     }
                     m.client_port = free_port();
                     m.peer_port = free_port();
+                    if m.quic_port.is_some() {
+                        m.quic_port = Some(free_port());
+                    }
                 }
             }
         }
@@ -140,12 +155,14 @@ impl Member {
             .prefix(&format!("keel-e2e-{}-", backend.name()))
             .tempdir()
             .context("create member temp dir")?;
+        let quic_port = (opts.quic_client && backend == Backend::Keel).then(free_port);
         Ok(Member {
             backend,
             opts,
             dir,
             client_port: free_port(),
             peer_port: free_port(),
+            quic_port,
             child: None,
             starts: 0,
         })
@@ -176,6 +193,18 @@ impl Member {
     /// `http://127.0.0.1:PORT`, the client URL (gRPC + /health + /metrics).
     pub fn client_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
+    }
+    /// `quic://127.0.0.1:PORT`, the QUIC client API, if it is served.
+    pub fn quic_url(&self) -> Option<String> {
+        self.quic_port.map(|p| format!("quic://127.0.0.1:{p}"))
+    }
+    /// The QUIC client API's self-signed certificate (generated at the
+    /// first start): what a client pins (`--etcd-cafile`).
+    pub fn quic_cert(&self) -> PathBuf {
+        self.data_dir()
+            .join("fixtures")
+            .join("client")
+            .join("cert.pem")
     }
     /// The client port.
     pub fn client_port(&self) -> u16 {
@@ -263,6 +292,12 @@ impl Member {
             // A single member elects itself after one election timeout; keep
             // restarts fast. (Lease minimum TTL stays well under 2 s.)
             cmd.args(["--heartbeat-interval", "25", "--election-timeout", "250"]);
+        }
+        if let Some(p) = self.quic_port {
+            cmd.args([
+                "--listen-client-quic-urls",
+                &format!("quic://127.0.0.1:{p}"),
+            ]);
         }
         cmd.args(&o.extra_args);
         cmd

@@ -5,6 +5,9 @@
 //! - [`header`]: response headers.
 //! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`cluster`]: the services.
 //! - [`http`]: `/health` and `/metrics`.
+//!
+//! The native QUIC client API ([`crate::quic`]), on a port of its own,
+//! runs requests through these same services.
 
 pub mod cluster;
 pub mod header;
