@@ -36,6 +36,9 @@ pub const FANOUT: usize = 4_096;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// One change, or the store's progress.
+// Events live behind an Arc each; boxing the large variant would only add
+// a second allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event {
     /// A put (`put`) or delete of `kv.key` at `kv.mod_revision`.
@@ -46,6 +49,11 @@ pub enum Event {
         kv: KeyValue,
         /// The key-value before, if any.
         prev: Option<KeyValue>,
+        /// The event's lines for watches that select everything, made by
+        /// the first such watch and shared by the rest (thousands of
+        /// watchers must not each parse and encode the same object):
+        /// `(the resource they were made for, the lines)`.
+        shared: std::sync::OnceLock<(usize, Vec<Bytes>)>,
     },
     /// The store has reached this revision with nothing more for this type.
     Progress(i64),
@@ -192,6 +200,7 @@ impl Cache {
                 put,
                 kv,
                 prev: ev.prev_kv,
+                shared: std::sync::OnceLock::new(),
             });
             inner.window.push_back(event.clone());
             while inner.window.len() > WINDOW {

@@ -62,9 +62,23 @@ impl Filter {
             let meta = json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)});
             obj = table::table(self.res, &[obj], meta, include);
         }
-        let mut s = json!({"type": kind, "object": obj}).to_string();
-        s.push('\n');
+        // Written around the object rather than through json!, which would
+        // copy it first; `kind` is one of the fixed event types.
+        let mut s = Vec::with_capacity(512);
+        s.extend_from_slice(b"{\"type\":\"");
+        s.extend_from_slice(kind.as_bytes());
+        s.extend_from_slice(b"\",\"object\":");
+        if serde_json::to_writer(&mut s, &obj).is_err() {
+            s.extend_from_slice(b"null");
+        }
+        s.extend_from_slice(b"}\n");
         Bytes::from(s)
+    }
+
+    /// True if every event's lines depend on the event alone (no selector,
+    /// no table): such watches share them.
+    fn selects_everything(&self) -> bool {
+        self.labels.0.is_empty() && self.fields.0.is_empty() && self.table.is_none()
     }
 
     fn bookmark(&self, rev: i64) -> Bytes {
@@ -140,11 +154,27 @@ impl Watcher {
     /// Sends the lines of one cache event; false once the client is gone.
     async fn send_event(&self, ev: &crate::cache::Event) -> bool {
         let lines = match ev {
-            crate::cache::Event::Change { put, kv, prev } => {
+            crate::cache::Event::Change {
+                put,
+                kv,
+                prev,
+                shared,
+            } => {
                 if kv.mod_revision <= self.after || !self.wants(&kv.key) {
                     return true;
                 }
-                self.filter.event(*put, kv, prev.as_ref())
+                let res = self.filter.res as *const ResourceInfo as usize;
+                if self.filter.selects_everything() {
+                    let (made_for, lines) =
+                        shared.get_or_init(|| (res, self.filter.event(*put, kv, prev.as_ref())));
+                    if *made_for == res {
+                        lines.clone()
+                    } else {
+                        self.filter.event(*put, kv, prev.as_ref())
+                    }
+                } else {
+                    self.filter.event(*put, kv, prev.as_ref())
+                }
             }
             crate::cache::Event::Progress(rev) if self.bookmarks && *rev >= self.after => {
                 vec![self.filter.bookmark(*rev)]

@@ -455,6 +455,7 @@ async fn watch_one(
     drop(ready);
     let mut buf: Vec<u8> = Vec::new();
     let mut got = 0u64;
+    let mut checked = false;
     while got < want {
         let frame = match tokio::time::timeout(Duration::from_secs(30), body.frame()).await {
             Ok(Some(Ok(f))) => f,
@@ -465,26 +466,55 @@ async fn watch_one(
         };
         let now = epoch.elapsed().as_micros() as u64;
         buf.extend_from_slice(&data);
-        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let Ok(ev) = serde_json::from_slice::<WatchEvent>(&line) else {
-                continue;
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &buf[start..]) {
+            let line = &buf[start..start + nl + 1];
+            start += nl + 1;
+            // The first event is parsed in full (the stream is what a
+            // Kubernetes client expects); the rest are scanned for the two
+            // fields needed, so the load generator, which shares the cores
+            // with the server, stays cheap.
+            let sent = if checked {
+                scan_added(line, prefix)
+            } else {
+                checked = true;
+                match serde_json::from_slice::<WatchEvent>(line) {
+                    Ok(ev) => {
+                        let meta = &ev.object.metadata;
+                        (ev.kind == "ADDED" && meta.name.starts_with(prefix))
+                            .then(|| meta.annotations.get(SENT).and_then(|s| s.parse().ok()))
+                            .flatten()
+                    }
+                    Err(_) => None,
+                }
             };
-            let meta = &ev.object.metadata;
-            if ev.kind != "ADDED" || !meta.name.starts_with(prefix) {
-                continue;
-            }
-            if let Some(sent) = meta
-                .annotations
-                .get(SENT)
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+            if let Some(sent) = sent {
                 record(&mut h, Duration::from_micros(now.saturating_sub(sent)));
                 got += 1;
             }
         }
+        buf.drain(..start);
     }
     (h, want - got)
+}
+
+/// The send instant of an ADDED event line of one of this run's pods
+/// (name starting with `prefix`), found without parsing the object.
+fn scan_added(line: &[u8], prefix: &str) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"type\":\"ADDED\"")?;
+    let name = format!("\"name\":\"{prefix}");
+    find(rest, name.as_bytes())?;
+    let key = format!("\"{SENT}\":\"");
+    let at = find(rest, key.as_bytes())? + key.len();
+    let digits = rest[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(hay, needle)
 }
 
 #[cfg(test)]
@@ -503,5 +533,14 @@ mod tests {
             Some("QUJD")
         );
         assert_eq!(kubeconfig_field(text, "client-key-data"), None);
+    }
+
+    #[test]
+    fn scans_added_lines() {
+        let line = br#"{"type":"ADDED","object":{"metadata":{"name":"w1-3","annotations":{"keel-bench/sent-us":"12345"}}}}"#;
+        assert_eq!(scan_added(line, "w1"), Some(12345));
+        assert_eq!(scan_added(line, "w2"), None, "another run's pod");
+        let modified = br#"{"type":"MODIFIED","object":{"metadata":{"name":"w1-3","annotations":{"keel-bench/sent-us":"1"}}}}"#;
+        assert_eq!(scan_added(modified, "w1"), None);
     }
 }

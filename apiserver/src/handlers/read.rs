@@ -258,13 +258,13 @@ pub async fn list(app: &App, ctx: &Ctx) -> ApiResult<Response> {
             &table::table(res, &l.items, meta, include),
         ));
     }
-    let body = json!({
-        "kind": format!("{}List", res.kind),
-        "apiVersion": res.group_version(),
-        "metadata": meta,
-        "items": l.items,
-    });
-    Ok(json_response(StatusCode::OK, &body))
+    // Built by hand: json! would copy every item before encoding it.
+    let mut body = serde_json::Map::new();
+    body.insert("kind".into(), Value::String(format!("{}List", res.kind)));
+    body.insert("apiVersion".into(), Value::String(res.group_version()));
+    body.insert("metadata".into(), meta);
+    body.insert("items".into(), Value::Array(l.items));
+    Ok(json_response(StatusCode::OK, &Value::Object(body)))
 }
 
 #[cfg(test)]
