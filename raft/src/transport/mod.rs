@@ -80,6 +80,7 @@
 
 mod error;
 mod peer;
+pub mod pki;
 mod server;
 mod tls;
 mod wire;

@@ -7,18 +7,16 @@
 //! the connection is encrypted to whoever holds the presented key.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
+use super::pki::{load_certs, load_key, provider, write_atomically, PkiError, Signatures};
 use super::{PeerTls, TransportError, ALPN};
 
 /// File names of the auto-TLS certificate and key inside [`PeerTls::Auto`]'s dir.
@@ -41,54 +39,17 @@ pub(crate) struct TlsSetup {
     pub key_der: Vec<u8>,
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn tls_err(what: impl std::fmt::Display) -> TransportError {
     TransportError::Tls(what.to_string())
 }
 
-fn pem_err(path: &Path, e: rustls::pki_types::pem::Error) -> TransportError {
-    TransportError::Tls(format!("{}: {e}", path.display()))
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_err(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(path, e))?;
-    if certs.is_empty() {
-        return Err(tls_err(format!("{}: no certificate", path.display())));
+impl From<PkiError> for TransportError {
+    fn from(e: PkiError) -> Self {
+        match e {
+            PkiError::Io { path, source } => TransportError::Io { path, source },
+            e @ PkiError::Pem { .. } => TransportError::Tls(e.to_string()),
+        }
     }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_err(path, e))
-}
-
-/// Writes `data` to `path` atomically (temp file + rename), owner-only when `secret`.
-fn write_atomically(path: &Path, data: &[u8], secret: bool) -> Result<(), TransportError> {
-    let tmp = path.with_extension("tmp");
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| TransportError::Io { path: p, source }
-    };
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut f = opts.open(&tmp).map_err(io(&tmp))?;
-    f.write_all(data).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    Ok(())
 }
 
 /// Loads the auto-TLS certificate and key from `dir`, generating them on
@@ -142,7 +103,7 @@ pub(crate) fn setup(tls: &PeerTls) -> Result<TlsSetup, TransportError> {
     let key_der = key.secret_der().to_vec();
 
     let client_verifier: Arc<dyn ClientCertVerifier> = match &roots {
-        None => Arc::new(AcceptAnyPeer(provider.clone())),
+        None => Arc::new(AcceptAnyPeer(Signatures(provider.clone()))),
         Some(roots) => WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(tls_err)?,
@@ -161,7 +122,9 @@ pub(crate) fn setup(tls: &PeerTls) -> Result<TlsSetup, TransportError> {
     let builder = match &roots {
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyPeer(provider.clone()))),
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyPeer(Signatures(
+                provider.clone(),
+            )))),
         Some(roots) => builder.with_webpki_verifier(
             rustls::client::WebPkiServerVerifier::builder_with_provider(
                 roots.clone(),
@@ -193,41 +156,7 @@ pub(crate) fn names_ip(cert: &CertificateDer<'_>, ip: std::net::IpAddr) -> bool 
 /// Auto-TLS verifier: accepts any certificate chain, but checks that the
 /// handshake was signed by the presented certificate's key.
 #[derive(Debug)]
-struct AcceptAnyPeer(Arc<CryptoProvider>);
-
-impl AcceptAnyPeer {
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn tls12(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
+struct AcceptAnyPeer(Signatures);
 
 impl ServerCertVerifier for AcceptAnyPeer {
     fn verify_server_cert(
@@ -247,7 +176,7 @@ impl ServerCertVerifier for AcceptAnyPeer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls12(message, cert, dss)
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -256,11 +185,11 @@ impl ServerCertVerifier for AcceptAnyPeer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls13(message, cert, dss)
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes()
+        self.0.schemes()
     }
 }
 
@@ -284,7 +213,7 @@ impl ClientCertVerifier for AcceptAnyPeer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls12(message, cert, dss)
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -293,10 +222,10 @@ impl ClientCertVerifier for AcceptAnyPeer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls13(message, cert, dss)
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes()
+        self.0.schemes()
     }
 }

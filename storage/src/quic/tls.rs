@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use keel_raft::transport::pki::{self, provider, Signatures};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -39,44 +39,21 @@ pub enum ServerTls {
     },
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn tls_err(what: impl std::fmt::Display) -> QuicError {
     QuicError::Tls(what.to_string())
 }
 
 /// Reads every certificate of a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, QuicError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| tls_err(format!("{}: {e}", path.display())))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(tls_err(format!("{}: no certificate", path.display())));
-    }
-    Ok(certs)
+    pki::load_certs(path).map_err(tls_err)
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, QuicError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))
+    pki::load_key(path).map_err(tls_err)
 }
 
 fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), QuicError> {
-    use std::io::Write;
-    let io = |e: std::io::Error| tls_err(format!("{}: {e}", path.display()));
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    pki::write_atomically(path, data, secret).map_err(tls_err)
 }
 
 impl ServerTls {
@@ -160,7 +137,7 @@ pub(crate) fn client_config(trusted_pem: &[u8]) -> Result<rustls::ClientConfig, 
     let verifier = Arc::new(TrustedServer {
         webpki,
         pinned,
-        provider: provider.clone(),
+        signatures: Signatures(provider.clone()),
     });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -179,7 +156,7 @@ pub(crate) fn client_config(trusted_pem: &[u8]) -> Result<rustls::ClientConfig, 
 struct TrustedServer {
     webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
     pinned: Vec<CertificateDer<'static>>,
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl ServerCertVerifier for TrustedServer {
@@ -214,12 +191,7 @@ impl ServerCertVerifier for TrustedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -228,17 +200,10 @@ impl ServerCertVerifier for TrustedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }

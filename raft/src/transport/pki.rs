@@ -1,0 +1,134 @@
+//! Certificate plumbing shared by keel's QUIC endpoints (the peer transport
+//! here, the store's client API in `keel-storage`): the crypto provider, PEM
+//! files in and out, and the handshake-signature checks every custom
+//! verifier needs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// A certificate or key file that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Not PEM, or no certificate in it.
+    #[error("{}: {reason}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The crypto provider of every keel TLS endpoint (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate of a PEM file (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let pem = |e: rustls::pki_types::pem::Error| PkiError::Pem {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(pem)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem)?;
+    if certs.is_empty() {
+        return Err(PkiError::Pem {
+            path: path.to_owned(),
+            reason: "no certificate".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| PkiError::Pem {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Writes `data` to `path` atomically (temp file, fsync, rename),
+/// owner-only when `secret`.
+pub fn write_atomically(path: &Path, data: &[u8], secret: bool) -> Result<(), PkiError> {
+    let tmp = path.with_extension("tmp");
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| PkiError::Io { path: p, source }
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut f = opts.open(&tmp).map_err(io(&tmp))?;
+    f.write_all(data).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Handshake-signature checks against the presented certificate's key,
+/// for verifiers that decide on the certificate themselves: whatever they
+/// accept, the peer must hold the key.
+#[derive(Debug, Clone)]
+pub struct Signatures(pub Arc<CryptoProvider>);
+
+impl Signatures {
+    /// Checks a TLS 1.2 handshake signature.
+    pub fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    /// Checks a TLS 1.3 handshake signature.
+    pub fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    /// The signature schemes the provider verifies.
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
