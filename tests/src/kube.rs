@@ -289,6 +289,32 @@ impl KubeApi {
         }
     }
 
+    /// `kubectl get <args> -w --watch-only -o json --output-watch-events`
+    /// in the background; its output lines (one watch event each) on the
+    /// channel. Kill the child when done.
+    pub fn kubectl_watch(&self, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+        use std::io::{BufRead, BufReader};
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-w", "--watch-only", "-o", "json", "--output-watch-events"]);
+        let mut child = self
+            .kubectl_cmd(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn kubectl get -w");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (child, rx)
+    }
+
     /// `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)

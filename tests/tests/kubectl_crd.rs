@@ -4,9 +4,6 @@
 //! subresources, explain, watch), schema validation, pruning and
 //! defaulting, and deleting the CRD with its objects.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use keel_tests::kube::KubeApi;
@@ -334,30 +331,8 @@ fn custom_resources_watch() {
         return;
     };
     define(&api);
-    let mut child = api
-        .kubectl_cmd(&[
-            "get",
-            "crontabs",
-            "-w",
-            "--watch-only",
-            "-o",
-            "json",
-            "--output-watch-events",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn kubectl get -w");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // One JSON watch event per line.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    // One JSON watch event per line.
+    let (mut child, rx) = api.kubectl_watch(&["crontabs"]);
     std::thread::sleep(Duration::from_millis(700));
     let f = write(&api, "w.yaml", &crontab("watched", ""));
     api.kubectl_ok(&["create", "-f", &f]);

@@ -433,29 +433,7 @@ fn get_watch_sees_events() {
     let Some(api) = KubeApi::start_or_skip() else {
         return;
     };
-    let mut child = api
-        .kubectl_cmd(&[
-            "get",
-            "cm",
-            "-w",
-            "--watch-only",
-            "-o",
-            "json",
-            "--output-watch-events",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn kubectl get -w");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut child, rx) = api.kubectl_watch(&["cm"]);
     // The watch starts from the list kubectl makes first; give it a moment.
     std::thread::sleep(Duration::from_millis(700));
     api.kubectl_ok(&["create", "configmap", "watched", "--from-literal=k=v"]);

@@ -4,8 +4,6 @@
 //! killed, a watch that is not read holding back no other watch, and
 //! garbage at the QUIC endpoint refused while the store keeps serving.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -29,32 +27,7 @@ fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 /// `kubectl get cm -w` in the background; its output lines on the channel.
 fn watch_configmaps(api: &KubeApi, ns: &str) -> (std::process::Child, mpsc::Receiver<String>) {
-    let mut child = api
-        .kubectl_cmd(&[
-            "-n",
-            ns,
-            "get",
-            "cm",
-            "-w",
-            "--watch-only",
-            "-o",
-            "json",
-            "--output-watch-events",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn kubectl get -w");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    (child, rx)
+    api.kubectl_watch(&["-n", ns, "cm"])
 }
 
 /// Reads watch output until it has seen every one of `wanted` (substrings).
