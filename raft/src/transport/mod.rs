@@ -386,22 +386,9 @@ impl Transport {
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(tc);
 
-        // Same key after a restart → the restarted member can reset stale
+        // Same keys after a restart: the restarted member resets stale
         // connections its peers still hold to it.
-        let seed = ring::digest::digest(
-            &ring::digest::SHA256,
-            &[b"keel-raft stateless reset".as_slice(), &tls.key_der].concat(),
-        );
-        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_ref());
-        let mut endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
-        // The connection IDs carry a keyed hash that the endpoint checks
-        // before answering with a reset; the key must survive restarts too.
-        let mut cid_key = [0u8; 8];
-        cid_key.copy_from_slice(&seed.as_ref()[..8]);
-        let cid_key = u64::from_le_bytes(cid_key);
-        endpoint_cfg.cid_generator(move || {
-            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-        });
+        let endpoint_cfg = pki::stable_endpoint_config(b"keel-raft stateless reset", &tls.key_der);
         let socket = bind(cfg.listen).await?;
         let mut endpoint = quinn::Endpoint::new(
             endpoint_cfg,

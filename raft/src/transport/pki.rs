@@ -1,7 +1,7 @@
 //! Certificate plumbing shared by keel's QUIC endpoints (the peer transport
 //! here, the store's client API in `keel-storage`): the crypto provider, PEM
-//! files in and out, and the handshake-signature checks every custom
-//! verifier needs.
+//! files in and out, the handshake-signature checks every custom verifier
+//! needs, and endpoint keys derived from the certificate's key.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,6 +88,26 @@ pub fn write_atomically(path: &Path, data: &[u8], secret: bool) -> Result<(), Pk
     f.write_all(data).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// A QUIC endpoint configuration whose stateless-reset key and
+/// connection-ID hash key derive from the endpoint's private key
+/// (`key_der`, DER) and `label`: the same after a restart, so that peers
+/// still holding a connection to the old process are reset at once
+/// instead of waiting for their idle timeout.
+pub fn stable_endpoint_config(label: &[u8], key_der: &[u8]) -> quinn::EndpointConfig {
+    let seed = ring::digest::digest(&ring::digest::SHA256, &[label, key_der].concat());
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_ref());
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // The connection IDs carry a keyed hash that the endpoint checks before
+    // answering with a reset; the key must survive restarts too.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&seed.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    cfg
 }
 
 /// Handshake-signature checks against the presented certificate's key,

@@ -77,20 +77,12 @@ impl QuicServer {
         ))));
         server.transport_config(Arc::new(tc));
 
-        // The same reset key after a restart: clients holding a connection
+        // The same reset keys after a restart: clients holding a connection
         // to the old process learn at once that it is gone.
-        let seed = ring::digest::digest(
-            &ring::digest::SHA256,
-            &[b"keel-store quic stateless reset".as_slice(), &key_der].concat(),
+        let endpoint_cfg = keel_raft::transport::pki::stable_endpoint_config(
+            b"keel-store quic stateless reset",
+            &key_der,
         );
-        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_ref());
-        let mut endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
-        let mut cid_key = [0u8; 8];
-        cid_key.copy_from_slice(&seed.as_ref()[..8]);
-        let cid_key = u64::from_le_bytes(cid_key);
-        endpoint_cfg.cid_generator(move || {
-            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-        });
         let socket = std::net::UdpSocket::bind(listen).map_err(|source| QuicError::Bind {
             addr: listen,
             source,
