@@ -147,6 +147,16 @@ struct ApiserverArgs {
     /// How long the webhook's other answers are reused (Go duration; 0s: never).
     #[arg(long, default_value = "30s")]
     authorization_webhook_cache_unauthorized_ttl: String,
+    /// The audit log: one `audit.k8s.io/v1` Event (Metadata level) per
+    /// request, as a JSON line; `-` is standard output. Unset: no audit log.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// Megabytes before the audit log is rotated (0: never).
+    #[arg(long, default_value_t = 100)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs kept (0: all).
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxbackup: usize,
 }
 
 /// `keel kubeconfig` flags.
@@ -565,6 +575,11 @@ async fn run_apiserver(
                 &args.authorization_webhook_cache_unauthorized_ttl,
             )?,
         ),
+        audit: keel_apiserver::audit::AuditConfig {
+            path: args.audit_log_path.clone(),
+            max_size_mb: args.audit_log_maxsize,
+            max_backups: args.audit_log_maxbackup,
+        },
     };
     let server = keel_apiserver::Server::bind(&cfg)
         .await
@@ -670,6 +685,9 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         authorization_webhook_config_file: None,
         authorization_webhook_cache_authorized_ttl: "5m".into(),
         authorization_webhook_cache_unauthorized_ttl: "30s".into(),
+        audit_log_path: Some(data_dir.join("audit").join("audit.log")),
+        audit_log_maxsize: 100,
+        audit_log_maxbackup: 3,
     };
     let kubeconfig = data_dir.join("kubeconfig");
     keel_apiserver::tls::ensure_pki(&api.cert_dir, &[]).context("creating the cluster CA")?;

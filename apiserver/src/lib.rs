@@ -18,6 +18,8 @@
 //! - [`store`]: the store client (etcd v3 gRPC for now; the native QUIC
 //!   client is a later step).
 //! - [`status`]: Kubernetes `Status` errors; [`metrics`]: `/metrics`.
+//! - [`audit`]: the audit log (one `audit.k8s.io/v1` Event per request,
+//!   rotated by size).
 //! - [`admission`]: the admission plugins (mutating, then validating) every
 //!   write passes; [`controllers`]: the loops inside the server (namespace
 //!   termination, service accounts, quota usage, the garbage collector);
@@ -29,6 +31,7 @@
 pub mod admission;
 pub mod alloc;
 pub mod apply;
+pub mod audit;
 pub mod auth;
 pub mod authn;
 pub mod authz;
@@ -77,6 +80,9 @@ pub enum Error {
     /// The admission flags.
     #[error(transparent)]
     Admission(#[from] admission::AdmissionError),
+    /// The audit log file.
+    #[error("audit log: {0}")]
+    Audit(std::io::Error),
     /// Binding the listening socket.
     #[error("listening on {addr}: {source}")]
     Bind {

@@ -46,6 +46,8 @@ pub struct Config {
     /// `--authorization-webhook-cache-authorized-ttl` and
     /// `--authorization-webhook-cache-unauthorized-ttl`.
     pub authorization_webhook_cache_ttls: (Duration, Duration),
+    /// `--audit-log-path`, `--audit-log-maxsize`, `--audit-log-maxbackup`.
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// A bound, not yet serving API server.
@@ -84,6 +86,7 @@ impl Server {
             None => None,
         };
         let authz = crate::authz::Authorizer::new(modes, webhook).map_err(Error::Authz)?;
+        let audit = crate::audit::AuditLog::open(&cfg.audit).map_err(Error::Audit)?;
         let addr = SocketAddr::new(cfg.bind_address, cfg.secure_port);
         let listener = TcpListener::bind(addr)
             .await
@@ -103,6 +106,7 @@ impl Server {
                 admission,
                 authn,
                 authz,
+                audit,
             }),
             ca_pem,
         })
@@ -187,6 +191,7 @@ impl Server {
                 let svc = hyper::service::service_fn(
                     move |mut req: hyper::Request<hyper::body::Incoming>| {
                         req.extensions_mut().insert(user.clone());
+                        req.extensions_mut().insert(crate::handlers::PeerAddr(peer));
                         tower::ServiceExt::oneshot(router.clone(), req.map(Body::new))
                     },
                 );

@@ -828,3 +828,84 @@ fn default_roles_are_reconciled_at_startup() {
     ]);
     assert_eq!(subjects, "carol system:authenticated");
 }
+
+/// The audit log: one `audit.k8s.io/v1` Event line per request, at the
+/// Metadata level, for allowed, forbidden (403) and unauthenticated (401)
+/// requests alike; nothing is written for a refused create.
+#[test]
+fn audit_log_records_every_request() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let path = logs.path().join("audit.log");
+    let path_arg = path.display().to_string();
+    let Some((api, _dir)) = start(&["--audit-log-path", &path_arg]) else {
+        return;
+    };
+    api.kubectl_ok(&["create", "ns", "audited"]);
+    let alice = api.token_kubeconfig("alice", Some("alice-token"));
+    api.kubectl_with(&alice, &["-n", "audited", "create", "configmap", "x"])
+        .fails_with(r#"User "alice" cannot create resource "configmaps""#);
+    let stranger = api.token_kubeconfig("stranger", Some("no-such-token"));
+    api.kubectl_with(&stranger, &["get", "ns"])
+        .assert_unauthorized();
+    api.kubectl(&["-n", "audited", "get", "configmap", "x"])
+        .fails_with("NotFound");
+
+    let events = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each audit line is JSON"))
+            .collect()
+    };
+    let find = |evs: &[serde_json::Value], f: &dyn Fn(&serde_json::Value) -> bool| {
+        evs.iter().find(|e| f(e)).cloned()
+    };
+    eventually("the audit lines", || {
+        let evs = events();
+        find(&evs, &|e| {
+            e["objectRef"]["name"] == "x" && e["verb"] == "get"
+        })
+        .is_some()
+    });
+    let evs = events();
+    for e in &evs {
+        assert_eq!(e["apiVersion"], "audit.k8s.io/v1", "{e}");
+        assert_eq!(e["kind"], "Event", "{e}");
+        assert_eq!(e["level"], "Metadata", "{e}");
+        assert!(e["auditID"].as_str().is_some_and(|s| s.len() == 36), "{e}");
+        assert!(e["requestReceivedTimestamp"].is_string(), "{e}");
+        assert!(e["stageTimestamp"].is_string(), "{e}");
+    }
+    let created = find(&evs, &|e| {
+        e["verb"] == "create" && e["objectRef"]["resource"] == "namespaces"
+    })
+    .expect("the namespace create is audited");
+    assert_eq!(created["user"]["username"], "kubernetes-admin");
+    assert!(created["user"]["groups"]
+        .as_array()
+        .is_some_and(|g| g.iter().any(|g| g == "system:masters")));
+    assert_eq!(created["responseStatus"]["code"], 201);
+    assert_eq!(created["sourceIPs"], serde_json::json!(["127.0.0.1"]));
+
+    let refused = find(&evs, &|e| {
+        e["user"]["username"] == "alice" && e["verb"] == "create"
+    })
+    .expect("the forbidden create is audited");
+    assert_eq!(refused["responseStatus"]["code"], 403);
+    assert_eq!(refused["objectRef"]["resource"], "configmaps");
+    assert_eq!(refused["objectRef"]["namespace"], "audited");
+
+    let unauthenticated = find(&evs, &|e| e["responseStatus"]["code"] == 401)
+        .expect("the unauthenticated request is audited");
+    assert_eq!(unauthenticated["user"]["username"], "system:anonymous");
+
+    let missing = find(&evs, &|e| {
+        e["objectRef"]["name"] == "x" && e["verb"] == "get"
+    })
+    .expect("the get is audited");
+    assert_eq!(missing["responseStatus"]["code"], 404);
+    assert_eq!(missing["objectRef"]["apiVersion"], "v1");
+    // Nothing was written by the refused create.
+    api.kubectl(&["-n", "audited", "get", "configmap", "x"])
+        .fails_with("NotFound");
+}

@@ -48,7 +48,13 @@ pub struct App {
     pub authn: crate::authn::Authenticator,
     /// What they may do (`--authorization-mode`).
     pub authz: crate::authz::Authorizer,
+    /// The audit log (a no-op without `--audit-log-path`).
+    pub audit: crate::audit::AuditLog,
 }
+
+/// The client's address, for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// The object(s) a request is about.
 #[derive(Debug, Clone)]
@@ -196,6 +202,11 @@ struct Info {
     resource: String,
     /// The user the request acted as (after authentication and impersonation).
     user: String,
+    /// Its groups and uid.
+    groups: Vec<String>,
+    uid: String,
+    /// The object of a resource request (audit `objectRef`).
+    object: Option<crate::audit::ObjectRef>,
 }
 
 /// The single axum handler: routes by path, runs the verb, logs the request.
@@ -206,10 +217,23 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .get::<User>()
         .cloned()
         .unwrap_or_else(User::anonymous);
+    let received = time::OffsetDateTime::now_utc();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let request_uri = req.uri().to_string();
+    let peer = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0.ip().to_string());
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let mut info = Info {
         user: user.name.clone(),
+        groups: user.groups.clone(),
         ..Info::default()
     };
     let protobuf = req
@@ -247,6 +271,28 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         latency_ms = format!("{:.2}", start.elapsed().as_secs_f64() * 1000.0),
         "request"
     );
+    if !public(&path) {
+        let verb = if info.verb.is_empty() || info.object.is_none() {
+            method.as_str().to_ascii_lowercase()
+        } else {
+            info.verb.to_string()
+        };
+        app.audit.record(&crate::audit::Record {
+            user: &info.user,
+            groups: &info.groups,
+            uid: &info.uid,
+            verb: &verb,
+            request_uri: &request_uri,
+            source_ip: peer,
+            user_agent: &user_agent,
+            object: info.object.take(),
+            code: status,
+            reason,
+            received,
+            latency: start.elapsed(),
+            long_running: info.verb == "watch",
+        });
+    }
     resp
 }
 
@@ -271,6 +317,7 @@ async fn who(
         Err(e) => return Err(e),
     };
     info.user = user.name.clone();
+    info.groups = user.groups.clone();
     Ok(Some(
         crate::authn::impersonate::apply(app, user, headers).await?,
     ))
@@ -284,6 +331,8 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
     let authorize = user.is_some();
     let user = user.unwrap_or_else(User::anonymous);
     info.user = user.name.clone();
+    info.groups = user.groups.clone();
+    info.uid = user.uid.clone();
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -321,6 +370,14 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
                 (g, "") => format!("{}.{g}", attrs.resource),
                 (g, sub) => format!("{}.{g}/{sub}", attrs.resource),
             };
+            info.object = Some(crate::audit::ObjectRef {
+                resource: attrs.resource.clone(),
+                namespace: attrs.namespace.clone(),
+                name: attrs.name.clone(),
+                api_group: attrs.api_group.clone(),
+                api_version: attrs.api_version.clone(),
+                subresource: attrs.subresource.clone(),
+            });
         }
         app.authz.check(app, &attrs).await?;
     }
@@ -422,6 +479,14 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
         Some(s) => format!("{}/{s}", target.res.qualified()),
         None => target.res.qualified(),
     };
+    info.object = Some(crate::audit::ObjectRef {
+        resource: target.res.plural.to_string(),
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: target.name.clone().unwrap_or_default(),
+        api_group: target.res.group.to_string(),
+        api_version: target.res.version.to_string(),
+        subresource: target.sub.clone().unwrap_or_default(),
+    });
     info.verb = match (&method, target.name.is_some()) {
         (&Method::GET, _) if watch => "watch",
         (&Method::GET, true) => "get",
