@@ -909,3 +909,51 @@ fn audit_log_records_every_request() {
     api.kubectl(&["-n", "audited", "get", "configmap", "x"])
         .fails_with("NotFound");
 }
+
+/// A client certificate signed by another CA is refused in the TLS
+/// handshake (as kube-apiserver's `VerifyClientCertIfGiven` does), so no
+/// request runs and nothing is written.
+#[test]
+fn client_certificate_from_another_ca_is_refused() {
+    let Some((api, dir)) = start(&[]) else {
+        return;
+    };
+    // An admin certificate (O=system:masters) from a CA of its own...
+    let other = dir.path().join("other-pki");
+    let other_kc = dir.path().join("other-kubeconfig");
+    let out = std::process::Command::new(keel_tests::keel_bin())
+        .args(["kubeconfig", "--cert-dir"])
+        .arg(&other)
+        .args(["--server", &api.url(), "--output"])
+        .arg(&other_kc)
+        .output()
+        .expect("run keel kubeconfig");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ...presented to our server, whose CA the client does trust.
+    let real_ca = std::fs::read_to_string(api.kubeconfig()).expect("kubeconfig");
+    let ca_line = |text: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with("certificate-authority-data:"))
+            .expect("CA line")
+            .to_string()
+    };
+    let text = std::fs::read_to_string(&other_kc).expect("other kubeconfig");
+    let forged = text.replace(&ca_line(&text), &ca_line(&real_ca));
+    std::fs::write(&other_kc, forged).expect("write");
+    let out = api.kubectl_with(&other_kc, &["create", "ns", "from-another-ca"]);
+    assert!(!out.success(), "a foreign certificate was accepted: {out}");
+    assert!(
+        ["Unable to connect to the server", "certificate", "tls"]
+            .iter()
+            .any(|w| out.stderr.contains(w))
+            && !out.stderr.contains("Error from server"),
+        "refused in the handshake, not by a request: {}",
+        out.stderr
+    );
+    api.kubectl(&["get", "ns", "from-another-ca"])
+        .fails_with("NotFound");
+}
