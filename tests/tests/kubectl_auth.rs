@@ -886,6 +886,12 @@ fn audit_log_records_every_request() {
         .is_some_and(|g| g.iter().any(|g| g == "system:masters")));
     assert_eq!(created["responseStatus"]["code"], 201);
     assert_eq!(created["sourceIPs"], serde_json::json!(["127.0.0.1"]));
+    assert!(
+        created["requestURI"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("/api/v1/namespaces")),
+        "path and query only: {created}"
+    );
 
     let refused = find(&evs, &|e| {
         e["user"]["username"] == "alice" && e["verb"] == "create"

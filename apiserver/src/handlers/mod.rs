@@ -220,7 +220,12 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let received = time::OffsetDateTime::now_utc();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let request_uri = req.uri().to_string();
+    // Path and query, as Kubernetes records it (HTTP/2 requests carry the
+    // scheme and authority in the URI too).
+    let request_uri = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.clone(), |pq| pq.to_string());
     let peer = req
         .extensions()
         .get::<PeerAddr>()
