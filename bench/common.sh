@@ -45,9 +45,12 @@ start_member() {
       --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
       --initial-cluster "$ic" --quota-backend-bytes 8589934592 >>"$WORK/$name.log" 2>&1 &
   else
+    # KEEL_QUIC=1: also serve the native QUIC client API on client port + 50.
+    local quic=()
+    [ -n "${KEEL_QUIC:-}" ] && quic=(--listen-client-quic-urls "quic://127.0.0.1:$(($3 + 50))")
     $KEEL store --name "$name" --data-dir "$WORK/$name" --listen-client-urls "$c" --advertise-client-urls "$c" \
       --listen-peer-urls "quic://127.0.0.1:$p" --initial-advertise-peer-urls "quic://127.0.0.1:$p" \
-      --initial-cluster "$ic" --quota-backend-bytes 8589934592 --log-level warn >>"$WORK/$name.log" 2>&1 &
+      --initial-cluster "$ic" --quota-backend-bytes 8589934592 --log-level warn "${quic[@]}" >>"$WORK/$name.log" 2>&1 &
   fi
   PID=$!
   disown "$PID" # no "Killed" notices from this shell when stopped
