@@ -116,16 +116,7 @@ pub fn ensure_pki(dir: &Path, hosts: &[String]) -> Result<()> {
                 sans.push(h.clone());
             }
         }
-        let mut params = CertificateParams::new(sans).map_err(cert_err("serving params"))?;
-        params.distinguished_name = dn("kube-apiserver", &[]);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        validity(&mut params, 1);
-        let (cert, key) = sign(dir, &params)?;
+        let (cert, key) = sign_server(dir, "kube-apiserver", sans, "serving params")?;
         write(&dir.join(SERVING_KEY), &key, true)?;
         write(&dir.join(SERVING_CERT), &cert, false)?;
     }
@@ -176,20 +167,31 @@ pub fn ensure_store_pki(dir: &Path, members: &[&str]) -> Result<()> {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let mut params = CertificateParams::new(sans).map_err(cert_err("store params"))?;
-        params.distinguished_name = dn(m, &[]);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        validity(&mut params, 1);
-        let (cert_pem, key_pem) = sign(dir, &params)?;
+        let (cert_pem, key_pem) = sign_server(dir, m, sans, "store params")?;
         write(&key, &key_pem, true)?;
         write(&crt, &cert_pem, false)?;
     }
     Ok(())
+}
+
+/// Issues a serving certificate (CN `cn`, names `sans`, one year) signed
+/// by the CA in `dir`; returns (cert PEM, key PEM).
+fn sign_server(
+    dir: &Path,
+    cn: &str,
+    sans: Vec<String>,
+    what: &'static str,
+) -> Result<(String, String)> {
+    let mut params = CertificateParams::new(sans).map_err(cert_err(what))?;
+    params.distinguished_name = dn(cn, &[]);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, 1);
+    sign(dir, &params)
 }
 
 /// Signs `params` with the CA in `dir`; returns (cert PEM, key PEM).
