@@ -26,10 +26,19 @@ const CHUNK: usize = 128;
 pub type Key = SmallVec<[u8; 16]>;
 
 /// The ordered map. See the module docs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ChunkMap<V> {
     chunks: Vec<Arc<Vec<(Key, V)>>>,
     len: usize,
+}
+
+impl<V> Default for ChunkMap<V> {
+    fn default() -> Self {
+        ChunkMap {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
 }
 
 impl<V: Clone> ChunkMap<V> {
@@ -87,29 +96,68 @@ impl<V: Clone> ChunkMap<V> {
         let ci = self.chunk_for(key_in);
         let last_chunk = ci + 1 == self.chunks.len();
         let c = Arc::make_mut(&mut self.chunks[ci]);
-        match c.binary_search_by(|(k, _)| k.as_slice().cmp(key_in)) {
-            Ok(i) => c[i].1 = value,
-            Err(i) => {
-                let append = last_chunk && i == c.len();
-                if c.len() < CHUNK {
-                    c.insert(i, (key(), value));
-                } else if append {
-                    // Keys arriving in order: leave this chunk full.
-                    let mut n = Vec::with_capacity(CHUNK);
-                    n.push((key(), value));
-                    self.chunks.push(Arc::new(n));
-                } else {
-                    let mut tail = Vec::with_capacity(CHUNK);
-                    tail.extend(c.drain(CHUNK / 2..));
-                    if i <= c.len() {
-                        c.insert(i, (key(), value));
-                    } else {
-                        tail.insert(i - CHUNK / 2, (key(), value));
-                    }
-                    self.chunks.insert(ci + 1, Arc::new(tail));
-                }
-                self.len += 1;
+        let i = match c.binary_search_by(|(k, _)| k.as_slice().cmp(key_in)) {
+            Ok(i) => {
+                c[i].1 = value;
+                return;
             }
+            Err(i) => i,
+        };
+        self.len += 1;
+        if c.len() < CHUNK {
+            c.insert(i, (key(), value));
+            return;
+        }
+        if last_chunk && i == c.len() {
+            // Keys arriving in order: leave this chunk full.
+            let mut n = Vec::with_capacity(CHUNK);
+            n.push((key(), value));
+            self.chunks.push(Arc::new(n));
+            return;
+        }
+        // Full: pass an entry to a neighbour with room, so that chunks stay
+        // full when keys arrive nearly in order (many writers with
+        // increasing keys) instead of leaving half-empty chunks behind.
+        let next_has_room = self.chunks.get(ci + 1).is_some_and(|n| n.len() < CHUNK);
+        let prev_has_room = ci > 0 && self.chunks[ci - 1].len() < CHUNK;
+        if next_has_room {
+            let (head, tail) = self.chunks.split_at_mut(ci + 1);
+            let (c, next) = (Arc::make_mut(&mut head[ci]), Arc::make_mut(&mut tail[0]));
+            if i == c.len() {
+                next.insert(0, (key(), value));
+            } else if let Some(moved) = c.pop() {
+                next.insert(0, moved);
+                c.insert(i, (key(), value));
+            }
+        } else if prev_has_room {
+            let (head, tail) = self.chunks.split_at_mut(ci);
+            let (prev, c) = (
+                Arc::make_mut(&mut head[ci - 1]),
+                Arc::make_mut(&mut tail[0]),
+            );
+            if i == 0 {
+                prev.push((key(), value));
+            } else {
+                prev.push(c.remove(0));
+                c.insert(i - 1, (key(), value));
+            }
+        } else {
+            // Split: the last chunk at the new key (what follows it is
+            // where keys still arrive), any other in half.
+            let at = if last_chunk {
+                i.max(CHUNK / 2)
+            } else {
+                CHUNK / 2
+            };
+            let c = Arc::make_mut(&mut self.chunks[ci]);
+            let mut tail = Vec::with_capacity(CHUNK);
+            tail.extend(c.drain(at..));
+            if i <= c.len() {
+                c.insert(i, (key(), value));
+            } else {
+                tail.insert(i - at, (key(), value));
+            }
+            self.chunks.insert(ci + 1, Arc::new(tail));
         }
     }
 
@@ -241,6 +289,38 @@ mod tests {
             .filter(|(a, b)| Arc::ptr_eq(a, b))
             .count();
         assert_eq!(shared, 4);
+    }
+
+    /// Keys that arrive nearly in order (writers with increasing keys, each
+    /// a little late: here every key up to 200 places behind its turn)
+    /// still fill the chunks: at least 85% on average (splitting in half
+    /// left them about 60% full in a million-key load from 200 clients).
+    #[test]
+    fn nearly_ordered_inserts_fill_chunks() {
+        let n = CHUNK as u16 * 40;
+        let mut order: Vec<u16> = (0..n).collect();
+        let mut rng = 0x2545_f491_u32;
+        for w in order.chunks_mut(200) {
+            // A deterministic shuffle within each window.
+            for i in (1..w.len()).rev() {
+                rng ^= rng << 13;
+                rng ^= rng >> 17;
+                rng ^= rng << 5;
+                w.swap(i, rng as usize % (i + 1));
+            }
+        }
+        let mut m = ChunkMap::default();
+        let mut model = BTreeMap::new();
+        for k in order {
+            m.insert(&key(k), u32::from(k));
+            model.insert(key(k), u32::from(k));
+        }
+        check(&m, &model, &[0, 1, 127, 128, 129, 2000, n - 1]);
+        assert!(
+            m.chunks.len() * CHUNK * 85 <= usize::from(n) * 100,
+            "chunk sizes {:?}",
+            m.chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
+        );
     }
 
     proptest! {

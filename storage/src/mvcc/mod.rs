@@ -4,6 +4,7 @@
 //! - [`revision`]: `Revision {main, sub}`.
 //! - [`chunk_map`]: the ordered map (sorted chunks) the key index lives in.
 //! - [`key_index`]: one key's history in generations.
+//! - [`key_slot`]: how the index holds it (a single put as one revision).
 //! - [`record`]: one retained change (key and value in one buffer).
 //! - [`rev_log`]: every retained change in revision order (append-only chunks).
 //! - [`tree_index`]: the B-tree of key indexes, and [`KeyRange`].
@@ -12,6 +13,7 @@
 
 pub mod chunk_map;
 pub mod key_index;
+pub mod key_slot;
 pub mod record;
 pub mod rev_log;
 pub mod revision;

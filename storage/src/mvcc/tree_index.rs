@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::chunk_map::ChunkMap;
 use super::key_index::{KeyAt, KeyIndex};
+use super::key_slot::KeySlot;
 use super::revision::Revision;
 
 /// Lower and upper bounds over keys.
@@ -68,22 +69,19 @@ impl KeyRange {
     }
 }
 
-/// Key -> [`KeyIndex`], ordered by key.
+/// Key -> its history ([`KeyIndex`], held compactly as a [`KeySlot`]),
+/// ordered by key.
 #[derive(Debug, Default, Clone)]
 pub struct TreeIndex {
-    tree: ChunkMap<KeyIndex>,
+    tree: ChunkMap<KeySlot>,
 }
 
 impl TreeIndex {
     /// Records a put of `key` at `rev`.
     pub fn put(&mut self, key: &Bytes, rev: Revision) {
         match self.tree.get_mut(key.as_ref()) {
-            Some(ki) => ki.put(rev),
-            None => {
-                let mut ki = KeyIndex::default();
-                ki.put(rev);
-                self.tree.insert(key, ki);
-            }
+            Some(slot) => slot.update(|ki| ki.put(rev)),
+            None => self.tree.insert(key, KeySlot::Once(rev)),
         }
     }
 
@@ -102,27 +100,33 @@ impl TreeIndex {
         if tombstone {
             // A tombstone with no history left (kept only for watchers at
             // the compaction revision) has nothing to end.
-            if let Some(ki) = self.tree.get_mut(key) {
-                ki.tombstone(rev);
+            if let Some(slot) = self.tree.get_mut(key) {
+                slot.update(|ki| ki.tombstone(rev));
             }
             return;
         }
-        if self.tree.get(key).is_none() {
-            self.tree.insert(key, KeyIndex::default());
-        }
-        let Some(ki) = self.tree.get_mut(key) else {
-            return;
+        let restore = |ki: &mut KeyIndex| {
+            if ki.is_alive() || version == 1 {
+                ki.put(rev);
+            } else {
+                ki.restore(Revision::new(created, 0), rev, version);
+            }
         };
-        if ki.is_alive() || version == 1 {
-            ki.put(rev);
-        } else {
-            ki.restore(Revision::new(created, 0), rev, version);
+        match self.tree.get_mut(key) {
+            Some(slot) => slot.update(restore),
+            None => {
+                let mut ki = KeyIndex::default();
+                restore(&mut ki);
+                self.tree.insert(key, KeySlot::new(ki));
+            }
         }
     }
 
     /// Records the deletion of `key` at `rev`; false if it was not alive.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
-        self.tree.get_mut(key).is_some_and(|ki| ki.tombstone(rev))
+        self.tree
+            .get_mut(key)
+            .is_some_and(|slot| slot.update(|ki| ki.tombstone(rev)))
     }
 
     /// One key's state at `at`.
@@ -160,9 +164,9 @@ impl TreeIndex {
     /// Compacts every key at `at`; returns the revisions that stay readable.
     pub fn compact(&mut self, at: i64) -> Vec<Revision> {
         let mut available = Vec::new();
-        self.tree.retain(|_, ki| {
-            ki.compact(at, &mut available);
-            !ki.is_empty()
+        self.tree.retain(|_, slot| {
+            slot.update(|ki| ki.compact(at, &mut available));
+            !slot.is_empty()
         });
         available
     }
