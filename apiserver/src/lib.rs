@@ -2,6 +2,7 @@
 //!
 //! Table of contents:
 //! - [`server`]: HTTPS (rustls), client-certificate users, the accept loop.
+//! - [`coalesce`]: many small HTTP/2 frames in one TLS write per flush.
 //! - [`tls`]: the cluster CA, serving and client certificates, kubeconfig files.
 //! - [`auth`]: the user of a client certificate (CN = user, O = groups).
 //! - [`authn`]: bearer tokens (static file, service account JWTs),
@@ -36,6 +37,7 @@ pub mod auth;
 pub mod authn;
 pub mod authz;
 pub mod cache;
+pub mod coalesce;
 pub mod controllers;
 pub mod crd;
 pub mod defaults;

@@ -196,7 +196,10 @@ impl Server {
                     },
                 );
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+                if let Err(e) = builder
+                    .serve_connection(TokioIo::new(crate::coalesce::Coalesce::new(tls)), svc)
+                    .await
+                {
                     tracing::debug!(%peer, error = %e, "connection ended");
                 }
             });

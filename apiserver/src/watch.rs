@@ -196,9 +196,12 @@ impl Watcher {
             }
         }
         let mut live = sub.live;
+        // One timer for the whole watch, not one per event.
+        let expiry = tokio::time::sleep_until(deadline);
+        tokio::pin!(expiry);
         loop {
             let ev = tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return,
+                _ = &mut expiry => return,
                 _ = self.tx.closed() => return,
                 ev = live.recv() => ev,
             };
@@ -222,9 +225,11 @@ impl Watcher {
     ) {
         let filter = &self.filter;
         let tx = &self.tx;
+        let expiry = tokio::time::sleep_until(deadline);
+        tokio::pin!(expiry);
         loop {
             let resp = tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return,
+                _ = &mut expiry => return,
                 _ = tx.closed() => return,
                 r = stream.next() => r,
             };
