@@ -166,9 +166,11 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(1 << 20);
         let mut w = Coalesce::new(a);
         w.write_all(b"one ").await.expect("write");
-        w.write_vectored(&[io::IoSlice::new(b"two "), io::IoSlice::new(b"three ")])
+        let n = w
+            .write_vectored(&[io::IoSlice::new(b"two "), io::IoSlice::new(b"three ")])
             .await
             .expect("write");
+        assert_eq!(n, 10);
         let mut got = [0u8; 64];
         // Nothing went out before the flush.
         assert!(
