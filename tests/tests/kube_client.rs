@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, ServiceAccount};
 use keel_storage::proto::etcdserverpb::{kv_client::KvClient, CompactionRequest};
 use keel_tests::kube::KubeApi;
 use kube::api::{
@@ -417,6 +417,23 @@ async fn watch_events_in_order() {
         }
     }
     assert_eq!(init, ["before"]);
+    // And one with a streaming list (`sendInitialEvents=true`: the current
+    // state as ADDED events up to an `initial-events-end` bookmark).
+    let mut streaming = watcher(
+        cms.clone(),
+        watcher::Config::default().labels("w=yes").streaming_lists(),
+    )
+    .boxed();
+    let mut init = Vec::new();
+    loop {
+        match next(&mut streaming, "streaming watcher init").await {
+            watcher::Event::Init => {}
+            watcher::Event::InitApply(cm) => init.push(cm.name_any()),
+            watcher::Event::InitDone => break,
+            other => panic!("unexpected event before InitDone: {other:?}"),
+        }
+    }
+    assert_eq!(init, ["before"]);
 
     let created = cms
         .create(
@@ -469,31 +486,30 @@ async fn watch_events_in_order() {
     );
     assert!(deleted.3 > modified.3, "{deleted:?} after {modified:?}");
 
-    // The runtime watcher: the same three, as Apply, Apply, Delete.
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        match next(&mut runtime, "runtime watcher").await {
-            watcher::Event::Apply(cm) => seen.push(("apply", cm.name_any(), data(&cm))),
-            watcher::Event::Delete(cm) => seen.push(("delete", cm.name_any(), data(&cm))),
-            other => panic!("unexpected runtime watcher event {other:?}"),
+    // The runtime watchers: the same three, as Apply, Apply, Delete.
+    for (what, stream) in [
+        ("runtime watcher", &mut runtime),
+        ("streaming watcher", &mut streaming),
+    ] {
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            match next(stream, what).await {
+                watcher::Event::Apply(cm) => seen.push(("apply", cm.name_any(), data(&cm))),
+                watcher::Event::Delete(cm) => seen.push(("delete", cm.name_any(), data(&cm))),
+                other => panic!("{what}: unexpected event {other:?}"),
+            }
         }
+        let a2 = map(&[("a", "2"), ("b", "x")]);
+        assert_eq!(
+            seen,
+            [
+                ("apply", "watched".to_string(), map(&[("a", "1")])),
+                ("apply", "watched".to_string(), a2.clone()),
+                ("delete", "watched".to_string(), a2),
+            ],
+            "{what}"
+        );
     }
-    assert_eq!(
-        seen,
-        [
-            ("apply", "watched".to_string(), map(&[("a", "1")])),
-            (
-                "apply",
-                "watched".to_string(),
-                map(&[("a", "2"), ("b", "x")])
-            ),
-            (
-                "delete",
-                "watched".to_string(),
-                map(&[("a", "2"), ("b", "x")])
-            ),
-        ]
-    );
 
     // Resumed from the create's revision: only the update and the delete.
     let mut resumed = cms
@@ -510,8 +526,12 @@ async fn watch_events_in_order() {
         [("MODIFIED", modified.3), ("DELETED", deleted.3)]
     );
 
-    // Compact the store at its head: a watch from revision 1 (older than
-    // the watch cache's window, and compacted) ends with a 410 Expired.
+    // Compact the store at its head: a watch from a compacted revision
+    // older than the watch cache's window ends with a 410 Expired. Events
+    // (which no loop inside the server watches) get their watch cache only
+    // with this watch, so its window starts at the head. (A ConfigMap watch
+    // from revision 1 may be served by a cache whose window began at 1, as
+    // Kubernetes' watch cache serves what its window holds.)
     let head = rv(&cms
         .create(&PostParams::default(), &config_map("last", &[], &[]))
         .await
@@ -529,10 +549,11 @@ async fn watch_events_in_order() {
         })
         .await
         .expect("compact the store");
-    let mut old = cms
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let mut old = events
         .watch(&WatchParams::default(), "1")
         .await
-        .expect("watch from revision 1")
+        .expect("watch events from revision 1")
         .boxed();
     match next_event(&mut old, "410").await {
         WatchEvent::Error(status) => {
@@ -542,7 +563,7 @@ async fn watch_events_in_order() {
                 "{status:?}"
             );
         }
-        other => panic!("expected a 410 ERROR event, got {other:?}"),
+        other => panic!("expected a 410 ERROR event after compacting at {head}, got {other:?}"),
     }
 }
 
@@ -798,6 +819,68 @@ async fn patch_types() {
         .await
         .expect("apply without y");
     assert_eq!(data(&dropped), map(&[("x", "2"), ("z", "3")]));
+
+    // Apply on a Deployment: containers are a list keyed by name, so two
+    // managers' containers sit side by side, and one manager dropping its
+    // container removes only that one.
+    let apply_deploy = |containers: serde_json::Value| {
+        Patch::Apply(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "ssa-web"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "ssa-web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "ssa-web"}},
+                    "spec": {"containers": containers},
+                },
+            },
+        }))
+    };
+    deploys
+        .patch(
+            "ssa-web",
+            &PatchParams::apply("mgr-x"),
+            &apply_deploy(json!([{"name": "a", "image": "a:1"}])),
+        )
+        .await
+        .expect("apply deployment (mgr-x)");
+    let d = deploys
+        .patch(
+            "ssa-web",
+            &PatchParams::apply("mgr-y"),
+            &apply_deploy(json!([{"name": "b", "image": "b:1"}])),
+        )
+        .await
+        .expect("apply deployment (mgr-y)");
+    assert_eq!(containers(&d), [c("a", "a:1", &[]), c("b", "b:1", &[])]);
+    let d = deploys
+        .patch(
+            "ssa-web",
+            &PatchParams::apply("mgr-x"),
+            &apply_deploy(json!([{"name": "a", "image": "a:2"}])),
+        )
+        .await
+        .expect("apply deployment (mgr-x again)");
+    assert_eq!(containers(&d), [c("a", "a:2", &[]), c("b", "b:1", &[])]);
+    let status = api_error(
+        deploys
+            .patch(
+                "ssa-web",
+                &PatchParams::apply("mgr-y"),
+                &apply_deploy(json!([{"name": "a", "image": "a:3"}])),
+            )
+            .await,
+    );
+    assert_eq!(status.code, 409, "{status:?}");
+    let d = deploys
+        .patch(
+            "ssa-web",
+            &PatchParams::apply("mgr-y"),
+            &apply_deploy(json!([])),
+        )
+        .await
+        .expect("apply deployment without b (mgr-y)");
+    assert_eq!(containers(&d), [c("a", "a:2", &[])]);
 }
 
 /// An update with a stale resourceVersion is a 409 Conflict (replace and
