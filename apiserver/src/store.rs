@@ -83,6 +83,8 @@ pub struct Page {
     pub revision: i64,
     /// More keys follow the last one.
     pub more: bool,
+    /// How many keys the range holds (ignoring the limit).
+    pub count: i64,
 }
 
 /// A stream of watch responses.
@@ -256,6 +258,7 @@ impl Store {
             revision: resp.header.map(|h| h.revision).unwrap_or(0),
             kvs: resp.kvs,
             more: resp.more,
+            count: resp.count,
         })
     }
 

@@ -82,6 +82,10 @@ pub struct Listing {
     pub revision: i64,
     /// The continue token, if more items follow.
     pub continue_token: Option<String>,
+    /// With a continue token and no selector: how many items follow
+    /// (`metadata.remainingItemCount`; with a selector Kubernetes leaves it
+    /// out rather than count objects that may not match).
+    pub remaining: Option<i64>,
 }
 
 /// Lists the target's collection with the request's selectors, `limit`,
@@ -98,6 +102,7 @@ pub async fn select(app: &App, ctx: &Ctx) -> ApiResult<Listing> {
             .max(0) as usize,
     };
     let prefix = t.res.prefix(t.namespace.as_deref());
+    let unselected = labels.0.is_empty() && fields.0.is_empty();
     // Lists without a continue token come from the watch cache:
     // `resourceVersion=0` ("any"; what informers list with) as it is, a
     // consistent list (no resourceVersion) once the cache has reached the
@@ -167,10 +172,13 @@ pub async fn select(app: &App, ctx: &Ctx) -> ApiResult<Listing> {
                 let mut next = kv.key.to_vec();
                 next.push(0);
                 continue_token = Some(encode_continue(revision, &next));
+                // `count` counts the keys from this request's start.
+                let remaining = unselected.then_some(page.count - i as i64 - 1);
                 return Ok(Listing {
                     items,
                     revision,
                     continue_token,
+                    remaining,
                 });
             }
         }
@@ -187,6 +195,7 @@ pub async fn select(app: &App, ctx: &Ctx) -> ApiResult<Listing> {
         items,
         revision,
         continue_token,
+        remaining: None,
     })
 }
 
@@ -203,6 +212,7 @@ async fn from_cache(
     labels: &LabelSelector,
     fields: &FieldSelector,
 ) -> ApiResult<Option<Listing>> {
+    let unselected = labels.0.is_empty() && fields.0.is_empty();
     let Ok(cache) = app.caches.get(&app.store, ctx.target.res).await else {
         return Ok(None);
     };
@@ -221,6 +231,7 @@ async fn from_cache(
     }
     let mut items = Vec::new();
     let mut continue_token = None;
+    let mut remaining = None;
     for (i, kv) in kvs.iter().enumerate() {
         let obj = super::decode(kv)?;
         if labels.matches(obj.pointer("/metadata/labels")) && fields.matches(&obj) {
@@ -230,6 +241,7 @@ async fn from_cache(
             let mut next = kv.key.to_vec();
             next.push(0);
             continue_token = Some(encode_continue(revision, &next));
+            remaining = unselected.then_some((kvs.len() - i - 1) as i64);
             break;
         }
     }
@@ -237,6 +249,7 @@ async fn from_cache(
         items,
         revision,
         continue_token,
+        remaining,
     }))
 }
 
@@ -250,6 +263,9 @@ pub async fn list(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     let mut meta = json!({"resourceVersion": l.revision.to_string()});
     if let Some(c) = &l.continue_token {
         meta["continue"] = json!(c);
+    }
+    if let Some(n) = l.remaining {
+        meta["remainingItemCount"] = json!(n);
     }
     if table::wants_table(ctx.header(header::ACCEPT)) {
         let include = IncludeObject::parse(ctx.q("includeObject"));
