@@ -56,6 +56,10 @@ pub enum Event {
         kv: KeyValue,
         /// The key-value before, if any.
         prev: Option<KeyValue>,
+        /// What selectors read of `kv` (a put of a JSON object) and of
+        /// `prev` (when the cache held that very version), so that watches
+        /// with selectors need not parse objects they do not send.
+        selectable: (Option<Arc<Selectable>>, Option<Arc<Selectable>>),
         /// The event's lines for watches that select everything, made by
         /// the first such watch and shared by the rest (thousands of
         /// watchers must not each parse and encode the same object):
@@ -309,22 +313,30 @@ impl Cache {
             let put = entry.is_some();
             // A put's event carries the prepared value (it decodes to the
             // same object), shared with the state.
-            let kv = match entry {
+            let (kv, selectable, replaced) = match entry {
                 Some(entry) => {
                     let kv = entry.kv.clone();
-                    inner.state.insert(kv.key.clone(), entry);
-                    kv
+                    let selectable = entry.selectable.clone();
+                    let replaced = inner.state.insert(kv.key.clone(), entry);
+                    (kv, selectable, replaced)
                 }
                 None => {
-                    inner.state.remove(&kv.key);
-                    kv
+                    let replaced = inner.state.remove(&kv.key);
+                    (kv, None, replaced)
                 }
             };
+            let prev_selectable = replaced
+                .filter(|r| {
+                    prev.as_ref()
+                        .is_some_and(|p| p.mod_revision == r.kv.mod_revision)
+                })
+                .and_then(|r| r.selectable);
             inner.revision = inner.revision.max(kv.mod_revision);
             let event = Arc::new(Event::Change {
                 put,
                 kv,
                 prev,
+                selectable: (selectable, prev_selectable),
                 shared: std::sync::OnceLock::new(),
             });
             inner.window.push_back(event.clone());
