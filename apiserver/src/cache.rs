@@ -13,6 +13,12 @@
 //! more than [`FANOUT`] events behind is ended, and re-watches from its last
 //! resourceVersion, as Kubernetes' watchers do. If the store watch fails,
 //! the cache closes every subscription and the next watch builds a new one.
+//!
+//! Each object is prepared once, as it enters the cache ([`Entry`]): its
+//! value is kept as the API returns it (parsed, `metadata.resourceVersion`
+//! stamped and encoded again), with what label and field selectors read of
+//! it taken out beside it, so that a list is a matter of joining bytes and
+//! needs no parsing.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -24,6 +30,7 @@ use keel_storage::proto::mvccpb::{event::EventType, KeyValue};
 use tokio::sync::broadcast;
 
 use crate::registry::ResourceInfo;
+use crate::selectors::{self, FieldSelector, LabelSelector};
 use crate::store::{prefix_end, Store, StoreError};
 
 /// Events kept for watchers that resume from a recent revision.
@@ -49,6 +56,10 @@ pub enum Event {
         kv: KeyValue,
         /// The key-value before, if any.
         prev: Option<KeyValue>,
+        /// What selectors read of `kv` (a put of a JSON object) and of
+        /// `prev` (when the cache held that very version), so that watches
+        /// with selectors need not parse objects they do not send.
+        selectable: (Option<Arc<Selectable>>, Option<Arc<Selectable>>),
         /// The event's lines for watches that select everything, made by
         /// the first such watch and shared by the rest (thousands of
         /// watchers must not each parse and encode the same object):
@@ -69,9 +80,100 @@ impl Event {
     }
 }
 
+/// What label and field selectors read of a cached object, taken out when
+/// it enters the cache.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Selectable {
+    /// The string-valued `metadata.labels` (others count as missing).
+    labels: Vec<(Box<str>, Box<str>)>,
+    /// The selectable fields of the cache's kind and their values, as
+    /// [`selectors::field_value`] reads them.
+    fields: Vec<(&'static str, Box<str>)>,
+}
+
+impl Selectable {
+    /// Takes out the labels and the selectable fields of `kind` of `obj`.
+    pub fn of(obj: &serde_json::Value, kind: &str) -> Selectable {
+        let labels = obj
+            .pointer("/metadata/labels")
+            .and_then(serde_json::Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.as_str().into(), v.as_str()?.into())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let fields = selectors::selectable_fields(kind)
+            .map(|p| (p, selectors::field_value(obj, p).into_boxed_str()))
+            .collect();
+        Selectable { labels, fields }
+    }
+
+    /// The value of label `k`, if it is a string.
+    pub fn label(&self, k: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(key, _)| &**key == k)
+            .map(|(_, v)| &**v)
+    }
+
+    /// The value of the selectable field `path` (`None`: not taken out).
+    pub fn field(&self, path: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Whether the object is selected: the same answer as
+    /// [`LabelSelector::matches`] and [`FieldSelector::matches`] on the
+    /// parsed object, or `None` if the field selector names a field that
+    /// was not taken out (then the caller parses the object).
+    pub fn matches(&self, labels: &LabelSelector, fields: &FieldSelector) -> Option<bool> {
+        let f = fields.matches_by(|p| self.field(p))?;
+        Some(f && labels.matches_by(|k| self.label(k)))
+    }
+}
+
+/// One object of the cache, prepared when it entered it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The key-value. When the stored value is a JSON object, `kv.value`
+    /// is that object as the API returns it: what
+    /// [`crate::handlers::decode`] makes of the stored bytes (with
+    /// `metadata.resourceVersion`), encoded again (compact, keys in order),
+    /// so decoding it gives the same object. Otherwise the stored bytes.
+    pub kv: KeyValue,
+    /// What selectors read of the object (`None`: not a JSON object).
+    pub selectable: Option<Arc<Selectable>>,
+}
+
+impl Entry {
+    /// Prepares a stored key-value of `kind` (parses it once).
+    pub fn new(mut kv: KeyValue, kind: &str) -> Entry {
+        let Ok(obj) = crate::handlers::decode(&kv) else {
+            return Entry {
+                kv,
+                selectable: None,
+            };
+        };
+        let Ok(json) = serde_json::to_vec(&obj) else {
+            return Entry {
+                kv,
+                selectable: None,
+            };
+        };
+        kv.value = Bytes::from(json);
+        Entry {
+            kv,
+            selectable: Some(Arc::new(Selectable::of(&obj, kind))),
+        }
+    }
+}
+
 struct Inner {
     /// The current objects by key.
-    state: BTreeMap<Bytes, KeyValue>,
+    state: BTreeMap<Bytes, Entry>,
     /// The revision the cache has reached.
     revision: i64,
     /// Recent changes, oldest first.
@@ -85,6 +187,8 @@ struct Inner {
 /// The watch cache of one resource type (one store prefix).
 pub struct Cache {
     inner: Mutex<Inner>,
+    /// The kind of the objects (which fields [`Selectable`] takes out).
+    kind: &'static str,
     /// Asks the store watch for a progress notification now.
     kick: Arc<tokio::sync::Notify>,
     /// The revision the cache has reached, for readers waiting on it.
@@ -101,7 +205,11 @@ pub struct Subscription {
 
 impl Cache {
     /// Lists `prefix` at the store's head and starts following it.
-    async fn start(store: &Store, prefix: String) -> Result<Arc<Cache>, StoreError> {
+    async fn start(
+        store: &Store,
+        prefix: String,
+        kind: &'static str,
+    ) -> Result<Arc<Cache>, StoreError> {
         let end = prefix_end(prefix.as_bytes());
         let page = store.range(prefix.as_bytes(), &end, 0, 0).await?;
         let kick = Arc::new(tokio::sync::Notify::new());
@@ -119,13 +227,14 @@ impl Cache {
                 state: page
                     .kvs
                     .into_iter()
-                    .map(|kv| (kv.key.clone(), kv))
+                    .map(|kv| (kv.key.clone(), Entry::new(kv, kind)))
                     .collect(),
                 revision: page.revision,
                 window: VecDeque::new(),
                 base: page.revision,
                 tx: Some(tx),
             }),
+            kind,
             kick,
             reached: tokio::sync::watch::channel(page.revision).0,
         });
@@ -160,6 +269,17 @@ impl Cache {
 
     /// Applies one store watch response (events, or progress when empty).
     fn apply(&self, events: Vec<keel_storage::proto::mvccpb::Event>, header_rev: i64) {
+        // Objects are prepared before the lock is taken: readers wait for
+        // no parsing.
+        let events = events
+            .into_iter()
+            .filter_map(|ev| {
+                let kv = ev.kv?;
+                let put = ev.r#type == EventType::Put as i32;
+                let entry = put.then(|| Entry::new(kv.clone(), self.kind));
+                Some((kv, entry, ev.prev_kv))
+            })
+            .collect();
         let reached = self.apply_locked(events, header_rev);
         self.reached.send_if_modified(|r| {
             let moved = reached > *r;
@@ -168,10 +288,12 @@ impl Cache {
         });
     }
 
-    /// [`Cache::apply`] under the lock; returns the revision reached.
+    /// [`Cache::apply`] under the lock, with each event's key-value, its
+    /// prepared entry (puts) and previous key-value; returns the revision
+    /// reached.
     fn apply_locked(
         &self,
-        events: Vec<keel_storage::proto::mvccpb::Event>,
+        events: Vec<(KeyValue, Option<Entry>, Option<KeyValue>)>,
         header_rev: i64,
     ) -> i64 {
         let Ok(mut inner) = self.inner.lock() else {
@@ -187,19 +309,34 @@ impl Cache {
             }
             return rev;
         }
-        for ev in events {
-            let Some(kv) = ev.kv else { continue };
-            let put = ev.r#type == EventType::Put as i32;
-            if put {
-                inner.state.insert(kv.key.clone(), kv.clone());
-            } else {
-                inner.state.remove(&kv.key);
-            }
+        for (kv, entry, prev) in events {
+            let put = entry.is_some();
+            // A put's event carries the prepared value (it decodes to the
+            // same object), shared with the state.
+            let (kv, selectable, replaced) = match entry {
+                Some(entry) => {
+                    let kv = entry.kv.clone();
+                    let selectable = entry.selectable.clone();
+                    let replaced = inner.state.insert(kv.key.clone(), entry);
+                    (kv, selectable, replaced)
+                }
+                None => {
+                    let replaced = inner.state.remove(&kv.key);
+                    (kv, None, replaced)
+                }
+            };
+            let prev_selectable = replaced
+                .filter(|r| {
+                    prev.as_ref()
+                        .is_some_and(|p| p.mod_revision == r.kv.mod_revision)
+                })
+                .and_then(|r| r.selectable);
             inner.revision = inner.revision.max(kv.mod_revision);
             let event = Arc::new(Event::Change {
                 put,
                 kv,
-                prev: ev.prev_kv,
+                prev,
+                selectable: (selectable, prev_selectable),
                 shared: std::sync::OnceLock::new(),
             });
             inner.window.push_back(event.clone());
@@ -266,18 +403,26 @@ impl Cache {
         })
     }
 
-    /// The current objects under `prefix` and the cache's revision.
+    /// The current objects under `prefix` and the cache's revision (values
+    /// as [`Entry::kv`] says).
     pub fn snapshot(&self, prefix: &[u8]) -> (Vec<KeyValue>, i64) {
+        let (entries, rev) = self.entries(prefix);
+        (entries.into_iter().map(|e| e.kv).collect(), rev)
+    }
+
+    /// The current objects under `prefix`, prepared, in key order, and the
+    /// cache's revision.
+    pub fn entries(&self, prefix: &[u8]) -> (Vec<Entry>, i64) {
         let Ok(inner) = self.inner.lock() else {
             return (Vec::new(), 0);
         };
         let end = Bytes::from(prefix_end(prefix));
-        let kvs = inner
+        let entries = inner
             .state
             .range(Bytes::copy_from_slice(prefix)..end)
-            .map(|(_, kv)| kv.clone())
+            .map(|(_, e)| e.clone())
             .collect();
-        (kvs, inner.revision)
+        (entries, inner.revision)
     }
 }
 
@@ -306,7 +451,7 @@ impl Caches {
         if let Some(c) = map.get(&prefix).filter(|c| c.is_live()) {
             return Ok(c.clone());
         }
-        let cache = Cache::start(store, prefix.clone()).await?;
+        let cache = Cache::start(store, prefix.clone(), res.kind).await?;
         map.insert(prefix, cache.clone());
         Ok(cache)
     }
@@ -327,6 +472,7 @@ mod tests {
                 base: rev,
                 tx: Some(tx),
             }),
+            kind: "Pod",
             kick: Arc::new(tokio::sync::Notify::new()),
             reached: tokio::sync::watch::channel(rev).0,
         }

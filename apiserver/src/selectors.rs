@@ -162,7 +162,12 @@ impl LabelSelector {
 
     /// True if an object with these `metadata.labels` is selected.
     pub fn matches(&self, labels: Option<&Value>) -> bool {
-        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+        self.matches_by(|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str))
+    }
+
+    /// True if an object whose string-valued label `k` is `get(k)` is
+    /// selected (a label that is missing or not a string is `None`).
+    pub fn matches_by<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.0.iter().all(|r| match r {
             Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
             Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
@@ -232,6 +237,31 @@ fn kind_fields(kind: &str) -> &'static [&'static str] {
     }
 }
 
+/// The fields `kind` can be selected by (every kind's, then its own), in a
+/// fixed order.
+pub fn selectable_fields(kind: &str) -> impl Iterator<Item = &'static str> {
+    COMMON_FIELDS
+        .iter()
+        .chain(kind_fields(kind).iter())
+        .copied()
+}
+
+/// The value a field selector compares `path` (dotted) of `obj` with: a
+/// string as it is, a boolean or number as text, anything else (or a
+/// missing field) as the empty string.
+pub fn field_value(obj: &Value, path: &str) -> String {
+    let mut cur = Some(obj);
+    for seg in path.split('.') {
+        cur = cur.and_then(|c| c.get(seg));
+    }
+    match cur {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
 impl FieldSelector {
     /// Parses a field selector for `kind`; unknown fields are a 400 as in Kubernetes.
     pub fn parse(s: &str, kind: &str) -> ApiResult<FieldSelector> {
@@ -267,19 +297,20 @@ impl FieldSelector {
 
     /// True if `obj` is selected.
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|r| {
-            let mut cur = Some(obj);
-            for seg in r.path.split('.') {
-                cur = cur.and_then(|c| c.get(seg));
-            }
-            let actual = match cur {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Bool(b)) => b.to_string(),
-                Some(Value::Number(n)) => n.to_string(),
-                _ => String::new(),
-            };
-            (actual == r.value) != r.negate
-        })
+        self.0
+            .iter()
+            .all(|r| (field_value(obj, &r.path) == r.value) != r.negate)
+    }
+
+    /// Whether an object is selected, given `get(path)`: the
+    /// [`field_value`] of each field, extracted beforehand. `None` if `get`
+    /// does not know one of the selector's fields.
+    pub fn matches_by<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> Option<bool> {
+        let mut all = true;
+        for r in &self.0 {
+            all &= (get(&r.path)? == r.value) != r.negate;
+        }
+        Some(all)
     }
 }
 

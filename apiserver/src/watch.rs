@@ -25,6 +25,7 @@ use futures::StreamExt;
 use keel_storage::proto::mvccpb::{event::EventType, KeyValue};
 use serde_json::{json, Value};
 
+use crate::cache::Selectable;
 use crate::handlers::read::parse_rv;
 use crate::handlers::{decode, store_err, App, Ctx};
 use crate::registry::ResourceInfo;
@@ -50,6 +51,12 @@ struct Filter {
 impl Filter {
     fn matches(&self, obj: &Value) -> bool {
         self.labels.matches(obj.pointer("/metadata/labels")) && self.fields.matches(obj)
+    }
+
+    /// Whether an object is selected, from what the cache took out of it
+    /// (`None`: not known that way; parse it).
+    fn matches_prepared(&self, sel: Option<&Selectable>) -> Option<bool> {
+        sel?.matches(&self.labels, &self.fields)
     }
 
     fn line(&self, kind: &str, mut obj: Value) -> Bytes {
@@ -89,8 +96,29 @@ impl Filter {
         )
     }
 
-    /// The event lines for one store event.
-    fn event(&self, put: bool, kv: &KeyValue, prev: Option<&KeyValue>) -> Vec<Bytes> {
+    /// The event lines for one store event; `sel` is what the cache took
+    /// out of the new and the previous object, if it did.
+    fn event(
+        &self,
+        put: bool,
+        kv: &KeyValue,
+        prev: Option<&KeyValue>,
+        sel: (Option<&Selectable>, Option<&Selectable>),
+    ) -> Vec<Bytes> {
+        // An object selected neither before nor after sends nothing: found
+        // out without parsing either when the cache prepared both.
+        let old_selected = match prev {
+            None => Some(false),
+            Some(_) => self.matches_prepared(sel.1),
+        };
+        let new_selected = if put {
+            self.matches_prepared(sel.0)
+        } else {
+            Some(false)
+        };
+        if old_selected == Some(false) && new_selected == Some(false) {
+            return vec![];
+        }
         let old = prev
             .and_then(|p| decode(p).ok())
             .filter(|o| self.matches(o));
@@ -158,22 +186,24 @@ impl Watcher {
                 put,
                 kv,
                 prev,
+                selectable,
                 shared,
             } => {
                 if kv.mod_revision <= self.after || !self.wants(&kv.key) {
                     return true;
                 }
                 let res = self.filter.res as *const ResourceInfo as usize;
+                let sel = (selectable.0.as_deref(), selectable.1.as_deref());
                 if self.filter.selects_everything() {
-                    let (made_for, lines) =
-                        shared.get_or_init(|| (res, self.filter.event(*put, kv, prev.as_ref())));
+                    let (made_for, lines) = shared
+                        .get_or_init(|| (res, self.filter.event(*put, kv, prev.as_ref(), sel)));
                     if *made_for == res {
                         lines.clone()
                     } else {
-                        self.filter.event(*put, kv, prev.as_ref())
+                        self.filter.event(*put, kv, prev.as_ref(), sel)
                     }
                 } else {
-                    self.filter.event(*put, kv, prev.as_ref())
+                    self.filter.event(*put, kv, prev.as_ref(), sel)
                 }
             }
             crate::cache::Event::Progress(rev) if self.bookmarks && *rev >= self.after => {
@@ -274,7 +304,7 @@ impl Watcher {
                     continue;
                 }
                 let put = ev.r#type == EventType::Put as i32;
-                for line in filter.event(put, kv, ev.prev_kv.as_ref()) {
+                for line in filter.event(put, kv, ev.prev_kv.as_ref(), (None, None)) {
                     if tx.send(line).await.is_err() {
                         return;
                     }
@@ -402,4 +432,69 @@ pub async fn watch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         body,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Entry;
+
+    fn pod(name: &str, rev: i64, app: &str, node: &str) -> KeyValue {
+        let obj = json!({"kind": "Pod", "apiVersion": "v1",
+                         "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+                         "spec": {"nodeName": node}});
+        KeyValue {
+            key: Bytes::from(format!("/registry/pods/default/{name}")),
+            mod_revision: rev,
+            value: Bytes::from(obj.to_string()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn prepared_events_make_the_same_lines() {
+        let res = crate::registry::lookup("", "v1", "pods").expect("pods");
+        let versions = [
+            pod("a", 5, "web", "n1"),
+            pod("a", 6, "db", "n1"),
+            pod("a", 7, "db", "n2"),
+            pod("a", 8, "web", "n2"),
+        ];
+        let deleted = KeyValue {
+            key: versions[0].key.clone(),
+            mod_revision: 9,
+            ..Default::default()
+        };
+        for (l, f) in [
+            ("", ""),
+            ("app=web", ""),
+            ("", "spec.nodeName=n1"),
+            ("app!=web", "spec.nodeName=n2"),
+        ] {
+            let filter = Filter {
+                res,
+                labels: LabelSelector::parse(l).expect("labels"),
+                fields: FieldSelector::parse(f, "Pod").expect("fields"),
+                table: None,
+            };
+            let mut prev: Option<KeyValue> = None;
+            for kv in versions.iter().chain([&deleted]) {
+                let put = kv.mod_revision != 9;
+                let entry = put.then(|| Entry::new(kv.clone(), "Pod"));
+                let prev_entry = prev.clone().map(|p| Entry::new(p, "Pod"));
+                let parsed = filter.event(put, kv, prev.as_ref(), (None, None));
+                let prepared = filter.event(
+                    put,
+                    entry.as_ref().map_or(kv, |e| &e.kv),
+                    prev.as_ref(),
+                    (
+                        entry.as_ref().and_then(|e| e.selectable.as_deref()),
+                        prev_entry.as_ref().and_then(|e| e.selectable.as_deref()),
+                    ),
+                );
+                assert_eq!(parsed, prepared, "{l:?} {f:?} at {}", kv.mod_revision);
+                prev = put.then(|| kv.clone());
+            }
+        }
+    }
 }
