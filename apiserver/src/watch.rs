@@ -167,7 +167,6 @@ struct Watcher {
     /// Only changes after this revision are sent.
     after: i64,
     bookmarks: bool,
-    tx: tokio::sync::mpsc::Sender<Bytes>,
 }
 
 impl Watcher {
@@ -179,9 +178,10 @@ impl Watcher {
         }
     }
 
-    /// Sends the lines of one cache event; false once the client is gone.
-    async fn send_event(&self, ev: &crate::cache::Event) -> bool {
-        let lines = match ev {
+    /// The lines one cache event makes for this watch (none if it does
+    /// not concern it).
+    fn lines(&self, ev: &crate::cache::Event) -> Vec<Bytes> {
+        match ev {
             crate::cache::Event::Change {
                 put,
                 kv,
@@ -190,7 +190,7 @@ impl Watcher {
                 shared,
             } => {
                 if kv.mod_revision <= self.after || !self.wants(&kv.key) {
-                    return true;
+                    return Vec::new();
                 }
                 let res = self.filter.res as *const ResourceInfo as usize;
                 let sel = (selectable.0.as_deref(), selectable.1.as_deref());
@@ -209,52 +209,63 @@ impl Watcher {
             crate::cache::Event::Progress(rev) if self.bookmarks && *rev >= self.after => {
                 vec![self.filter.bookmark(*rev)]
             }
-            crate::cache::Event::Progress(_) => return true,
-        };
-        for line in lines {
-            if self.tx.send(line).await.is_err() {
-                return false;
-            }
+            crate::cache::Event::Progress(_) => Vec::new(),
         }
-        true
     }
 
-    async fn pump_cache(self, sub: crate::cache::Subscription, deadline: tokio::time::Instant) {
-        for ev in &sub.replay {
-            if !self.send_event(ev).await {
-                return;
-            }
+    /// The watch's body from the cache: the buffered events after its
+    /// revision, then live ones, until the deadline. The HTTP stream's task
+    /// polls it directly: no task or channel in between, so one event costs
+    /// each watcher one wake-up. Lagging too far behind, or the cache
+    /// closing, ends the watch; the client re-watches from its last
+    /// resourceVersion.
+    fn cache_body(
+        self,
+        sub: crate::cache::Subscription,
+        deadline: tokio::time::Instant,
+    ) -> impl futures::Stream<Item = Bytes> + Send {
+        struct State {
+            w: Watcher,
+            replay: std::vec::IntoIter<std::sync::Arc<crate::cache::Event>>,
+            live: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::cache::Event>>,
+            // One timer for the whole watch, not one per event.
+            expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
         }
-        let mut live = sub.live;
-        // One timer for the whole watch, not one per event.
-        let expiry = tokio::time::sleep_until(deadline);
-        tokio::pin!(expiry);
-        loop {
-            let ev = tokio::select! {
-                _ = &mut expiry => return,
-                _ = self.tx.closed() => return,
-                ev = live.recv() => ev,
-            };
-            match ev {
-                Ok(ev) => {
-                    if !self.send_event(&ev).await {
-                        return;
-                    }
-                }
-                // Too far behind, or the cache closed: end the watch; the
-                // client re-watches from its last resourceVersion.
-                Err(_) => return,
+        let state = State {
+            w: self,
+            replay: sub.replay.into_iter(),
+            live: sub.live,
+            expiry: Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        futures::stream::unfold(state, |mut st| async move {
+            loop {
+                let ev = match st.replay.next() {
+                    Some(ev) => ev,
+                    None => tokio::select! {
+                        _ = &mut st.expiry => return None,
+                        ev = st.live.recv() => ev.ok()?,
+                    },
+                };
+                let lines = st.w.lines(&ev);
+                // One chunk per event (a change may make two lines).
+                let chunk = match lines.len() {
+                    0 => continue,
+                    1 => lines.into_iter().next().unwrap_or_default(),
+                    _ => Bytes::from(lines.concat()),
+                };
+                return Some((chunk, st));
             }
-        }
+        })
     }
 
     async fn pump_store(
         self,
         mut stream: crate::store::WatchStream,
         deadline: tokio::time::Instant,
+        tx: tokio::sync::mpsc::Sender<Bytes>,
     ) {
         let filter = &self.filter;
-        let tx = &self.tx;
+        let tx = &tx;
         let expiry = tokio::time::sleep_until(deadline);
         tokio::pin!(expiry);
         loop {
@@ -383,7 +394,6 @@ pub async fn watch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
     };
     let exact = ctx.target.name.is_some();
     let after = start - 1;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let deadline = tokio::time::Instant::now() + timeout;
     let cache = match app.caches.get(&app.store, res).await {
         Ok(c) => c.subscribe(after),
@@ -407,22 +417,24 @@ pub async fn watch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         exact,
         after,
         bookmarks,
-        tx,
     };
-    tokio::spawn(async move {
-        for line in initial {
-            if w.tx.send(line).await.is_err() {
-                return;
-            }
+    let initial = futures::stream::iter(initial);
+    let body = match source {
+        Source::Cache(sub) => Body::from_stream(
+            initial
+                .chain(w.cache_body(sub, deadline))
+                .map(Ok::<_, std::convert::Infallible>),
+        ),
+        Source::Store(stream) => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+            tokio::spawn(w.pump_store(stream, deadline, tx));
+            Body::from_stream(
+                initial
+                    .chain(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .map(Ok::<_, std::convert::Infallible>),
+            )
         }
-        match source {
-            Source::Cache(sub) => w.pump_cache(sub, deadline).await,
-            Source::Store(stream) => w.pump_store(stream, deadline).await,
-        }
-    });
-    let body = Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
-    );
+    };
     Ok((
         StatusCode::OK,
         [
