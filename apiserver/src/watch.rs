@@ -256,6 +256,8 @@ impl Watcher {
                 return Some((chunk, st));
             }
         })
+        // Ended for good: a poll after the end gets `None` again.
+        .fuse()
     }
 
     async fn pump_store(
