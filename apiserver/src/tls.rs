@@ -182,16 +182,28 @@ fn sign_server(
     sans: Vec<String>,
     what: &'static str,
 ) -> Result<(String, String)> {
+    let params = leaf_params(sans, dn(cn, &[]), ExtendedKeyUsagePurpose::ServerAuth, what)?;
+    sign(dir, &params)
+}
+
+/// The parameters of a leaf certificate valid for a year: `sans`, `name`,
+/// the one extended key usage `usage`, signing and key encipherment.
+fn leaf_params(
+    sans: Vec<String>,
+    name: DistinguishedName,
+    usage: ExtendedKeyUsagePurpose,
+    what: &'static str,
+) -> Result<CertificateParams> {
     let mut params = CertificateParams::new(sans).map_err(cert_err(what))?;
-    params.distinguished_name = dn(cn, &[]);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.distinguished_name = name;
+    params.extended_key_usages = vec![usage];
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, 1);
-    sign(dir, &params)
+    Ok(params)
 }
 
 /// Signs `params` with the CA in `dir`; returns (cert PEM, key PEM).
@@ -209,16 +221,12 @@ fn sign(dir: &Path, params: &CertificateParams) -> Result<(String, String)> {
 /// Issues a client certificate (CN = `user`, O = `groups`) signed by the CA
 /// in `dir`; returns (cert PEM, key PEM).
 pub fn issue_client_cert(dir: &Path, user: &str, groups: &[String]) -> Result<(String, String)> {
-    let mut params =
-        CertificateParams::new(Vec::<String>::new()).map_err(cert_err("client params"))?;
-    params.distinguished_name = dn(user, groups);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    validity(&mut params, 1);
+    let params = leaf_params(
+        Vec::new(),
+        dn(user, groups),
+        ExtendedKeyUsagePurpose::ClientAuth,
+        "client params",
+    )?;
     sign(dir, &params)
 }
 
