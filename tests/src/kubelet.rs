@@ -41,6 +41,7 @@ pub struct FakeKubelet {
     pub cert_pem: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     gate: Arc<tokio::sync::Semaphore>,
+    ended: Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -144,7 +145,8 @@ impl FakeKubelet {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let (seen2, gate2) = (seen.clone(), gate.clone());
+        let ended = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen2, gate2, ended2) = (seen.clone(), gate.clone(), ended.clone());
         let thread = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -162,6 +164,7 @@ impl FakeKubelet {
                         r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
                     };
                     let (acceptor, seen, gate) = (acceptor.clone(), seen2.clone(), gate2.clone());
+                    let ended = ended2.clone();
                     tokio::spawn(async move {
                         let Ok(tls) = acceptor.accept(tcp).await else {
                             return;
@@ -188,6 +191,7 @@ impl FakeKubelet {
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(tls), svc)
                             .await;
+                        ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     });
                 }
             });
@@ -197,6 +201,7 @@ impl FakeKubelet {
             cert_pem,
             seen,
             gate,
+            ended,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -210,6 +215,11 @@ impl FakeKubelet {
     /// The path and query of the latest request.
     pub fn last_uri(&self) -> Option<String> {
         self.seen().last().map(|s| s.uri.clone())
+    }
+
+    /// How many client connections have ended.
+    pub fn connections_ended(&self) -> usize {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Lets a `follow` stream send its next line.

@@ -4,7 +4,7 @@
 //! kube-apiserver reaches a kubelet's `/containerLogs`.
 
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -64,6 +64,27 @@ fn lines(from: u32, to: u32, container: &str, stamps: bool) -> String {
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
+}
+
+/// kubectl started with `args`; its stdout lines on the channel.
+fn spawn_lines(api: &KubeApi, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = api
+        .kubectl_cmd(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kubectl");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
 }
 
 #[test]
@@ -156,22 +177,7 @@ fn kubectl_logs_through_the_kubelet() {
     );
 
     // `-f` streams: a line arrives while the kubelet holds the stream open.
-    let mut follow = api
-        .kubectl_cmd(&["logs", "-f", "solo"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn kubectl logs -f");
-    let out = follow.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut follow, rx) = spawn_lines(&api, &["logs", "-f", "solo"]);
     let next = |rx: &mpsc::Receiver<String>| rx.recv_timeout(Duration::from_secs(15));
     assert_eq!(next(&rx).as_deref(), Ok("follow 1"));
     assert!(
@@ -196,6 +202,20 @@ fn kubectl_logs_through_the_kubelet() {
     assert_eq!(next(&rx).as_deref(), Ok("follow 3"));
     let status = follow.wait().expect("wait kubectl logs -f");
     assert!(status.success(), "{status}");
+    // A client that goes away ends the kubelet connection too.
+    let (mut follow, rx) = spawn_lines(&api, &["logs", "-f", "solo"]);
+    assert_eq!(next(&rx).as_deref(), Ok("follow 1"));
+    let ended = kubelet.connections_ended();
+    follow.kill().expect("kill kubectl logs -f");
+    let _ = follow.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while kubelet.connections_ended() == ended {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kubelet stream outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Several containers: kubectl picks the first; the API alone refuses.
     let out = api.kubectl(&["logs", "duo"]);
