@@ -360,6 +360,36 @@ mod tests {
                 && names.contains(&"pods/status")
                 && names.contains(&"configmaps")
         );
+        let log = core["resources"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|r| r["name"] == "pods/log")
+            .expect("pods/log");
+        assert_eq!(
+            (&log["kind"], &log["verbs"], &log["namespaced"]),
+            (&json!("Pod"), &json!(["get"]), &json!(true))
+        );
+        let core = aggregated(true);
+        let pods = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .find(|r| r["resource"] == "pods")
+            .expect("pods");
+        let sub = pods["subresources"]
+            .as_array()
+            .expect("subresources")
+            .iter()
+            .find(|s| s["subresource"] == "log")
+            .expect("log");
+        assert_eq!(
+            (&sub["responseKind"], &sub["verbs"]),
+            (
+                &json!({"group": "", "version": "v1", "kind": "Pod"}),
+                &json!(["get"])
+            )
+        );
         assert!(resource_list("apps", "v2").is_none());
         let builtin = api_groups()["groups"]
             .as_array()

@@ -26,6 +26,10 @@ use serde_json::Value;
 /// The kubelet port when a Node reports none (kube-apiserver's `--kubelet-port`).
 pub const DEFAULT_PORT: u16 = 10250;
 
+/// How long connecting to a kubelet (TCP, then TLS) may take (the
+/// dialer timeout of kube-apiserver's kubelet transport).
+const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The node address types Kubernetes knows, in kube-apiserver's default
 /// `--kubelet-preferred-address-types` order.
 pub const ADDRESS_TYPES: [&str; 5] = [
@@ -174,17 +178,22 @@ impl KubeletClient {
         let authority = join_host_port(host, port);
         let url = format!("https://{authority}{path_and_query}");
         let fail = |what: String| format!("Get {url:?}: {what}");
-        let tcp = tokio::net::TcpStream::connect((host, port))
-            .await
-            .map_err(|e| fail(format!("dial tcp {authority}: connect: {}", io_text(&e))))?;
+        let dial = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect((host, port)));
+        let tcp = match dial.await {
+            Ok(r) => {
+                r.map_err(|e| fail(format!("dial tcp {authority}: connect: {}", io_text(&e))))?
+            }
+            Err(_) => return Err(fail(format!("dial tcp {authority}: i/o timeout"))),
+        };
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(host.to_string())
             .map_err(|_| fail(format!("invalid host name {host:?}")))?;
         let cfg = if insecure { &self.insecure } else { &self.tls };
-        let tls = tokio_rustls::TlsConnector::from(cfg.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| fail(format!("tls: {e}")))?;
+        let handshake = tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp);
+        let tls = match tokio::time::timeout(DIAL_TIMEOUT, handshake).await {
+            Ok(r) => r.map_err(|e| fail(format!("tls: {e}")))?,
+            Err(_) => return Err(fail("net/http: TLS handshake timeout".into())),
+        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -400,6 +409,28 @@ mod tests {
         assert!(parse_address_types("").is_err());
         assert_eq!(join_host_port("::1", 10250), "[::1]:10250");
         assert_eq!(join_host_port("10.0.0.1", 10250), "10.0.0.1:10250");
+    }
+
+    #[tokio::test]
+    async fn a_kubelet_that_is_down_is_named_in_the_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let client = KubeletClient::new(&KubeletConfig::default()).expect("client");
+        let err = client
+            .get(
+                "127.0.0.1",
+                port,
+                "/containerLogs/ns/p/c?follow=true",
+                false,
+            )
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(
+            err,
+            format!("Get \"https://127.0.0.1:{port}/containerLogs/ns/p/c?follow=true\": dial tcp 127.0.0.1:{port}: connect: connection refused")
+        );
     }
 
     #[test]

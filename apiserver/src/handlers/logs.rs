@@ -329,17 +329,31 @@ pub async fn log(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         .map_err(unknown)?;
     let code = resp.status().as_u16();
     if !(200..=206).contains(&code) {
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_ERROR_BODY)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = error_body(resp.into_body()).await;
         return Err(kubelet_error(code, &String::from_utf8_lossy(&body), name));
     }
     let mut out = Response::new(axum::body::Body::new(resp.into_body()));
     out.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(out)
+}
+
+/// The first [`MAX_ERROR_BODY`] bytes of a kubelet's error answer (what
+/// arrived before a read error, if one happens).
+async fn error_body(mut body: hyper::body::Incoming) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < MAX_ERROR_BODY {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let room = MAX_ERROR_BODY - out.len();
+                    out.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            _ => break,
+        }
+    }
+    out
 }
 
 /// A path segment, percent-encoded where a URL path needs it (names are
