@@ -157,6 +157,23 @@ struct ApiserverArgs {
     /// Rotated audit logs kept (0: all).
     #[arg(long, default_value_t = 0)]
     audit_log_maxbackup: usize,
+    /// The node address types to reach kubelets at, in order (comma list of
+    /// Hostname, InternalDNS, InternalIP, ExternalDNS, ExternalIP).
+    #[arg(
+        long,
+        default_value = "Hostname,InternalDNS,InternalIP,ExternalDNS,ExternalIP"
+    )]
+    kubelet_preferred_address_types: String,
+    /// The client certificate (PEM) presented to kubelets.
+    #[arg(long)]
+    kubelet_client_certificate: Option<PathBuf>,
+    /// The key of --kubelet-client-certificate (PEM).
+    #[arg(long)]
+    kubelet_client_key: Option<PathBuf>,
+    /// CA certificates (PEM) kubelets' serving certificates must chain to;
+    /// unset: kubelets' certificates are not verified (as kube-apiserver).
+    #[arg(long)]
+    kubelet_certificate_authority: Option<PathBuf>,
 }
 
 /// `keel kubeconfig` flags.
@@ -580,6 +597,15 @@ async fn run_apiserver(
             max_size_mb: args.audit_log_maxsize,
             max_backups: args.audit_log_maxbackup,
         },
+        kubelet: keel_apiserver::kubelet::KubeletConfig {
+            preferred_address_types: keel_apiserver::kubelet::parse_address_types(
+                &args.kubelet_preferred_address_types,
+            )
+            .map_err(|e| anyhow::anyhow!("--kubelet-preferred-address-types: {e}"))?,
+            client_certificate: args.kubelet_client_certificate.clone(),
+            client_key: args.kubelet_client_key.clone(),
+            certificate_authority: args.kubelet_certificate_authority.clone(),
+        },
     };
     let server = keel_apiserver::Server::bind(&cfg)
         .await
@@ -688,6 +714,10 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         audit_log_path: Some(data_dir.join("audit").join("audit.log")),
         audit_log_maxsize: 100,
         audit_log_maxbackup: 3,
+        kubelet_preferred_address_types: keel_apiserver::kubelet::ADDRESS_TYPES.join(","),
+        kubelet_client_certificate: None,
+        kubelet_client_key: None,
+        kubelet_certificate_authority: None,
     };
     let kubeconfig = data_dir.join("kubeconfig");
     keel_apiserver::tls::ensure_pki(&api.cert_dir, &[]).context("creating the cluster CA")?;

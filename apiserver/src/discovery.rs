@@ -130,6 +130,7 @@ pub fn aggregated(core: bool) -> Value {
                 if r.kind == "Pod" {
                     subs.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
                     subs.push(json!({"subresource": "eviction", "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"}, "verbs": ["create"]}));
+                    subs.push(json!({"subresource": "log", "responseKind": {"group": "", "version": "v1", "kind": "Pod"}, "verbs": ["get"]}));
                 }
                 if r.kind == "ServiceAccount" {
                     subs.push(json!({"subresource": "token", "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, "verbs": ["create"]}));
@@ -233,6 +234,10 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             resources.push(
                 json!({"name": "pods/eviction", "singularName": "", "namespaced": true,
                 "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}),
+            );
+            resources.push(
+                json!({"name": "pods/log", "singularName": "", "namespaced": true,
+                "kind": "Pod", "verbs": ["get"]}),
             );
         }
         if r.kind == "ServiceAccount" {
@@ -354,6 +359,36 @@ mod tests {
             names.contains(&"pods")
                 && names.contains(&"pods/status")
                 && names.contains(&"configmaps")
+        );
+        let log = core["resources"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|r| r["name"] == "pods/log")
+            .expect("pods/log");
+        assert_eq!(
+            (&log["kind"], &log["verbs"], &log["namespaced"]),
+            (&json!("Pod"), &json!(["get"]), &json!(true))
+        );
+        let core = aggregated(true);
+        let pods = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .find(|r| r["resource"] == "pods")
+            .expect("pods");
+        let sub = pods["subresources"]
+            .as_array()
+            .expect("subresources")
+            .iter()
+            .find(|s| s["subresource"] == "log")
+            .expect("log");
+        assert_eq!(
+            (&sub["responseKind"], &sub["verbs"]),
+            (
+                &json!({"group": "", "version": "v1", "kind": "Pod"}),
+                &json!(["get"])
+            )
         );
         assert!(resource_list("apps", "v2").is_none());
         let builtin = api_groups()["groups"]

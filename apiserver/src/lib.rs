@@ -25,6 +25,7 @@
 //!   write passes; [`controllers`]: the loops inside the server (namespace
 //!   termination, service accounts, quota usage, the garbage collector);
 //!   [`quantity`]: resource quantities.
+//! - [`kubelet`]: the client of the kubelets (`pods/log` proxies to them).
 //! - [`crd`]: CustomResourceDefinitions: their validation and status, the
 //!   registry's dynamic layer, custom objects' structural schemas.
 #![warn(missing_docs)]
@@ -43,6 +44,7 @@ pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod handlers;
+pub mod kubelet;
 pub mod metrics;
 pub mod object;
 pub mod openapi;
@@ -76,6 +78,9 @@ pub enum Error {
     /// An unusable authorization setup.
     #[error("authorization: {0}")]
     Authz(String),
+    /// The `--kubelet-*` client certificate or CA.
+    #[error("kubelet client: {0}")]
+    Kubelet(String),
     /// The store client.
     #[error(transparent)]
     Store(#[from] store::StoreError),

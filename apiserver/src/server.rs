@@ -48,6 +48,9 @@ pub struct Config {
     pub authorization_webhook_cache_ttls: (Duration, Duration),
     /// `--audit-log-path`, `--audit-log-maxsize`, `--audit-log-maxbackup`.
     pub audit: crate::audit::AuditConfig,
+    /// `--kubelet-preferred-address-types`, `--kubelet-client-certificate`,
+    /// `--kubelet-client-key`, `--kubelet-certificate-authority`.
+    pub kubelet: crate::kubelet::KubeletConfig,
 }
 
 /// A bound, not yet serving API server.
@@ -87,6 +90,7 @@ impl Server {
         };
         let authz = crate::authz::Authorizer::new(modes, webhook).map_err(Error::Authz)?;
         let audit = crate::audit::AuditLog::open(&cfg.audit).map_err(Error::Audit)?;
+        let kubelet = crate::kubelet::KubeletClient::new(&cfg.kubelet).map_err(Error::Kubelet)?;
         let addr = SocketAddr::new(cfg.bind_address, cfg.secure_port);
         let listener = TcpListener::bind(addr)
             .await
@@ -107,6 +111,7 @@ impl Server {
                 authn,
                 authz,
                 audit,
+                kubelet,
             }),
             ca_pem,
         })

@@ -135,4 +135,5 @@ pub mod cluster;
 pub mod diff;
 pub mod jepsen;
 pub mod kube;
+pub mod kubelet;
 pub mod webhook;

@@ -2,6 +2,7 @@
 //! the request log line. The verbs live in [`read`] and [`write`]; watches
 //! in [`crate::watch`].
 
+pub mod logs;
 pub mod pods;
 pub mod propagation;
 pub mod read;
@@ -50,6 +51,8 @@ pub struct App {
     pub authz: crate::authz::Authorizer,
     /// The audit log (a no-op without `--audit-log-path`).
     pub audit: crate::audit::AuditLog,
+    /// The client of the kubelets (`pods/log`).
+    pub kubelet: crate::kubelet::KubeletClient,
 }
 
 /// The client's address, for the audit log.
@@ -510,6 +513,7 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
             "status" => target.res.status && matches!(info.verb, "get" | "update" | "patch"),
             "scale" => target.res.scale && matches!(info.verb, "get" | "update" | "patch"),
             "binding" | "eviction" => is_pod && info.verb == "create",
+            "log" => is_pod && info.verb == "get",
             "token" => target.res.kind == "ServiceAccount" && info.verb == "create",
             "finalize" => target.res.kind == "Namespace" && info.verb == "update",
             _ => false,
@@ -532,6 +536,7 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
         Some("scale") => return scale::handle(app, &ctx, info.verb).await,
         Some("binding") => return pods::bind(app, &ctx).await,
         Some("eviction") => return pods::evict(app, &ctx).await,
+        Some("log") => return logs::log(app, &ctx).await,
         Some("token") => return crate::authn::review::token_request(app, &ctx).await,
         Some("finalize") => return write::finalize_namespace(app, &ctx).await,
         _ => {}
