@@ -255,10 +255,11 @@ pub fn put(w: &mut WriteTxn<'_>, lessor: &mut Lessor, p: PutRequest) -> Result<P
     if lease != 0 {
         lessor.attach(lease, &p.key);
     }
-    let rev = w.put(p.key, value, lease);
+    let prev_kv = if p.prev_kv { prev.clone() } else { None };
+    let rev = w.put_over(p.key, value, lease, prev);
     Ok(PutResponse {
         header: header(rev),
-        prev_kv: if p.prev_kv { prev } else { None },
+        prev_kv,
     })
 }
 

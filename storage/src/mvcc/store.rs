@@ -352,8 +352,21 @@ impl WriteTxn<'_> {
 
     /// Puts `key` = `value` with `lease`; returns the revision it was written at.
     pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> i64 {
-        let rev = self.next_rev();
         let prev = self.get(&key);
+        self.put_over(key, value, lease, prev)
+    }
+
+    /// [`put`](Self::put) for a caller that has just read the key's current
+    /// value with [`get`](Self::get) in this transaction (`prev`), so the
+    /// key is not looked up twice.
+    pub fn put_over(
+        &mut self,
+        key: Bytes,
+        value: Bytes,
+        lease: i64,
+        prev: Option<KeyValue>,
+    ) -> i64 {
+        let rev = self.next_rev();
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (rev.main, 1),
