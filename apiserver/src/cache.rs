@@ -60,11 +60,11 @@ pub enum Event {
         /// `prev` (when the cache held that very version), so that watches
         /// with selectors need not parse objects they do not send.
         selectable: (Option<Arc<Selectable>>, Option<Arc<Selectable>>),
-        /// The event's lines for watches that select everything, made by
-        /// the first such watch and shared by the rest (thousands of
-        /// watchers must not each parse and encode the same object):
-        /// `(the resource they were made for, the lines)`.
-        shared: std::sync::OnceLock<(usize, Vec<Bytes>)>,
+        /// The event's chunk (its lines joined) for watches that select
+        /// everything, made by the first such watch and shared by the rest
+        /// (thousands of watchers must not each parse and encode the same
+        /// object): `(the resource it was made for, the chunk)`.
+        shared: std::sync::OnceLock<(usize, Option<Bytes>)>,
     },
     /// The store has reached this revision with nothing more for this type.
     Progress(i64),

@@ -169,6 +169,15 @@ struct Watcher {
     bookmarks: bool,
 }
 
+/// An event's lines as one chunk: none, the line itself, or the lines joined.
+fn join(lines: Vec<Bytes>) -> Option<Bytes> {
+    match lines.len() {
+        0 => None,
+        1 => lines.into_iter().next(),
+        _ => Some(Bytes::from(lines.concat())),
+    }
+}
+
 impl Watcher {
     fn wants(&self, key: &[u8]) -> bool {
         if self.exact {
@@ -178,9 +187,9 @@ impl Watcher {
         }
     }
 
-    /// The lines one cache event makes for this watch (none if it does
-    /// not concern it).
-    fn lines(&self, ev: &crate::cache::Event) -> Vec<Bytes> {
+    /// The chunk one cache event makes for this watch: its lines joined
+    /// (a change may make two), or none if it does not concern it.
+    fn chunk(&self, ev: &crate::cache::Event) -> Option<Bytes> {
         match ev {
             crate::cache::Event::Change {
                 put,
@@ -190,26 +199,23 @@ impl Watcher {
                 shared,
             } => {
                 if kv.mod_revision <= self.after || !self.wants(&kv.key) {
-                    return Vec::new();
+                    return None;
                 }
                 let res = self.filter.res as *const ResourceInfo as usize;
                 let sel = (selectable.0.as_deref(), selectable.1.as_deref());
+                let made = || join(self.filter.event(*put, kv, prev.as_ref(), sel));
                 if self.filter.selects_everything() {
-                    let (made_for, lines) = shared
-                        .get_or_init(|| (res, self.filter.event(*put, kv, prev.as_ref(), sel)));
+                    let (made_for, chunk) = shared.get_or_init(|| (res, made()));
                     if *made_for == res {
-                        lines.clone()
-                    } else {
-                        self.filter.event(*put, kv, prev.as_ref(), sel)
+                        return chunk.clone();
                     }
-                } else {
-                    self.filter.event(*put, kv, prev.as_ref(), sel)
                 }
+                made()
             }
             crate::cache::Event::Progress(rev) if self.bookmarks && *rev >= self.after => {
-                vec![self.filter.bookmark(*rev)]
+                Some(self.filter.bookmark(*rev))
             }
-            crate::cache::Event::Progress(_) => Vec::new(),
+            crate::cache::Event::Progress(_) => None,
         }
     }
 
@@ -241,19 +247,19 @@ impl Watcher {
             loop {
                 let ev = match st.replay.next() {
                     Some(ev) => ev,
+                    // An event ready now is taken without polling the timer
+                    // (the timer is armed only while the watch waits); a
+                    // watch busy past its deadline still ends there.
+                    None if st.expiry.deadline() <= tokio::time::Instant::now() => return None,
                     None => tokio::select! {
-                        _ = &mut st.expiry => return None,
+                        biased;
                         ev = st.live.recv() => ev.ok()?,
+                        _ = &mut st.expiry => return None,
                     },
                 };
-                let lines = st.w.lines(&ev);
-                // One chunk per event (a change may make two lines).
-                let chunk = match lines.len() {
-                    0 => continue,
-                    1 => lines.into_iter().next().unwrap_or_default(),
-                    _ => Bytes::from(lines.concat()),
-                };
-                return Some((chunk, st));
+                if let Some(chunk) = st.w.chunk(&ev) {
+                    return Some((chunk, st));
+                }
             }
         })
         // Ended for good: a poll after the end gets `None` again.
