@@ -323,6 +323,132 @@ mod tests {
         );
     }
 
+    /// The chunks' own invariants: none empty, none over [`CHUNK`], keys
+    /// strictly increasing within and across chunks, `len` their sum.
+    fn check_chunks(m: &ChunkMap<u32>) {
+        assert!(m.chunks.iter().all(|c| !c.is_empty() && c.len() <= CHUNK));
+        assert_eq!(m.len(), m.chunks.iter().map(|c| c.len()).sum::<usize>());
+        let keys: Vec<&[u8]> = m.iter().map(|(k, _)| k).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys out of order");
+    }
+
+    /// One step of [`clones_keep_their_state`].
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// The next `n` keys of the increasing sequence, each arriving up
+        /// to 200 places late (many writers with increasing keys).
+        NearlyOrdered { n: usize, seed: u64 },
+        /// One key anywhere among those the sequence has reached (the
+        /// `u16` scaled to them), mostly inside full chunks.
+        Insert(u16, u32),
+        /// Removes one key (present or not), placed as for `Insert`
+        /// (`retain`: it copies every chunk it shares with a clone).
+        Remove(u16),
+        /// Removes every entry whose value is `v` modulo 7.
+        RemoveMod(u32),
+        /// Changes a value in place (placed as for `Insert`).
+        Update(u16, u32),
+        /// Takes a clone (a snapshot), then keeps writing to the original.
+        Clone,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1usize..500, any::<u64>()).prop_map(|(n, seed)| Op::NearlyOrdered { n, seed }),
+            6 => (any::<u16>(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k, v)),
+            1 => any::<u16>().prop_map(Op::Remove),
+            1 => any::<u32>().prop_map(Op::RemoveMod),
+            2 => (any::<u16>(), any::<u32>()).prop_map(|(k, v)| Op::Update(k, v)),
+            5 => Just(Op::Clone),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+
+        /// Clones share chunks with the original (copy on write): whatever
+        /// the original does after (fills chunks in order, passes entries
+        /// to a neighbour, splits, removes, updates in place), each clone
+        /// still holds exactly the state it was taken at, and the original
+        /// the final one. Compared with a `BTreeMap` model: iteration
+        /// order, `len`, `get` and ranges.
+        #[test]
+        fn clones_keep_their_state(ops in proptest::collection::vec(op(), 1..100)) {
+            let mut m = ChunkMap::default();
+            let mut model: BTreeMap<Bytes, u32> = BTreeMap::new();
+            let mut clones: Vec<(ChunkMap<u32>, BTreeMap<Bytes, u32>)> = Vec::new();
+            let mut probes: Vec<u16> = vec![0, 1, 3, 128 * 3, 24_000];
+            // The increasing sequence: every third key, so that random
+            // inserts land between its keys.
+            let mut next_seq: u16 = 0;
+            // `r` scaled to the keys the sequence has reached (and a few
+            // beyond).
+            let at = |r: u16, next_seq: u16| {
+                u16::try_from(u32::from(r) * (u32::from(next_seq) + 300) / 65_536).unwrap_or(u16::MAX)
+            };
+            for op in ops {
+                match op {
+                    Op::NearlyOrdered { n, seed } => {
+                        let mut rng = seed | 1;
+                        let mut arrivals: Vec<(usize, u16)> = (0..n)
+                            .map_while(|i| {
+                                let k = next_seq.checked_add(u16::try_from(i).ok()?.checked_mul(3)?)?;
+                                rng ^= rng << 13;
+                                rng ^= rng >> 7;
+                                rng ^= rng << 17;
+                                Some((i + (rng % 201) as usize, k))
+                            })
+                            .collect();
+                        // Stable: a key is overtaken only by later ones.
+                        arrivals.sort_by_key(|&(at, _)| at);
+                        let count = arrivals.len();
+                        for (_, k) in arrivals {
+                            m.insert(&key(k), u32::from(k));
+                            model.insert(key(k), u32::from(k));
+                        }
+                        probes.push(next_seq);
+                        next_seq = next_seq.saturating_add(u16::try_from(count * 3).unwrap_or(u16::MAX));
+                    }
+                    Op::Insert(k, v) => {
+                        let k = at(k, next_seq);
+                        m.insert(&key(k), v);
+                        model.insert(key(k), v);
+                        probes.push(k);
+                    }
+                    Op::Remove(k) => {
+                        let k = at(k, next_seq);
+                        let gone = key(k);
+                        m.retain(|kk, _| kk != gone.as_ref());
+                        model.remove(&gone);
+                        probes.push(k);
+                    }
+                    Op::RemoveMod(v) => {
+                        m.retain(|_, x| *x % 7 != v % 7);
+                        model.retain(|_, x| *x % 7 != v % 7);
+                    }
+                    Op::Update(k, v) => {
+                        let k = at(k, next_seq);
+                        if let Some(x) = m.get_mut(&key(k)) { *x = v; }
+                        if let Some(x) = model.get_mut(key(k).as_ref()) { *x = v; }
+                        probes.push(k);
+                    }
+                    Op::Clone => clones.push((m.clone(), model.clone())),
+                }
+            }
+            // Some 20 probes spread over the keys touched.
+            probes.sort_unstable();
+            probes.dedup();
+            let step = (probes.len() / 20).max(1);
+            let probes: Vec<u16> = probes.into_iter().step_by(step).collect();
+            check_chunks(&m);
+            check(&m, &model, &probes);
+            for (clone, then) in &clones {
+                check_chunks(clone);
+                check(clone, then, &probes);
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn matches_a_btreemap(ops in proptest::collection::vec((0u8..4, 0u16..2000, any::<u32>()), 1..3000)) {
