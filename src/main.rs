@@ -498,8 +498,12 @@ async fn start_member(args: &StoreArgs) -> Result<Running> {
     })
 }
 
-/// Runs members until Ctrl-C/SIGTERM, or until one's WAL fails.
-async fn run_until_stopped(running: Vec<Running>) -> Result<()> {
+/// Runs members until Ctrl-C/SIGTERM, or until one's WAL fails; then runs
+/// `before_stop` (what depends on the members stops first) and stops them.
+async fn run_until_stopped(
+    running: Vec<Running>,
+    before_stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let members: Vec<_> = running.iter().map(|r| r.member.clone()).collect();
     let failed = async move {
         loop {
@@ -518,6 +522,7 @@ async fn run_until_stopped(running: Vec<Running>) -> Result<()> {
         why = failed => Some(why),
     };
     tracing::info!("shutting down");
+    before_stop.await;
     let hand_over = running.len() == 1;
     for r in running {
         r.stop(hand_over).await;
@@ -537,7 +542,7 @@ async fn run_store(args: StoreArgs) -> Result<()> {
         cfg.client_urls.join(","),
         cfg.client_urls.first().cloned().unwrap_or_default()
     );
-    run_until_stopped(vec![running]).await
+    run_until_stopped(vec![running], async {}).await
 }
 
 /// A Go-style duration flag (`5m`, `30s`, `0s`).
@@ -749,14 +754,16 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         endpoints.join(","),
         kubeconfig_abs.display()
     );
-    let result = run_until_stopped(running).await;
-    let _ = api_stop.send(());
-    match tokio::time::timeout(Duration::from_secs(5), api_task).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "apiserver"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "apiserver task"),
-        _ => {}
-    }
-    result
+    // The API server stops before the store it reads from.
+    run_until_stopped(running, async {
+        let _ = api_stop.send(());
+        match tokio::time::timeout(Duration::from_secs(5), api_task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "apiserver"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "apiserver task"),
+            _ => {}
+        }
+    })
+    .await
 }
 
 fn init_logs(level: &str) {

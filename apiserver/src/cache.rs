@@ -455,6 +455,12 @@ impl Caches {
         map.insert(prefix, cache.clone());
         Ok(cache)
     }
+
+    /// Lets go of every cache (the server stops): each ends its store
+    /// watch, and its watchers' streams end, once nothing else holds it.
+    pub async fn clear(&self) {
+        self.map.lock().await.clear();
+    }
 }
 
 #[cfg(test)]

@@ -124,11 +124,18 @@ impl Server {
 
     /// Serves until `shutdown` resolves. Creates the system namespaces in the
     /// background as soon as the store answers (`/readyz` turns 200 then).
+    ///
+    /// When it stops, so does everything it started: controllers, open
+    /// connections and the watch caches (which end their store watches), so
+    /// a process that goes on (`keel up`) can stop the store after it
+    /// quietly.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let app = self.app.clone();
-        crate::controllers::spawn(app.clone(), self.ca_pem.clone(), Default::default());
+        crate::controllers::spawn(app.clone(), self.ca_pem.clone(), Default::default(), &stop);
         let ca_pem = self.ca_pem.clone();
-        tokio::spawn(async move {
+        let boot_stop = stop.clone();
+        spawn_until(&stop, async move {
             loop {
                 let boot = async {
                     handlers::write::bootstrap(&app).await?;
@@ -145,7 +152,7 @@ impl Server {
                         app.ready.store(true, Ordering::Release);
                         tracing::info!("system namespaces ready");
                         if app.authz.rbac_enabled() {
-                            tokio::spawn(crate::authz::aggregation::run(app.clone()));
+                            spawn_until(&boot_stop, crate::authz::aggregation::run(app.clone()));
                         }
                         return;
                     }
@@ -162,7 +169,11 @@ impl Server {
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
-                _ = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => {
+                    let _ = stop_tx.send(true);
+                    self.app.caches.clear().await;
+                    return Ok(());
+                }
                 r = self.listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -175,7 +186,7 @@ impl Server {
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
             let router = router.clone();
-            tokio::spawn(async move {
+            spawn_until(&stop, async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
                 {
@@ -210,4 +221,18 @@ impl Server {
             });
         }
     }
+}
+
+/// Spawns `fut` and drops it once `stop` turns true (or its sender is gone).
+pub(crate) fn spawn_until(
+    stop: &tokio::sync::watch::Receiver<bool>,
+    fut: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = fut => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    });
 }
