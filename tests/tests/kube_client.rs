@@ -6,8 +6,10 @@
 //! resuming, 410 after a compaction), the four patch types, an update
 //! conflict, and two API servers on one store.
 
+mod kube_rs;
+
+use kube_rs::client_for;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -19,25 +21,12 @@ use kube::api::{
     Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent,
     WatchParams,
 };
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
-use kube::{Client, Config, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 
 /// How long a test waits for a watch event before failing.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A kube client for the kubeconfig at `path` (its current context).
-async fn client_for(path: &Path) -> Client {
-    // kube's rustls is built with ring (as the whole workspace is); make it
-    // the process default too, in case anything asks for one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kubeconfig = Kubeconfig::read_from(path).expect("read the kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kube config from the kubeconfig");
-    Client::try_from(config).expect("kube client")
-}
 
 fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
     Some(

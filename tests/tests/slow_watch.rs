@@ -37,16 +37,17 @@
 //! ending the watch (`continue` in `cache_body`) fails the test: about a
 //! thousand ConfigMaps are then never delivered.
 
+mod kube_rs;
+
+use kube_rs::client_for;
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use keel_tests::kube::KubeApi;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::Client;
 use serde_json::Value;
 
 /// The watch cache's source: its constants are read from it, so the test
@@ -86,16 +87,6 @@ const OVER_LIMIT: usize = 512;
 
 /// How long one read of a watch may take before the test gives up.
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A kube client for the kubeconfig at `path`.
-async fn client_for(path: &Path) -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kubeconfig = Kubeconfig::read_from(path).expect("read the kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kube config from the kubeconfig");
-    Client::try_from(config).expect("kube client")
-}
 
 /// One event a watch delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
