@@ -24,6 +24,8 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
+use crate::tls_server::TlsServer;
+
 /// One request the stand-in received.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -42,8 +44,7 @@ pub struct FakeKubelet {
     seen: Arc<Mutex<Vec<Seen>>>,
     gate: Arc<tokio::sync::Semaphore>,
     ended: Arc<std::sync::atomic::AtomicUsize>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: TlsServer,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -138,72 +139,45 @@ impl FakeKubelet {
         let cfg = builder
             .with_single_cert(vec![cert.cert.der().clone()], key)
             .context("TLS config")?;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind kubelet")?;
-        listener.set_nonblocking(true).context("nonblocking")?;
-        let port = listener.local_addr().context("addr")?.port();
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let ended = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (seen2, gate2, ended2) = (seen.clone(), gate.clone(), ended.clone());
-        let thread = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                loop {
-                    let (tcp, _) = tokio::select! {
-                        _ = &mut stopped => return,
-                        r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-                    };
-                    let (acceptor, seen, gate) = (acceptor.clone(), seen2.clone(), gate2.clone());
-                    let ended = ended2.clone();
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(tcp).await else {
-                            return;
-                        };
-                        let client_cert = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .map(|c| c.as_ref().to_vec());
-                        let svc = hyper::service::service_fn(
-                            move |req: hyper::Request<hyper::body::Incoming>| {
-                                let uri = req.uri().clone();
-                                if let Ok(mut s) = seen.lock() {
-                                    s.push(Seen {
-                                        uri: uri.to_string(),
-                                        client_cert: client_cert.clone(),
-                                    });
-                                }
-                                let resp = answer(&uri, gate.clone());
-                                async move { Ok::<_, Infallible>(resp) }
-                            },
-                        );
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), svc)
-                            .await;
-                        ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    });
-                }
-            });
-        });
+        let server = TlsServer::start("kubelet", cfg, move |tls| {
+            let (seen, gate, ended) = (seen2.clone(), gate2.clone(), ended2.clone());
+            async move {
+                let client_cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref().to_vec());
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let uri = req.uri().clone();
+                        if let Ok(mut s) = seen.lock() {
+                            s.push(Seen {
+                                uri: uri.to_string(),
+                                client_cert: client_cert.clone(),
+                            });
+                        }
+                        let resp = answer(&uri, gate.clone());
+                        async move { Ok::<_, Infallible>(resp) }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+                ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })?;
         Ok(FakeKubelet {
-            port,
+            port: server.port,
             cert_pem,
             seen,
             gate,
             ended,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -230,12 +204,7 @@ impl FakeKubelet {
 
 impl Drop for FakeKubelet {
     fn drop(&mut self) {
+        // Open follow streams end; the server stops after this.
         self.gate.close();
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

@@ -136,4 +136,5 @@ pub mod diff;
 pub mod jepsen;
 pub mod kube;
 pub mod kubelet;
+pub mod tls_server;
 pub mod webhook;

@@ -12,6 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
+use crate::tls_server::TlsServer;
+
 /// Decides on one `AdmissionReview.request`: returns the `response`
 /// without `uid` (filled in by the server).
 pub type Handler = fn(&Value) -> Value;
@@ -24,8 +26,7 @@ pub struct WebhookServer {
     pub ca_bundle: String,
     /// The port it listens on (127.0.0.1).
     pub port: u16,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: TlsServer,
 }
 
 impl WebhookServer {
@@ -51,64 +52,36 @@ impl WebhookServer {
             .with_no_client_auth()
             .with_single_cert(vec![cert_der], key_der)
             .context("TLS config")?;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind webhook")?;
-        listener.set_nonblocking(true).context("nonblocking")?;
-        let port = listener.local_addr().context("addr")?.port();
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let thread = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                loop {
-                    let (tcp, _) = tokio::select! {
-                        _ = &mut stopped => return,
-                        r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-                    };
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(tcp).await else { return };
-                        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                            let request = &review["request"];
-                            let mut response = handler(request);
-                            response["uid"] = request["uid"].clone();
-                            let out = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response});
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(out.to_string()))))
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), svc)
-                            .await;
-                    });
-                }
-            });
-        });
+        let server = TlsServer::start("webhook", cfg, move |tls| async move {
+            let svc = hyper::service::service_fn(
+                move |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let request = &review["request"];
+                    let mut response = handler(request);
+                    response["uid"] = request["uid"].clone();
+                    let out = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response});
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        out.to_string(),
+                    ))))
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        })?;
+        let port = server.port;
         Ok(WebhookServer {
             url: format!("https://127.0.0.1:{port}"),
             port,
             ca_bundle: base64::engine::general_purpose::STANDARD.encode(pem),
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         })
-    }
-}
-
-impl Drop for WebhookServer {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
