@@ -729,7 +729,7 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
     keel_apiserver::tls::write_kubeconfig(&api.cert_dir, "https://127.0.0.1:6443", &kubeconfig)
         .context("writing the kubeconfig")?;
     let (api_stop, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let api_task = tokio::spawn(async move {
+    let mut api_task = tokio::spawn(async move {
         run_apiserver(&api, async {
             let _ = api_stop_rx.await;
         })
@@ -757,10 +757,14 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
     // The API server stops before the store it reads from.
     run_until_stopped(running, async {
         let _ = api_stop.send(());
-        match tokio::time::timeout(Duration::from_secs(5), api_task).await {
+        match tokio::time::timeout(Duration::from_secs(5), &mut api_task).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "apiserver"),
             Ok(Err(e)) => tracing::warn!(error = %e, "apiserver task"),
-            _ => {}
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!("the API server did not stop within 5 s; stopping it");
+                api_task.abort();
+            }
         }
     })
     .await

@@ -204,11 +204,13 @@ pub struct Subscription {
 }
 
 impl Cache {
-    /// Lists `prefix` at the store's head and starts following it.
+    /// Lists `prefix` at the store's head and starts following it, until
+    /// `closed` turns true.
     async fn start(
         store: &Store,
         prefix: String,
         kind: &'static str,
+        mut closed: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Arc<Cache>, StoreError> {
         let end = prefix_end(prefix.as_bytes());
         let page = store.range(prefix.as_bytes(), &end, 0, 0).await?;
@@ -241,7 +243,12 @@ impl Cache {
         let weak = Arc::downgrade(&cache);
         tokio::spawn(async move {
             let mut stream = stream;
-            while let Some(resp) = stream.next().await {
+            loop {
+                let next = tokio::select! {
+                    r = stream.next() => r,
+                    _ = closed.wait_for(|c| *c) => break,
+                };
+                let Some(resp) = next else { break };
                 let Some(cache) = weak.upgrade() else { return };
                 let resp = match resp {
                     Ok(r) if !r.canceled && r.compact_revision == 0 => r,
@@ -427,9 +434,20 @@ impl Cache {
 }
 
 /// The caches of every resource type, created on first use.
-#[derive(Default)]
 pub struct Caches {
     map: tokio::sync::Mutex<HashMap<String, Arc<Cache>>>,
+    /// True once [`Caches::clear`] ran: every cache stops following the
+    /// store, and no new one starts.
+    closed: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Caches {
+            map: Default::default(),
+            closed: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 impl std::fmt::Debug for Caches {
@@ -451,15 +469,20 @@ impl Caches {
         if let Some(c) = map.get(&prefix).filter(|c| c.is_live()) {
             return Ok(c.clone());
         }
-        let cache = Cache::start(store, prefix.clone(), res.kind).await?;
+        if *self.closed.borrow() {
+            return Err(StoreError::Unavailable("the API server is stopping".into()));
+        }
+        let cache = Cache::start(store, prefix.clone(), res.kind, self.closed.subscribe()).await?;
         map.insert(prefix, cache.clone());
         Ok(cache)
     }
 
-    /// Lets go of every cache (the server stops): each ends its store
-    /// watch, and its watchers' streams end, once nothing else holds it.
+    /// Stops every cache (the server stops): each ends its store watch,
+    /// and its watchers' streams end; no new cache starts after this.
     pub async fn clear(&self) {
-        self.map.lock().await.clear();
+        let mut map = self.map.lock().await;
+        self.closed.send_replace(true);
+        map.clear();
     }
 }
 

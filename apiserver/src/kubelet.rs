@@ -26,9 +26,14 @@ use serde_json::Value;
 /// The kubelet port when a Node reports none (kube-apiserver's `--kubelet-port`).
 pub const DEFAULT_PORT: u16 = 10250;
 
-/// How long connecting to a kubelet (TCP, then TLS) may take (the
+/// How long the TCP connection to a kubelet may take (the
 /// dialer timeout of kube-apiserver's kubelet transport).
 const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long the TLS handshake with a kubelet may take (Go's
+/// `http.Transport.TLSHandshakeTimeout`, as kube-apiserver's kubelet
+/// transport sets it).
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The node address types Kubernetes knows, in kube-apiserver's default
 /// `--kubelet-preferred-address-types` order.
@@ -190,7 +195,7 @@ impl KubeletClient {
             .map_err(|_| fail(format!("invalid host name {host:?}")))?;
         let cfg = if insecure { &self.insecure } else { &self.tls };
         let handshake = tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp);
-        let tls = match tokio::time::timeout(DIAL_TIMEOUT, handshake).await {
+        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
             Ok(r) => r.map_err(|e| fail(format!("tls: {e}")))?,
             Err(_) => return Err(fail("net/http: TLS handshake timeout".into())),
         };

@@ -131,11 +131,20 @@ impl Server {
     /// quietly.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let background = Background {
+            stop,
+            tracker: tokio_util::task::TaskTracker::new(),
+        };
         let app = self.app.clone();
-        crate::controllers::spawn(app.clone(), self.ca_pem.clone(), Default::default(), &stop);
+        crate::controllers::spawn(
+            app.clone(),
+            self.ca_pem.clone(),
+            Default::default(),
+            &background,
+        );
         let ca_pem = self.ca_pem.clone();
-        let boot_stop = stop.clone();
-        spawn_until(&stop, async move {
+        let tasks = background.clone();
+        background.spawn(async move {
             loop {
                 let boot = async {
                     handlers::write::bootstrap(&app).await?;
@@ -152,7 +161,7 @@ impl Server {
                         app.ready.store(true, Ordering::Release);
                         tracing::info!("system namespaces ready");
                         if app.authz.rbac_enabled() {
-                            spawn_until(&boot_stop, crate::authz::aggregation::run(app.clone()));
+                            tasks.spawn(crate::authz::aggregation::run(app.clone()));
                         }
                         return;
                     }
@@ -171,6 +180,13 @@ impl Server {
             let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => {
                     let _ = stop_tx.send(true);
+                    background.tracker.close();
+                    if tokio::time::timeout(Duration::from_secs(5), background.tracker.wait())
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!("background tasks still running 5 s after the stop");
+                    }
                     self.app.caches.clear().await;
                     return Ok(());
                 }
@@ -186,7 +202,7 @@ impl Server {
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
             let router = router.clone();
-            spawn_until(&stop, async move {
+            background.spawn(async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
                 {
@@ -223,16 +239,24 @@ impl Server {
     }
 }
 
-/// Spawns `fut` and drops it once `stop` turns true (or its sender is gone).
-pub(crate) fn spawn_until(
-    stop: &tokio::sync::watch::Receiver<bool>,
-    fut: impl Future<Output = ()> + Send + 'static,
-) {
-    let mut stop = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = fut => {}
-            _ = stop.wait_for(|s| *s) => {}
-        }
-    });
+/// What a server starts and stops with it (controllers, connections): tasks
+/// dropped once `stop` turns true (or its sender is gone), tracked so that
+/// the server can wait for them to be gone.
+#[derive(Clone)]
+pub(crate) struct Background {
+    stop: tokio::sync::watch::Receiver<bool>,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+impl Background {
+    /// Spawns `fut`, to run until the server stops.
+    pub(crate) fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        let mut stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = fut => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
 }

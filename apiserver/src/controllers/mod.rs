@@ -50,28 +50,24 @@ impl Default for Intervals {
     }
 }
 
-/// Starts the loops, which run until `stop` turns true. `ca_pem` is the
+/// Starts the loops, which run until the server stops. `ca_pem` is the
 /// cluster CA for `kube-root-ca.crt`.
-pub fn spawn(
+pub(crate) fn spawn(
     app: Arc<App>,
     ca_pem: Option<String>,
     every: Intervals,
-    stop: &tokio::sync::watch::Receiver<bool>,
+    background: &crate::server::Background,
 ) {
-    use crate::server::spawn_until;
-    spawn_until(stop, namespace::run(app.clone(), every.namespace));
-    spawn_until(
-        stop,
-        service_accounts::run(
-            app.clone(),
-            ca_pem,
-            every.service_accounts,
-            every.service_accounts_resync,
-        ),
-    );
-    spawn_until(stop, crate::crd::controller::run(app.clone()));
-    spawn_until(stop, gc::run(app.clone(), every.gc));
-    spawn_until(stop, quota::run(app, every.quota));
+    background.spawn(namespace::run(app.clone(), every.namespace));
+    background.spawn(service_accounts::run(
+        app.clone(),
+        ca_pem,
+        every.service_accounts,
+        every.service_accounts_resync,
+    ));
+    background.spawn(crate::crd::controller::run(app.clone()));
+    background.spawn(gc::run(app.clone(), every.gc));
+    background.spawn(quota::run(app, every.quota));
 }
 
 /// What the controllers create for the system namespaces, and the built-in

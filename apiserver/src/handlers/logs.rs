@@ -257,6 +257,20 @@ fn generic_server_response(code: u16, body: &str, pod: &str) -> ApiError {
             "Invalid",
             "the server rejected our request due to an error in our request".to_string(),
         ),
+        406 => (
+            "NotAcceptable",
+            "the server was unable to respond with a content type that the client supports"
+                .to_string(),
+        ),
+        415 => (
+            "UnsupportedMediaType",
+            "the server was unable to respond with a content type that the client supports"
+                .to_string(),
+        ),
+        503 => (
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request".to_string(),
+        ),
         504 => ("Timeout", "the server was unable to return a response in the time allotted, but may still be processing the request".to_string()),
         429 => ("TooManyRequests", "the server has received too many requests and has asked us to try again later".to_string()),
         c if c >= 500 => (

@@ -285,6 +285,10 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         } else {
             info.verb.to_string()
         };
+        // As Kubernetes: watches and log streams are audited when their
+        // response starts.
+        let long_running =
+            info.verb == "watch" || info.object.as_ref().is_some_and(|o| o.subresource == "log");
         app.audit.record(&crate::audit::Record {
             user: &info.user,
             groups: &info.groups,
@@ -298,7 +302,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             reason,
             received,
             latency: start.elapsed(),
-            long_running: info.verb == "watch",
+            long_running,
         });
     }
     resp
