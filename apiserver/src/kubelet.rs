@@ -15,13 +15,14 @@ use std::sync::Arc;
 
 use http_body_util::Empty;
 use hyper::body::{Bytes, Incoming};
-use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
+
+use crate::https_client::{open, OpenError, Timeouts};
 
 /// The kubelet port when a Node reports none (kube-apiserver's `--kubelet-port`).
 pub const DEFAULT_PORT: u16 = 10250;
@@ -183,30 +184,22 @@ impl KubeletClient {
         let authority = join_host_port(host, port);
         let url = format!("https://{authority}{path_and_query}");
         let fail = |what: String| format!("Get {url:?}: {what}");
-        let dial = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect((host, port)));
-        let tcp = match dial.await {
-            Ok(r) => {
-                r.map_err(|e| fail(format!("dial tcp {authority}: connect: {}", io_text(&e))))?
-            }
-            Err(_) => return Err(fail(format!("dial tcp {authority}: i/o timeout"))),
-        };
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|_| fail(format!("invalid host name {host:?}")))?;
         let cfg = if insecure { &self.insecure } else { &self.tls };
-        let handshake = tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp);
-        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(r) => r.map_err(|e| fail(format!("tls: {e}")))?,
-            Err(_) => return Err(fail("net/http: TLS handshake timeout".into())),
+        let timeouts = Timeouts {
+            dial: Some(DIAL_TIMEOUT),
+            tls: Some(TLS_HANDSHAKE_TIMEOUT),
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        let mut sender = open(cfg.clone(), (host, port), host, timeouts, "kubelet")
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "kubelet connection ended");
-            }
-        });
+            .map_err(|e| {
+                fail(match e {
+                    OpenError::Dial(e) => format!("dial tcp {authority}: connect: {}", io_text(&e)),
+                    OpenError::DialTimeout => format!("dial tcp {authority}: i/o timeout"),
+                    OpenError::Name(_) => format!("invalid host name {host:?}"),
+                    OpenError::TlsTimeout => "net/http: TLS handshake timeout".into(),
+                    e => e.to_string(),
+                })
+            })?;
         let req = hyper::Request::get(path_and_query)
             .header(hyper::header::HOST, authority.as_str())
             .body(Empty::<Bytes>::new())

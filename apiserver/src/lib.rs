@@ -44,6 +44,7 @@ pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod handlers;
+pub mod https_client;
 pub mod kubelet;
 pub mod metrics;
 pub mod object;

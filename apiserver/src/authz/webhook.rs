@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -103,7 +102,7 @@ pub struct Webhook {
     port: u16,
     path: String,
     token: Option<String>,
-    tls: tokio_rustls::TlsConnector,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -207,7 +206,7 @@ impl Webhook {
             port,
             path,
             token,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            tls: Arc::new(tls),
         })
     }
 
@@ -293,18 +292,15 @@ impl Webhook {
     }
 
     async fn post(&self, body: Vec<u8>) -> Result<Value, WebhookError> {
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| self.err(e))?;
-        let name =
-            rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| self.err(e))?;
-        let tls = self.tls.connect(name, tcp).await.map_err(|e| self.err(e))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| self.err(e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut send = crate::https_client::open(
+            self.tls.clone(),
+            (self.host.as_str(), self.port),
+            &self.host,
+            crate::https_client::Timeouts::default(),
+            "authorization webhook",
+        )
+        .await
+        .map_err(|e| self.err(e))?;
         let mut req = hyper::Request::post(self.path.as_str())
             .header(hyper::header::HOST, format!("{}:{}", self.host, self.port))
             .header(hyper::header::CONTENT_TYPE, "application/json")

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
+
+use crate::https_client::{open, OpenError, Timeouts};
 
 /// Why a webhook could not be called.
 #[derive(Debug, thiserror::Error)]
@@ -95,24 +96,22 @@ async fn post_inner(
         Some(d) => (d.host, d.port),
         None => (host.clone(), port),
     };
-    let tcp = tokio::net::TcpStream::connect((dial_host.as_str(), dial_port))
-        .await
-        .map_err(|e| CallError::Transport(format!("dial tcp {dial_host}:{dial_port}: {e}")))?;
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(host.clone()).map_err(|_| CallError::BadUrl(url.into()))?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(ca_pem)?));
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| CallError::Transport(format!("tls: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| CallError::Transport(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "webhook connection ended");
+    let tls = Arc::new(tls_config(ca_pem)?);
+    let mut sender = open(
+        tls,
+        (dial_host.as_str(), dial_port),
+        &host,
+        Timeouts::default(),
+        "webhook",
+    )
+    .await
+    .map_err(|e| match e {
+        OpenError::Dial(e) => {
+            CallError::Transport(format!("dial tcp {dial_host}:{dial_port}: {e}"))
         }
-    });
+        OpenError::Name(_) => CallError::BadUrl(url.into()),
+        e => CallError::Transport(e.to_string()),
+    })?;
     let path = uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
