@@ -210,7 +210,7 @@ impl Cache {
         store: &Store,
         prefix: String,
         kind: &'static str,
-        mut closed: tokio::sync::watch::Receiver<bool>,
+        closed: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Cache>, StoreError> {
         let end = prefix_end(prefix.as_bytes());
         let page = store.range(prefix.as_bytes(), &end, 0, 0).await?;
@@ -246,7 +246,7 @@ impl Cache {
             loop {
                 let next = tokio::select! {
                     r = stream.next() => r,
-                    _ = closed.wait_for(|c| *c) => break,
+                    _ = closed.cancelled() => break,
                 };
                 let Some(resp) = next else { break };
                 let Some(cache) = weak.upgrade() else { return };
@@ -434,19 +434,18 @@ impl Cache {
 }
 
 /// The caches of every resource type, created on first use.
+#[derive(Default)]
 pub struct Caches {
     map: tokio::sync::Mutex<HashMap<String, Arc<Cache>>>,
-    /// True once [`Caches::clear`] ran: every cache stops following the
-    /// store, and no new one starts.
-    closed: tokio::sync::watch::Sender<bool>,
+    /// Cancelled once [`Caches::clear`] ran: every cache stops following
+    /// the store, and no new one starts.
+    closed: tokio_util::sync::CancellationToken,
 }
 
-impl Default for Caches {
-    fn default() -> Self {
-        Caches {
-            map: Default::default(),
-            closed: tokio::sync::watch::channel(false).0,
-        }
+impl Drop for Caches {
+    fn drop(&mut self) {
+        // Caches dropped without `clear` stop following the store too.
+        self.closed.cancel();
     }
 }
 
@@ -469,10 +468,10 @@ impl Caches {
         if let Some(c) = map.get(&prefix).filter(|c| c.is_live()) {
             return Ok(c.clone());
         }
-        if *self.closed.borrow() {
+        if self.closed.is_cancelled() {
             return Err(StoreError::Unavailable("the API server is stopping".into()));
         }
-        let cache = Cache::start(store, prefix.clone(), res.kind, self.closed.subscribe()).await?;
+        let cache = Cache::start(store, prefix.clone(), res.kind, self.closed.clone()).await?;
         map.insert(prefix, cache.clone());
         Ok(cache)
     }
@@ -481,7 +480,7 @@ impl Caches {
     /// and its watchers' streams end; no new cache starts after this.
     pub async fn clear(&self) {
         let mut map = self.map.lock().await;
-        self.closed.send_replace(true);
+        self.closed.cancel();
         map.clear();
     }
 }

@@ -130,11 +130,10 @@ impl Server {
     /// a process that goes on (`keel up`) can stop the store after it
     /// quietly.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let background = Background {
-            stop,
-            tracker: tokio_util::task::TaskTracker::new(),
-        };
+        let background = Background::default();
+        // However serve ends (returns, or its future is dropped), what it
+        // started stops.
+        let _stop_on_exit = background.stop.clone().drop_guard();
         let app = self.app.clone();
         crate::controllers::spawn(
             app.clone(),
@@ -179,7 +178,7 @@ impl Server {
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => {
-                    let _ = stop_tx.send(true);
+                    background.stop.cancel();
                     background.tracker.close();
                     if tokio::time::timeout(Duration::from_secs(5), background.tracker.wait())
                         .await
@@ -240,23 +239,20 @@ impl Server {
 }
 
 /// What a server starts and stops with it (controllers, connections): tasks
-/// dropped once `stop` turns true (or its sender is gone), tracked so that
-/// the server can wait for them to be gone.
-#[derive(Clone)]
+/// dropped once `stop` is cancelled, tracked so that the server can wait for
+/// them to be gone.
+#[derive(Clone, Default)]
 pub(crate) struct Background {
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio_util::sync::CancellationToken,
     tracker: tokio_util::task::TaskTracker,
 }
 
 impl Background {
     /// Spawns `fut`, to run until the server stops.
     pub(crate) fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        let mut stop = self.stop.clone();
+        let stop = self.stop.clone();
         self.tracker.spawn(async move {
-            tokio::select! {
-                _ = fut => {}
-                _ = stop.wait_for(|s| *s) => {}
-            }
+            stop.run_until_cancelled_owned(fut).await;
         });
     }
 }

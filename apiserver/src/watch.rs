@@ -426,23 +426,19 @@ pub async fn watch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         after,
         bookmarks,
     };
-    let initial = futures::stream::iter(initial);
-    let body = match source {
-        Source::Cache(sub) => Body::from_stream(
-            initial
-                .chain(w.cache_body(sub, deadline))
-                .map(Ok::<_, std::convert::Infallible>),
-        ),
+    let rest = match source {
+        Source::Cache(sub) => futures::future::Either::Left(w.cache_body(sub, deadline)),
         Source::Store(stream) => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
             tokio::spawn(w.pump_store(stream, deadline, tx));
-            Body::from_stream(
-                initial
-                    .chain(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .map(Ok::<_, std::convert::Infallible>),
-            )
+            futures::future::Either::Right(tokio_stream::wrappers::ReceiverStream::new(rx))
         }
     };
+    let body = Body::from_stream(
+        futures::stream::iter(initial)
+            .chain(rest)
+            .map(Ok::<_, std::convert::Infallible>),
+    );
     Ok((
         StatusCode::OK,
         [
