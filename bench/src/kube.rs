@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -180,6 +180,24 @@ pub async fn ensure_namespace(conn: &mut Conn, ns: &str) -> Result<()> {
         return Ok(());
     }
     expect(status, StatusCode::CREATED, &b, "creating the namespace")
+}
+
+/// Waits until namespace `ns` has its `default` service account, as
+/// Kubernetes' e2e framework does before it creates pods: until then
+/// admission holds or refuses pod creates, which is no watch latency.
+async fn wait_for_default_service_account(conn: &mut Conn, ns: &str) -> Result<()> {
+    let path = format!("/api/v1/namespaces/{ns}/serviceaccounts/default");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, b) = call(conn, Method::GET, &path, None).await?;
+        if status == StatusCode::OK {
+            return Ok(());
+        }
+        if status != StatusCode::NOT_FOUND || Instant::now() > deadline {
+            return expect(status, StatusCode::OK, &b, "waiting for the default service account");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn pod(name: &str, annotations: serde_json::Value) -> Vec<u8> {
@@ -362,6 +380,7 @@ pub async fn watch(
 ) -> Result<(Histogram<u64>, Duration)> {
     let mut c0 = conns[0].clone();
     ensure_namespace(&mut c0, ns).await?;
+    wait_for_default_service_account(&mut c0, ns).await?;
     let (status, body) = call(
         &mut c0,
         Method::GET,
@@ -381,15 +400,26 @@ pub async fn watch(
         format!("/api/v1/namespaces/{ns}/pods?watch=true&resourceVersion={rv}&timeoutSeconds=3600");
     // Watches first: all established before the first create.
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<()>>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let received = Arc::new(AtomicU64::new(0));
+    let scan = Arc::new(AddedScan::new(&prefix));
     let mut tasks = Vec::with_capacity(watchers);
     for w in 0..watchers {
         let mut conn = conns[w % conns.len()].clone();
         let (path, ready, prefix) = (path.clone(), ready_tx.clone(), prefix.clone());
+        let (stop, received, scan) = (stop_rx.clone(), received.clone(), scan.clone());
         tasks.push(tokio::spawn(async move {
-            watch_one(&mut conn, &path, &prefix, pods, epoch, ready).await
+            let watch = Watcher {
+                prefix: &prefix,
+                scan: &scan,
+                want: pods,
+                epoch,
+                received: &received,
+            };
+            watch.run(&mut conn, &path, ready, stop).await
         }));
     }
-    drop(ready_tx);
+    drop((ready_tx, stop_rx));
     for _ in 0..watchers {
         match ready_rx.recv().await {
             Some(Ok(())) => {}
@@ -410,111 +440,167 @@ pub async fn watch(
             errors.add(format!("{e:#}"));
         }
     }
+    // Every watcher ends once it has all its events; those still waiting
+    // when no event has arrived anywhere for QUIET are stopped, and what
+    // they missed counts as errors. One clock here, none per event.
+    const QUIET: Duration = Duration::from_secs(30);
+    let everything = pods.saturating_mul(watchers as u64);
+    let (mut seen, mut since) = (received.load(Ordering::Relaxed), Instant::now());
+    while seen < everything && since.elapsed() < QUIET {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = received.load(Ordering::Relaxed);
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        }
+    }
+    let _ = stop_tx.send(());
     let mut all = new_histogram();
     for t in tasks {
-        let (h, missing) = t.await.context("watcher task")?;
+        let (latencies, missing) = t.await.context("watcher task")?;
         if missing > 0 {
             errors.add_n(missing, "events not received");
         }
-        all.add(&h)
-            .map_err(|e| anyhow!("merging histograms: {e:?}"))?;
+        for us in latencies {
+            record(&mut all, Duration::from_micros(us.into()));
+        }
     }
     Ok((all, start.elapsed()))
 }
 
-/// One watcher: reports when its stream is open, then records the latency
-/// of every ADDED event of this run's pods until it has `want` or the
-/// stream goes quiet for 30 s. Returns its histogram and how many it missed.
-async fn watch_one(
-    conn: &mut Conn,
-    path: &str,
-    prefix: &str,
+/// One pod watch of a `kube-watch` run.
+struct Watcher<'a> {
+    /// Names of this run's pods start with it.
+    prefix: &'a str,
+    /// Finds those pods' ADDED events.
+    scan: &'a AddedScan,
+    /// ADDED events to wait for.
     want: u64,
+    /// The instant the pods' `SENT` annotations count from.
     epoch: Instant,
-    ready: tokio::sync::mpsc::UnboundedSender<Result<()>>,
-) -> (Histogram<u64>, u64) {
-    let mut h = new_histogram();
-    let resp = match build(Method::GET, path, None) {
-        Ok(req) => conn.send_request(req).await.map_err(anyhow::Error::from),
-        Err(e) => Err(e),
-    };
-    let mut body = match resp {
-        Ok(r) if r.status() == StatusCode::OK => {
-            let _ = ready.send(Ok(()));
-            r.into_body()
-        }
-        Ok(r) => {
-            let _ = ready.send(Err(anyhow!("watch: {}", r.status())));
-            return (h, want);
-        }
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return (h, want);
-        }
-    };
-    drop(ready);
-    let mut buf: Vec<u8> = Vec::new();
-    let mut got = 0u64;
-    let mut checked = false;
-    while got < want {
-        let frame = match tokio::time::timeout(Duration::from_secs(30), body.frame()).await {
-            Ok(Some(Ok(f))) => f,
-            _ => break,
+    /// Events received by all watchers, for the run's end.
+    received: &'a AtomicU64,
+}
+
+impl Watcher<'_> {
+    /// Reports when its stream is open, then records the latency (µs) of
+    /// every ADDED event of this run's pods until it has `want`, the stream
+    /// ends or `stop` fires. Returns the latencies and how many it missed.
+    ///
+    /// Latencies go to a plain vector, merged into one histogram at the
+    /// end: the load generator shares the cores with the server, so each
+    /// event costs it a scan of its line and a push, nothing more.
+    async fn run(
+        &self,
+        conn: &mut Conn,
+        path: &str,
+        ready: tokio::sync::mpsc::UnboundedSender<Result<()>>,
+        mut stop: tokio::sync::watch::Receiver<()>,
+    ) -> (Vec<u32>, u64) {
+        let mut latencies = Vec::with_capacity(self.want as usize);
+        let resp = match build(Method::GET, path, None) {
+            Ok(req) => conn.send_request(req).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
         };
-        let Ok(data) = frame.into_data() else {
-            continue;
+        let mut body = match resp {
+            Ok(r) if r.status() == StatusCode::OK => {
+                let _ = ready.send(Ok(()));
+                r.into_body()
+            }
+            Ok(r) => {
+                let _ = ready.send(Err(anyhow!("watch: {}", r.status())));
+                return (latencies, self.want);
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return (latencies, self.want);
+            }
         };
-        let now = epoch.elapsed().as_micros() as u64;
-        buf.extend_from_slice(&data);
-        let mut start = 0;
-        while let Some(nl) = memchr::memchr(b'\n', &buf[start..]) {
-            let line = &buf[start..start + nl + 1];
-            start += nl + 1;
-            // The first event is parsed in full (the stream is what a
-            // Kubernetes client expects); the rest are scanned for the two
-            // fields needed, so the load generator, which shares the cores
-            // with the server, stays cheap.
-            let sent = if checked {
-                scan_added(line, prefix)
-            } else {
-                checked = true;
-                match serde_json::from_slice::<WatchEvent>(line) {
-                    Ok(ev) => {
-                        let meta = &ev.object.metadata;
-                        (ev.kind == "ADDED" && meta.name.starts_with(prefix))
-                            .then(|| meta.annotations.get(SENT).and_then(|s| s.parse().ok()))
-                            .flatten()
-                    }
-                    Err(_) => None,
+        drop(ready);
+        let stopped = stop.changed();
+        tokio::pin!(stopped);
+        // The tail of a line split across DATA frames.
+        let mut partial: Vec<u8> = Vec::new();
+        let mut checked = false;
+        while (latencies.len() as u64) < self.want {
+            let frame = tokio::select! {
+                biased;
+                f = body.frame() => f,
+                _ = &mut stopped => break,
+            };
+            let Some(Ok(frame)) = frame else { break };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let now = self.epoch.elapsed().as_micros() as u64;
+            let mut line_at = |line: &[u8]| {
+                if let Some(sent) = self.sent(line, &mut checked) {
+                    latencies.push(now.saturating_sub(sent).clamp(1, u32::MAX.into()) as u32);
+                    self.received.fetch_add(1, Ordering::Relaxed);
                 }
             };
-            if let Some(sent) = sent {
-                record(&mut h, Duration::from_micros(now.saturating_sub(sent)));
-                got += 1;
+            let mut rest = &data[..];
+            if !partial.is_empty() {
+                let Some(nl) = memchr::memchr(b'\n', rest) else {
+                    partial.extend_from_slice(rest);
+                    continue;
+                };
+                partial.extend_from_slice(&rest[..=nl]);
+                line_at(&partial);
+                partial.clear();
+                rest = &rest[nl + 1..];
             }
+            while let Some(nl) = memchr::memchr(b'\n', rest) {
+                line_at(&rest[..=nl]);
+                rest = &rest[nl + 1..];
+            }
+            partial.extend_from_slice(rest);
         }
-        buf.drain(..start);
+        let missing = self.want - latencies.len() as u64;
+        (latencies, missing)
     }
-    (h, want - got)
+
+    /// The send instant of an ADDED event of this run's pods. The first
+    /// event is parsed in full (the stream is what a Kubernetes client
+    /// expects); the rest are scanned for the two fields needed.
+    fn sent(&self, line: &[u8], checked: &mut bool) -> Option<u64> {
+        if *checked {
+            return self.scan.sent(line);
+        }
+        *checked = true;
+        let ev = serde_json::from_slice::<WatchEvent>(line).ok()?;
+        let meta = &ev.object.metadata;
+        (ev.kind == "ADDED" && meta.name.starts_with(self.prefix))
+            .then(|| meta.annotations.get(SENT).and_then(|s| s.parse().ok()))
+            .flatten()
+    }
 }
 
-/// The send instant of an ADDED event line of one of this run's pods
-/// (name starting with `prefix`), found without parsing the object.
-fn scan_added(line: &[u8], prefix: &str) -> Option<u64> {
-    let rest = line.strip_prefix(b"{\"type\":\"ADDED\"")?;
-    let name = format!("\"name\":\"{prefix}");
-    find(rest, name.as_bytes())?;
-    let key = format!("\"{SENT}\":\"");
-    let at = find(rest, key.as_bytes())? + key.len();
-    let digits = rest[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&rest[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
+/// Finds the send instant of an ADDED event line of one of this run's pods
+/// (name starting with the run's prefix) without parsing the object.
+struct AddedScan {
+    name: memchr::memmem::Finder<'static>,
+    sent: memchr::memmem::Finder<'static>,
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
+impl AddedScan {
+    fn new(prefix: &str) -> Self {
+        let finder = |s: String| memchr::memmem::Finder::new(s.as_bytes()).into_owned();
+        Self {
+            name: finder(format!("\"name\":\"{prefix}")),
+            sent: finder(format!("\"{SENT}\":\"")),
+        }
+    }
+
+    fn sent(&self, line: &[u8]) -> Option<u64> {
+        let rest = line.strip_prefix(b"{\"type\":\"ADDED\"")?;
+        self.name.find(rest)?;
+        let at = self.sent.find(rest)? + self.sent.needle().len();
+        let digits = rest[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+        std::str::from_utf8(&rest[at..at + digits])
+            .ok()?
+            .parse()
+            .ok()
+    }
 }
 
 #[cfg(test)]
@@ -538,9 +624,9 @@ mod tests {
     #[test]
     fn scans_added_lines() {
         let line = br#"{"type":"ADDED","object":{"metadata":{"name":"w1-3","annotations":{"keel-bench/sent-us":"12345"}}}}"#;
-        assert_eq!(scan_added(line, "w1"), Some(12345));
-        assert_eq!(scan_added(line, "w2"), None, "another run's pod");
+        assert_eq!(AddedScan::new("w1").sent(line), Some(12345));
+        assert_eq!(AddedScan::new("w2").sent(line), None, "another run's pod");
         let modified = br#"{"type":"MODIFIED","object":{"metadata":{"name":"w1-3","annotations":{"keel-bench/sent-us":"1"}}}}"#;
-        assert_eq!(scan_added(modified, "w1"), None);
+        assert_eq!(AddedScan::new("w1").sent(modified), None);
     }
 }
