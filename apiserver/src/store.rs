@@ -13,6 +13,7 @@
 //! [`Store`] is the same for both.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -75,7 +76,7 @@ pub struct CasWrite {
 }
 
 /// A page of a range read.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Page {
     /// The key-values, in key order.
     pub kvs: Vec<KeyValue>,
@@ -94,6 +95,16 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, StoreErro
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
+    /// Requests sent, by kind (clones share them).
+    sent: std::sync::Arc<Sent>,
+}
+
+/// Store requests sent, by kind, for `/metrics`.
+#[derive(Debug, Default)]
+struct Sent {
+    range: AtomicU64,
+    txn: AtomicU64,
+    delete_range: AtomicU64,
 }
 
 /// The transport to the store.
@@ -163,6 +174,7 @@ impl Store {
             let client = keel_storage::quic::Client::new(cfg)
                 .map_err(|e| StoreError::BadEndpoint(endpoints.join(","), e.to_string()))?;
             return Ok(Store {
+                sent: Default::default(),
                 backend: Backend::Quic(client),
             });
         }
@@ -177,6 +189,7 @@ impl Store {
         let channel = Channel::balance_list(eps.into_iter());
         let max = 64 * 1024 * 1024;
         Ok(Store {
+            sent: Default::default(),
             backend: Backend::Grpc {
                 kv: KvClient::new(channel.clone()).max_decoding_message_size(max),
                 watch: WatchClient::new(channel).max_decoding_message_size(max),
@@ -189,7 +202,28 @@ impl Store {
         matches!(self.backend, Backend::Quic(_))
     }
 
+    /// `keel_apiserver_store_requests_total` by operation, in Prometheus'
+    /// text format.
+    pub fn render_metrics(&self) -> String {
+        let name = "keel_apiserver_store_requests_total";
+        let mut out = format!(
+            "# HELP {name} Requests the API server sent to the store.\n# TYPE {name} counter\n"
+        );
+        for (op, n) in [
+            ("range", &self.sent.range),
+            ("txn", &self.sent.txn),
+            ("delete_range", &self.sent.delete_range),
+        ] {
+            out.push_str(&format!(
+                "{name}{{operation=\"{op}\"}} {}\n",
+                n.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+
     async fn range_req(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
+        self.sent.range.fetch_add(1, Ordering::Relaxed);
         match &self.backend {
             Backend::Grpc { kv, .. } => Ok(kv
                 .clone()
@@ -202,6 +236,7 @@ impl Store {
     }
 
     async fn txn_req(&self, req: TxnRequest) -> Result<TxnResponse, StoreError> {
+        self.sent.txn.fetch_add(1, Ordering::Relaxed);
         match &self.backend {
             Backend::Grpc { kv, .. } => {
                 Ok(kv.clone().txn(req).await.map_err(map_status)?.into_inner())
@@ -214,6 +249,7 @@ impl Store {
         &self,
         req: DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, StoreError> {
+        self.sent.delete_range.fetch_add(1, Ordering::Relaxed);
         match &self.backend {
             Backend::Grpc { kv, .. } => Ok(kv
                 .clone()
@@ -260,6 +296,50 @@ impl Store {
             more: resp.more,
             count: resp.count,
         })
+    }
+
+    /// Several ranges (`[start, end)`, an empty `end`: the key alone) read
+    /// in one round trip, all at one revision: a read-only transaction,
+    /// which the store serves as a linearizable read.
+    pub async fn read_many(&self, ranges: &[(Bytes, Bytes)]) -> Result<Vec<Page>, StoreError> {
+        let success = ranges
+            .iter()
+            .map(|(key, range_end)| RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: key.clone(),
+                    range_end: range_end.clone(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let resp = self
+            .txn_req(TxnRequest {
+                success,
+                ..Default::default()
+            })
+            .await?;
+        let revision = resp.header.map(|h| h.revision).unwrap_or(0);
+        let pages: Vec<Page> = resp
+            .responses
+            .into_iter()
+            .filter_map(|r| match r.response {
+                Some(response_op::Response::ResponseRange(rr)) => Some(Page {
+                    revision,
+                    kvs: rr.kvs,
+                    more: rr.more,
+                    count: rr.count,
+                }),
+                _ => None,
+            })
+            .collect();
+        if pages.len() != ranges.len() {
+            return Err(StoreError::Unavailable(format!(
+                "the store answered {} of {} reads",
+                pages.len(),
+                ranges.len()
+            )));
+        }
+        Ok(pages)
     }
 
     async fn txn(

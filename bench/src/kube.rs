@@ -194,7 +194,12 @@ async fn wait_for_default_service_account(conn: &mut Conn, ns: &str) -> Result<(
             return Ok(());
         }
         if status != StatusCode::NOT_FOUND || Instant::now() > deadline {
-            return expect(status, StatusCode::OK, &b, "waiting for the default service account");
+            return expect(
+                status,
+                StatusCode::OK,
+                &b,
+                "waiting for the default service account",
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -341,6 +341,55 @@ fn limit_range_defaults_and_bounds() {
         .fails_with("not found");
 }
 
+/// The API server's count of requests sent to the store
+/// (`keel_apiserver_store_requests_total`, all operations).
+fn store_requests(api: &KubeApi) -> u64 {
+    api.kubectl_ok(&["get", "--raw", "/metrics"])
+        .lines()
+        .filter(|l| l.starts_with("keel_apiserver_store_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The admission plugins' reads of a pod create (namespace, LimitRanges,
+/// service account, PriorityClasses, webhook configurations, quotas) go to
+/// the store together in one round trip, and the create in one more: ten
+/// creates cost about 20 store requests, where one read per plugin cost
+/// over 90.
+#[test]
+fn pod_create_reads_the_store_in_one_round_trip() {
+    let Some(api) = KubeApi::start_or_skip() else {
+        return;
+    };
+    api.kubectl_ok(&["create", "ns", "reads"]);
+    eventually(30, "the default service account", || {
+        api.kubectl(&["-n", "reads", "get", "sa", "default"])
+            .success()
+    });
+    apply(&api, &LIMITS.replace("namespace: lr", "namespace: reads")).ok();
+    let before = store_requests(&api);
+    for i in 0..10 {
+        api.kubectl_ok(&[
+            "-n",
+            "reads",
+            "run",
+            &format!("p{i}"),
+            "--image=busybox:1.36",
+        ]);
+    }
+    let sent = store_requests(&api) - before;
+    // The LimitRange was read: its defaults are on the pods.
+    let pod = get_json(&api, &["-n", "reads", "pod", "p9"]);
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["limits"]["cpu"], "500m",
+        "{pod}"
+    );
+    assert!(
+        sent <= 40,
+        "10 pod creates sent {sent} requests to the store"
+    );
+}
+
 const POD: &str = r#"apiVersion: v1
 kind: Pod
 metadata: {name: NAME, namespace: quota}

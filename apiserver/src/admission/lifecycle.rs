@@ -5,8 +5,8 @@
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
+use super::reads::Read;
 use super::{Attributes, Operation, Plugin};
-use crate::handlers::read::read_object;
 use crate::handlers::App;
 use crate::registry;
 use crate::status::{ApiError, ApiResult};
@@ -24,6 +24,21 @@ pub fn terminating(ns: &Value) -> bool {
         || ns.pointer("/metadata/deletionTimestamp").is_some()
 }
 
+/// The namespace a request creates something in: the one this plugin
+/// reads.
+fn created_in(attrs: &Attributes) -> Option<&str> {
+    let is_namespace = attrs.res.group.is_empty() && attrs.res.kind == "Namespace";
+    if is_namespace || attrs.operation != Operation::Create {
+        return None;
+    }
+    attrs.namespace.as_deref().filter(|_| attrs.res.namespaced)
+}
+
+fn namespaces() -> ApiResult<&'static registry::ResourceInfo> {
+    registry::lookup("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("namespaces are not registered"))
+}
+
 async fn check(app: &App, attrs: &Attributes) -> ApiResult<()> {
     let is_namespace = attrs.res.group.is_empty() && attrs.res.kind == "Namespace";
     if is_namespace {
@@ -32,15 +47,11 @@ async fn check(app: &App, attrs: &Attributes) -> ApiResult<()> {
         }
         return Ok(());
     }
-    if attrs.operation != Operation::Create {
-        return Ok(());
-    }
-    let Some(ns) = attrs.namespace.as_deref().filter(|_| attrs.res.namespaced) else {
+    let Some(ns) = created_in(attrs) else {
         return Ok(());
     };
-    let nsres = registry::lookup("", "v1", "namespaces")
-        .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
-    let Some((namespace, _)) = read_object(app, &nsres.key(None, ns)).await? else {
+    let nsres = namespaces()?;
+    let Some((namespace, _)) = attrs.reads.object(app, &nsres.key(None, ns)).await? else {
         return Err(ApiError::not_found(nsres, ns));
     };
     if terminating(&namespace) {
@@ -62,6 +73,11 @@ async fn check(app: &App, attrs: &Attributes) -> ApiResult<()> {
 impl Plugin for NamespaceLifecycle {
     fn name(&self) -> &'static str {
         "NamespaceLifecycle"
+    }
+
+    fn reads(&self, attrs: &Attributes) -> Vec<Read> {
+        let key = created_in(attrs).and_then(|ns| Some(namespaces().ok()?.key(None, ns)));
+        key.map(Read::Object).into_iter().collect()
     }
 
     /// Runs in the mutating phase, first of all plugins (as in

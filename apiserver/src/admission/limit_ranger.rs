@@ -7,6 +7,7 @@
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
+use super::reads::{Read, Reads};
 use super::resources::{self, parse_list, ContainerResources, ResourceList};
 use super::{Attributes, Plugin};
 use crate::handlers::App;
@@ -76,11 +77,16 @@ impl Item {
     }
 }
 
-/// The items of every LimitRange in `ns`.
-async fn items(app: &App, ns: &str) -> ApiResult<Vec<Item>> {
+/// The store prefix of the LimitRanges in `ns`.
+fn limit_ranges_in(ns: &str) -> ApiResult<String> {
     let res = registry::lookup("", "v1", "limitranges")
         .ok_or_else(|| ApiError::internal("limitranges are not registered"))?;
-    let (lrs, _) = super::list_in(app, res, ns).await?;
+    Ok(res.prefix(Some(ns)))
+}
+
+/// The items of every LimitRange in `ns`.
+async fn items(app: &App, reads: &Reads, ns: &str) -> ApiResult<Vec<Item>> {
+    let (lrs, _) = reads.list(app, &limit_ranges_in(ns)?).await?;
     Ok(lrs
         .iter()
         .flat_map(|(lr, _)| {
@@ -299,6 +305,11 @@ impl Plugin for LimitRanger {
         "LimitRanger"
     }
 
+    fn reads(&self, attrs: &Attributes) -> Vec<Read> {
+        let prefix = pod_namespace(attrs).and_then(|ns| limit_ranges_in(&ns).ok());
+        prefix.map(Read::Prefix).into_iter().collect()
+    }
+
     fn admit<'a>(
         &'a self,
         app: &'a App,
@@ -308,7 +319,7 @@ impl Plugin for LimitRanger {
             let Some(ns) = pod_namespace(attrs) else {
                 return Ok(());
             };
-            let items = items(app, &ns).await?;
+            let items = items(app, &attrs.reads, &ns).await?;
             apply_defaults(&mut attrs.object, &items);
             Ok(())
         })
@@ -323,7 +334,7 @@ impl Plugin for LimitRanger {
             let Some(ns) = pod_namespace(attrs) else {
                 return Ok(());
             };
-            let items = items(app, &ns).await?;
+            let items = items(app, &attrs.reads, &ns).await?;
             let errs = violations(&attrs.object, &items)?;
             if errs.is_empty() {
                 Ok(())

@@ -26,6 +26,7 @@ pub mod limit_ranger;
 pub mod priority;
 pub mod pull_images;
 pub mod quota_usage;
+pub mod reads;
 pub mod resource_quota;
 pub mod resources;
 pub mod service_account;
@@ -79,6 +80,8 @@ pub struct Attributes {
     /// (filled by validating plugins; the only field a validating step may
     /// change).
     pub charges: Vec<Charge>,
+    /// The store reads the plugins named, fetched before they run.
+    pub reads: reads::Reads,
 }
 
 impl Attributes {
@@ -123,6 +126,13 @@ pub fn forbidden(res: &ResourceInfo, name: &str, why: impl fmt::Display) -> ApiE
 pub trait Plugin: Send + Sync {
     /// The plugin's name in `--enable-admission-plugins`.
     fn name(&self) -> &'static str;
+
+    /// The store reads this plugin will make for the request, so that the
+    /// chain fetches them all in one round trip before the first plugin
+    /// runs. Reads not named here still work (each on its own).
+    fn reads(&self, _attrs: &Attributes) -> Vec<reads::Read> {
+        Vec::new()
+    }
 
     /// The mutating step.
     fn admit<'a>(
@@ -302,6 +312,8 @@ impl Chain {
     /// objects pruned, defaulted, validated; CRDs validated), then every
     /// validating step.
     pub async fn run(&self, app: &App, attrs: &mut Attributes) -> ApiResult<()> {
+        let wanted = self.plugins.iter().flat_map(|p| p.reads(attrs)).collect();
+        attrs.reads = reads::Reads::fetch(app, wanted).await?;
         for p in &self.plugins {
             p.admit(app, attrs).await?;
         }
@@ -313,30 +325,6 @@ impl Chain {
         }
         Ok(())
     }
-}
-
-/// The objects of `res` in namespace `ns`, with their mod revisions.
-pub(crate) async fn list_in(
-    app: &App,
-    res: &ResourceInfo,
-    ns: &str,
-) -> ApiResult<(Vec<(Value, i64)>, i64)> {
-    let prefix = res.prefix(Some(ns));
-    let page = app
-        .store
-        .range(
-            prefix.as_bytes(),
-            &crate::store::prefix_end(prefix.as_bytes()),
-            0,
-            0,
-        )
-        .await
-        .map_err(crate::handlers::store_err)?;
-    let mut out = Vec::with_capacity(page.kvs.len());
-    for kv in &page.kvs {
-        out.push((crate::handlers::decode(kv)?, kv.mod_revision));
-    }
-    Ok((out, page.revision))
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
+use super::reads::{Read, Reads};
 use super::{Attributes, Operation, Plugin};
-use crate::handlers::read::read_object;
 use crate::handlers::{store_err, App};
 use crate::object::{self, meta_str};
 use crate::registry::{self, ResourceInfo};
@@ -65,13 +65,34 @@ pub async fn bootstrap_classes(app: &App) -> ApiResult<()> {
 }
 
 /// Every class marked `globalDefault`.
-async fn global_defaults(app: &App) -> ApiResult<Vec<Value>> {
-    let (all, _) = crate::controllers::list_prefix(app, &classes()?.prefix(None)).await?;
+async fn global_defaults(app: &App, reads: &Reads) -> ApiResult<Vec<Value>> {
+    let (all, _) = reads.list_decodable(app, &classes()?.prefix(None)).await?;
     Ok(all
         .into_iter()
         .map(|(c, _)| c)
         .filter(|c| c.get("globalDefault").and_then(Value::as_bool) == Some(true))
         .collect())
+}
+
+/// What resolving a pod's priority reads: its class, or every class.
+fn resolve_reads(attrs: &Attributes) -> Option<Read> {
+    if !attrs.is_core_create("Pod") {
+        return None;
+    }
+    let res = classes().ok()?;
+    Some(match class_name(attrs) {
+        Some(name) => Read::Object(res.key(None, name)),
+        None => Read::Prefix(res.prefix(None)),
+    })
+}
+
+/// The PriorityClass a pod names, if any.
+fn class_name(attrs: &Attributes) -> Option<&str> {
+    attrs
+        .object
+        .pointer("/spec/priorityClassName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
 }
 
 /// (class name, value, preemption policy) for a pod.
@@ -83,19 +104,17 @@ async fn resolve(app: &App, attrs: &Attributes) -> ApiResult<(String, i64, Strin
             .to_string()
     };
     let value = |c: &Value| c.get("value").and_then(Value::as_i64).unwrap_or(0);
-    match attrs
-        .object
-        .pointer("/spec/priorityClassName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-    {
-        Some(name) => match read_object(app, &classes()?.key(None, name)).await? {
+    match class_name(attrs) {
+        Some(name) => match attrs.reads.object(app, &classes()?.key(None, name)).await? {
             Some((c, _)) => Ok((name.to_string(), value(&c), policy(&c))),
             None => Err(attrs.forbidden(format!("no PriorityClass with name {name} was found"))),
         },
         None => {
             // The lowest of the global defaults, as Kubernetes picks.
-            let chosen = global_defaults(app).await?.into_iter().min_by_key(value);
+            let chosen = global_defaults(app, &attrs.reads)
+                .await?
+                .into_iter()
+                .min_by_key(value);
             Ok(match chosen {
                 Some(c) => (
                     meta_str(&c, "name").unwrap_or("").to_string(),
@@ -142,7 +161,7 @@ async fn validate(app: &App, attrs: &Attributes) -> ApiResult<()> {
     {
         return Ok(());
     }
-    for other in global_defaults(app).await? {
+    for other in global_defaults(app, &attrs.reads).await? {
         let name = meta_str(&other, "name").unwrap_or("");
         if name != attrs.name {
             return Err(attrs.forbidden(format!(
@@ -156,6 +175,10 @@ async fn validate(app: &App, attrs: &Attributes) -> ApiResult<()> {
 impl Plugin for Priority {
     fn name(&self) -> &'static str {
         "Priority"
+    }
+
+    fn reads(&self, attrs: &Attributes) -> Vec<Read> {
+        resolve_reads(attrs).into_iter().collect()
     }
 
     fn admit<'a>(

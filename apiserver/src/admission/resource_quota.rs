@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
 use super::quota_usage::{self, add_tracked, usage};
+use super::reads::Read;
 use super::resources::{self, ResourceList};
 use super::{Attributes, Charge, Operation, Plugin};
 use crate::handlers::{decode, store_err, App};
@@ -138,12 +139,17 @@ fn requested(attrs: &Attributes) -> ApiResult<ResourceList> {
     Ok(delta)
 }
 
-async fn validate(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
+/// The namespace whose quotas a request may be charged to.
+fn charged_in(attrs: &Attributes) -> Option<String> {
     let charged = attrs.operation == Operation::Create || charged_update(attrs);
     if !charged || attrs.subresource.is_some() || !attrs.res.namespaced {
-        return Ok(());
+        return None;
     }
-    let Some(ns) = attrs.namespace.clone() else {
+    attrs.namespace.clone()
+}
+
+async fn validate(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
+    let Some(ns) = charged_in(attrs) else {
         return Ok(());
     };
     let delta = requested(attrs)?;
@@ -151,7 +157,7 @@ async fn validate(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
         return Ok(());
     }
     let qres = quota_resource()?;
-    let (quotas, _) = super::list_in(app, qres, &ns).await?;
+    let (quotas, _) = attrs.reads.list(app, &qres.prefix(Some(&ns))).await?;
     for (quota, rev) in quotas {
         let name = meta_str(&quota, "name").unwrap_or("").to_string();
         let Some(hard) = hard_of(&quota) else {
@@ -213,6 +219,12 @@ impl Plugin for ResourceQuota {
         "ResourceQuota"
     }
 
+    fn reads(&self, attrs: &Attributes) -> Vec<Read> {
+        let prefix =
+            charged_in(attrs).and_then(|ns| Some(quota_resource().ok()?.prefix(Some(&ns))));
+        prefix.map(Read::Prefix).into_iter().collect()
+    }
+
     fn validate<'a>(
         &'a self,
         app: &'a App,
@@ -256,6 +268,7 @@ mod tests {
             old: Some(old.clone()),
             dry_run: false,
             charges: Vec::new(),
+            reads: Default::default(),
         };
         assert!(charged_update(&attrs));
         assert_eq!(

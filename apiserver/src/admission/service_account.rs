@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
+use super::reads::{Read, Reads};
 use super::{Attributes, Plugin};
 use crate::handlers::read::read_object;
 use crate::handlers::App;
@@ -111,36 +112,23 @@ pub fn mount_token(pod: &mut Value, suffix: &str) {
     }
 }
 
-/// Reads the service account, retrying a while for `default`.
-async fn lookup(app: &App, ns: &str, name: &str) -> ApiResult<Option<Value>> {
-    let res = registry::lookup("", "v1", "serviceaccounts")
-        .ok_or_else(|| ApiError::internal("serviceaccounts are not registered"))?;
-    let tries = if name == DEFAULT_SERVICE_ACCOUNT {
-        DEFAULT_LOOKUPS
-    } else {
-        1
-    };
-    for i in 0..tries {
-        if i > 0 {
-            tokio::time::sleep(Duration::from_millis(100 + 10 * i as u64)).await;
-        }
-        if let Some((sa, _)) = read_object(app, &res.key(Some(ns), name)).await? {
-            return Ok(Some(sa));
-        }
-    }
-    Ok(None)
+fn service_accounts() -> ApiResult<&'static registry::ResourceInfo> {
+    registry::lookup("", "v1", "serviceaccounts")
+        .ok_or_else(|| ApiError::internal("serviceaccounts are not registered"))
 }
 
-async fn admit(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
+/// The namespace and service account a pod create is admitted against
+/// (`None`: the plugin leaves the request alone).
+fn account_of(attrs: &Attributes) -> Option<(String, String)> {
     if !attrs.is_core_create("Pod") {
-        return Ok(());
+        return None;
     }
-    let pod = &mut attrs.object;
+    let pod = &attrs.object;
     if pod
         .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
         .is_some()
     {
-        return Ok(());
+        return None;
     }
     let ns = attrs.namespace.clone().unwrap_or_default();
     let name = ["serviceAccountName", "serviceAccount"]
@@ -149,7 +137,36 @@ async fn admit(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
         .find(|s| !s.is_empty())
         .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
         .to_string();
-    let Some(sa) = lookup(app, &ns, &name).await? else {
+    Some((ns, name))
+}
+
+/// Reads the service account, retrying a while for `default`.
+async fn lookup(app: &App, reads: &Reads, ns: &str, name: &str) -> ApiResult<Option<Value>> {
+    let key = service_accounts()?.key(Some(ns), name);
+    let tries = if name == DEFAULT_SERVICE_ACCOUNT {
+        DEFAULT_LOOKUPS
+    } else {
+        1
+    };
+    for i in 0..tries {
+        let found = if i == 0 {
+            reads.object(app, &key).await?
+        } else {
+            tokio::time::sleep(Duration::from_millis(100 + 10 * i as u64)).await;
+            read_object(app, &key).await?
+        };
+        if let Some((sa, _)) = found {
+            return Ok(Some(sa));
+        }
+    }
+    Ok(None)
+}
+
+async fn admit(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
+    let Some((ns, name)) = account_of(attrs) else {
+        return Ok(());
+    };
+    let Some(sa) = lookup(app, &attrs.reads, &ns, &name).await? else {
         return Err(attrs.forbidden(format!(
             "error looking up service account {ns}/{name}: serviceaccount \"{name}\" not found"
         )));
@@ -180,6 +197,12 @@ async fn admit(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
 impl Plugin for ServiceAccount {
     fn name(&self) -> &'static str {
         "ServiceAccount"
+    }
+
+    fn reads(&self, attrs: &Attributes) -> Vec<Read> {
+        let key = account_of(attrs)
+            .and_then(|(ns, name)| Some(service_accounts().ok()?.key(Some(&ns), &name)));
+        key.map(Read::Object).into_iter().collect()
     }
 
     fn admit<'a>(

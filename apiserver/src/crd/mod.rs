@@ -175,6 +175,7 @@ mod tests {
             old: None,
             dry_run: false,
             charges: Vec::new(),
+            reads: Default::default(),
         }
     }
 

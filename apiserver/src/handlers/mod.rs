@@ -421,7 +421,7 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
             return Ok((
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                app.metrics.render(),
+                app.metrics.render() + &app.store.render_metrics(),
             )
                 .into_response())
         }

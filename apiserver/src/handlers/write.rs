@@ -137,6 +137,7 @@ async fn admit(
         old: old.cloned(),
         dry_run,
         charges: Vec::new(),
+        reads: Default::default(),
     };
     app.admission.run(app, &mut attrs).await?;
     Ok((attrs.object, attrs.charges))

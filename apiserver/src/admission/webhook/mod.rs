@@ -21,6 +21,7 @@ use base64::Engine;
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
+use super::reads::{Read, Reads};
 use super::{Attributes, Operation, Plugin};
 use crate::handlers::read::read_object;
 use crate::handlers::App;
@@ -38,6 +39,10 @@ pub struct ValidatingWebhook;
 
 /// Seconds a webhook may take when its configuration does not say.
 const DEFAULT_TIMEOUT: u64 = 10;
+
+/// The resources holding the two kinds of webhook configurations.
+const MUTATING: &str = "mutatingwebhookconfigurations";
+const VALIDATING: &str = "validatingwebhookconfigurations";
 
 fn is_config(attrs: &Attributes) -> bool {
     attrs.res.group == "admissionregistration.k8s.io"
@@ -59,18 +64,32 @@ async fn namespace_labels(app: &App, attrs: &Attributes) -> ApiResult<Option<Val
     let nsres = registry::lookup("", "v1", "namespaces")
         .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
     Ok(Some(
-        read_object(app, &nsres.key(None, ns))
+        attrs
+            .reads
+            .object(app, &nsres.key(None, ns))
             .await?
             .and_then(|(o, _)| o.pointer("/metadata/labels").cloned())
             .unwrap_or(json!({})),
     ))
 }
 
-/// The webhooks of every configuration of `plural`, in name order.
-async fn webhooks(app: &App, plural: &str) -> ApiResult<Vec<Value>> {
+/// The store prefix of the configurations of `plural`.
+fn configs(plural: &str) -> ApiResult<String> {
     let res = registry::lookup("admissionregistration.k8s.io", "v1", plural)
         .ok_or_else(|| ApiError::internal(format!("{plural} are not registered")))?;
-    let (configs, _) = crate::controllers::list_prefix(app, &res.prefix(None)).await?;
+    Ok(res.prefix(None))
+}
+
+/// The configurations a request reads: none for requests about webhook
+/// configurations themselves.
+fn reads(attrs: &Attributes, plural: &str) -> Vec<Read> {
+    let prefix = configs(plural).ok().filter(|_| !is_config(attrs));
+    prefix.map(Read::Prefix).into_iter().collect()
+}
+
+/// The webhooks of every configuration of `plural`, in name order.
+async fn webhooks(app: &App, reads: &Reads, plural: &str) -> ApiResult<Vec<Value>> {
+    let (configs, _) = reads.list_decodable(app, &configs(plural)?).await?;
     Ok(configs
         .into_iter()
         .flat_map(|(c, _)| {
@@ -346,7 +365,7 @@ async fn matching(app: &App, attrs: &Attributes, plural: &str) -> ApiResult<Vec<
     if is_config(attrs) {
         return Ok(Vec::new());
     }
-    let hooks = webhooks(app, plural).await?;
+    let hooks = webhooks(app, &attrs.reads, plural).await?;
     if hooks.is_empty() {
         return Ok(hooks);
     }
@@ -407,7 +426,7 @@ async fn mutate_once(app: &App, hook: &Value, attrs: &mut Attributes) -> ApiResu
 /// Mutating webhooks, one after another; those with `reinvocationPolicy:
 /// IfNeeded` are called once more if a later webhook changed the object.
 async fn mutate(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
-    let hooks = matching(app, attrs, "mutatingwebhookconfigurations").await?;
+    let hooks = matching(app, attrs, MUTATING).await?;
     let mut seen: Vec<(usize, Value)> = Vec::new();
     for (i, hook) in hooks.iter().enumerate() {
         mutate_once(app, hook, attrs).await?;
@@ -426,7 +445,7 @@ async fn mutate(app: &App, attrs: &mut Attributes) -> ApiResult<()> {
 /// Validating webhooks, called in parallel; the first refusal (in
 /// configuration order) wins.
 async fn validate(app: &App, attrs: &Attributes) -> ApiResult<()> {
-    let hooks = matching(app, attrs, "validatingwebhookconfigurations").await?;
+    let hooks = matching(app, attrs, VALIDATING).await?;
     let answers = futures::future::join_all(hooks.iter().map(|h| call(app, h, attrs))).await;
     for (hook, answer) in hooks.iter().zip(answers) {
         match answer {
@@ -445,6 +464,10 @@ impl Plugin for MutatingWebhook {
         "MutatingAdmissionWebhook"
     }
 
+    fn reads(&self, attrs: &Attributes) -> Vec<Read> {
+        reads(attrs, MUTATING)
+    }
+
     fn admit<'a>(
         &'a self,
         app: &'a App,
@@ -457,6 +480,10 @@ impl Plugin for MutatingWebhook {
 impl Plugin for ValidatingWebhook {
     fn name(&self) -> &'static str {
         "ValidatingAdmissionWebhook"
+    }
+
+    fn reads(&self, attrs: &Attributes) -> Vec<Read> {
+        reads(attrs, VALIDATING)
     }
 
     fn validate<'a>(
@@ -483,6 +510,7 @@ mod tests {
             old: None,
             dry_run: false,
             charges: Vec::new(),
+            reads: Default::default(),
         }
     }
 
