@@ -112,6 +112,7 @@ impl Server {
                 authz,
                 audit,
                 kubelet,
+                stopping: Default::default(),
             }),
             ca_pem,
         })
@@ -175,9 +176,11 @@ impl Server {
             .fallback(handlers::handle)
             .with_state(self.app.clone());
         tokio::pin!(shutdown);
+        let connections = tokio_util::task::TaskTracker::new();
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => {
+                    self.drain(&connections).await;
                     background.stop.cancel();
                     background.tracker.close();
                     if tokio::time::timeout(Duration::from_secs(5), background.tracker.wait())
@@ -201,7 +204,10 @@ impl Server {
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
             let router = router.clone();
-            background.spawn(async move {
+            let (stopping, stop) = (self.app.stopping.clone(), background.stop.clone());
+            // Tracked apart from the background tasks: a stopping server
+            // waits for its connections to drain before it stops the rest.
+            connections.spawn(stop.clone().run_until_cancelled_owned(async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
                 {
@@ -227,16 +233,48 @@ impl Server {
                     },
                 );
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder
-                    .serve_connection(TokioIo::new(crate::coalesce::Coalesce::new(tls)), svc)
-                    .await
-                {
+                let conn = builder
+                    .serve_connection(TokioIo::new(crate::coalesce::Coalesce::new(tls)), svc);
+                tokio::pin!(conn);
+                let ended = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = stopping.cancelled() => {
+                        // HTTP/2: GOAWAY, then the streams in flight finish;
+                        // HTTP/1.1: the request in flight finishes, then the
+                        // connection closes.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "connection ended");
                 }
-            });
+            }));
+        }
+    }
+
+    /// The first half of a stop, as kube-apiserver's: no new connections
+    /// (the accept loop has ended), `/readyz` fails, watches and log streams
+    /// end, and the requests in flight get up to [`DRAIN`] to finish, on
+    /// connections closed as they do.
+    async fn drain(&self, connections: &tokio_util::task::TaskTracker) {
+        self.app.stopping.cancel();
+        connections.close();
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(DRAIN, connections.wait()).await {
+            Ok(()) => tracing::info!(took = ?started.elapsed(), "requests in flight drained"),
+            Err(_) => tracing::warn!(
+                connections = connections.len(),
+                "requests still in flight {DRAIN:?} after the stop; cutting them"
+            ),
         }
     }
 }
+
+/// How long a stopping server waits for the requests in flight.
+/// kube-apiserver waits as long as its request timeout; `keel up` stops an
+/// API server that takes more than 5 s, so this stays below that.
+const DRAIN: Duration = Duration::from_secs(3);
 
 /// What a server starts and stops with it (controllers, connections): tasks
 /// dropped once `stop` is cancelled, tracked so that the server can wait for

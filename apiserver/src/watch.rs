@@ -435,8 +435,7 @@ pub async fn watch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         }
     };
     let body = Body::from_stream(
-        futures::stream::iter(initial)
-            .chain(rest)
+        app.until_stopping(futures::stream::iter(initial).chain(rest))
             .map(Ok::<_, std::convert::Infallible>),
     );
     Ok((

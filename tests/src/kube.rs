@@ -327,6 +327,34 @@ impl KubeApi {
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
     }
+    /// Stops the API server as a service manager does, with SIGTERM, and
+    /// waits (at most `within`) for it to exit; its exit status.
+    pub fn terminate(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let child = self
+            .child
+            .as_mut()
+            .context("the API server is not running")?;
+        let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+        // SAFETY: kill(2) on the pid of a child this handle still owns (not
+        // yet waited for, so the pid cannot have been reused).
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            return Err(anyhow!("SIGTERM: {}", std::io::Error::last_os_error()));
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().context("wait")? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(anyhow!(
+                    "the API server still runs {within:?} after SIGTERM"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A scratch dir that lives as long as this server.
     pub fn scratch(&self) -> PathBuf {
         self.dir.path().to_path_buf()

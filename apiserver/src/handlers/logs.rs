@@ -346,7 +346,9 @@ pub async fn log(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         let body = error_body(resp.into_body()).await;
         return Err(kubelet_error(code, &String::from_utf8_lossy(&body), name));
     }
-    let mut out = Response::new(axum::body::Body::new(resp.into_body()));
+    // A follow (`-f`) never ends on its own: it ends when the server stops.
+    let stream = axum::body::Body::new(resp.into_body()).into_data_stream();
+    let mut out = Response::new(axum::body::Body::from_stream(app.until_stopping(stream)));
     out.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(out)

@@ -53,6 +53,22 @@ pub struct App {
     pub audit: crate::audit::AuditLog,
     /// The client of the kubelets (`pods/log`).
     pub kubelet: crate::kubelet::KubeletClient,
+    /// Cancelled when the server starts to stop: `/readyz` fails, and
+    /// long-running responses (watches, log streams) end so that their
+    /// connections can drain.
+    pub stopping: tokio_util::sync::CancellationToken,
+}
+
+impl App {
+    /// `body`, ended when the server starts to stop (for long-running
+    /// responses: a stopping server waits for the requests in flight, as
+    /// Kubernetes does, but not for watches).
+    pub fn until_stopping<S: futures::Stream + Send + 'static>(
+        &self,
+        body: S,
+    ) -> impl futures::Stream<Item = S::Item> + Send + 'static {
+        futures::StreamExt::take_until(body, self.stopping.clone().cancelled_owned())
+    }
 }
 
 /// The client's address, for the audit log.
@@ -396,7 +412,9 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
     match segs.as_slice() {
         ["healthz"] | ["livez"] => return Ok((StatusCode::OK, "ok").into_response()),
         ["readyz"] => {
-            return Ok(if app.ready.load(Ordering::Acquire) {
+            return Ok(if app.stopping.is_cancelled() {
+                (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down").into_response()
+            } else if app.ready.load(Ordering::Acquire) {
                 (StatusCode::OK, "ok").into_response()
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, "not ready: bootstrapping").into_response()
