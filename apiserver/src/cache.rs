@@ -378,6 +378,17 @@ impl Cache {
         }
     }
 
+    /// Ends the watches subscribed so far (their streams end as if the
+    /// cache had closed); the cache itself goes on serving lists, new
+    /// subscriptions and the server's own readers.
+    fn end_watches(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.tx.is_some() {
+                inner.tx = Some(broadcast::channel(FANOUT).0);
+            }
+        }
+    }
+
     /// True while the store watch runs.
     pub fn is_live(&self) -> bool {
         self.inner.lock().map(|i| i.tx.is_some()).unwrap_or(false)
@@ -476,6 +487,14 @@ impl Caches {
         Ok(cache)
     }
 
+    /// Ends every watch served from the caches (the server starts to stop:
+    /// its connections drain, which watches would never do).
+    pub async fn end_watches(&self) {
+        for cache in self.map.lock().await.values() {
+            cache.end_watches();
+        }
+    }
+
     /// Stops every cache (the server stops): each ends its store watch,
     /// and its watchers' streams end; no new cache starts after this.
     pub async fn clear(&self) {
@@ -565,6 +584,23 @@ mod tests {
             sub.live.try_recv(),
             Err(broadcast::error::TryRecvError::Closed)
         ));
+    }
+
+    #[test]
+    fn ending_the_watches_keeps_the_cache() {
+        let c = cache_at(10);
+        let mut old = c.subscribe(10).expect("subscribed");
+        c.end_watches();
+        assert!(matches!(
+            old.live.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
+        // The cache goes on: changes, lists, new subscriptions.
+        assert!(c.is_live());
+        let mut new = c.subscribe(10).expect("subscribed again");
+        c.apply(vec![put("/registry/pods/a/x", 11)], 11);
+        assert_eq!(new.live.try_recv().expect("live").revision(), 11);
+        assert_eq!(c.snapshot(b"/registry/pods/").0.len(), 1);
     }
 
     #[test]

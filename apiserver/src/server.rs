@@ -259,6 +259,7 @@ impl Server {
     /// connections closed as they do.
     async fn drain(&self, connections: &tokio_util::task::TaskTracker) {
         self.app.stopping.cancel();
+        self.app.caches.end_watches().await;
         connections.close();
         let started = std::time::Instant::now();
         match tokio::time::timeout(DRAIN, connections.wait()).await {

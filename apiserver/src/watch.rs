@@ -271,6 +271,7 @@ impl Watcher {
         mut stream: crate::store::WatchStream,
         deadline: tokio::time::Instant,
         tx: tokio::sync::mpsc::Sender<Bytes>,
+        stopping: tokio_util::sync::CancellationToken,
     ) {
         let filter = &self.filter;
         let tx = &tx;
@@ -280,6 +281,8 @@ impl Watcher {
             let resp = tokio::select! {
                 _ = &mut expiry => return,
                 _ = tx.closed() => return,
+                // The server stops: its connections drain.
+                _ = stopping.cancelled() => return,
                 r = stream.next() => r,
             };
             let resp = match resp {
@@ -430,12 +433,13 @@ pub async fn watch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
         Source::Cache(sub) => futures::future::Either::Left(w.cache_body(sub, deadline)),
         Source::Store(stream) => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-            tokio::spawn(w.pump_store(stream, deadline, tx));
+            tokio::spawn(w.pump_store(stream, deadline, tx, app.stopping.clone()));
             futures::future::Either::Right(tokio_stream::wrappers::ReceiverStream::new(rx))
         }
     };
     let body = Body::from_stream(
-        app.until_stopping(futures::stream::iter(initial).chain(rest))
+        futures::stream::iter(initial)
+            .chain(rest)
             .map(Ok::<_, std::convert::Infallible>),
     );
     Ok((

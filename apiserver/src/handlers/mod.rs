@@ -55,14 +55,15 @@ pub struct App {
     pub kubelet: crate::kubelet::KubeletClient,
     /// Cancelled when the server starts to stop: `/readyz` fails, and
     /// long-running responses (watches, log streams) end so that their
-    /// connections can drain.
+    /// connections can drain (watches served from the caches end through
+    /// [`crate::cache::Caches::end_watches`], at no cost per event).
     pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl App {
     /// `body`, ended when the server starts to stop (for long-running
-    /// responses: a stopping server waits for the requests in flight, as
-    /// Kubernetes does, but not for watches).
+    /// responses such as log streams: a stopping server waits for the
+    /// requests in flight, as Kubernetes does, but not for these).
     pub fn until_stopping<S: futures::Stream + Send + 'static>(
         &self,
         body: S,
