@@ -93,8 +93,8 @@ fn watched() -> Vec<&'static ResourceInfo> {
         .collect()
 }
 
-/// `old` brought up to `cache` (only changed objects decoded); true if an
-/// object changed.
+/// `old` brought up to `cache` (only changed objects decoded); true if a
+/// change can alter the collector's plan (see [`matters`]).
 fn mirror(res: &'static ResourceInfo, cache: &Cache, prefix: &str, old: Mirror) -> (Mirror, bool) {
     let (kvs, revision) = cache.snapshot(prefix.as_bytes());
     let mut old = old.objects;
@@ -103,8 +103,7 @@ fn mirror(res: &'static ResourceInfo, cache: &Cache, prefix: &str, old: Mirror) 
     for kv in kvs {
         let entry = match old.remove(&kv.key) {
             Some(e) if e.0 == kv.mod_revision => e,
-            _ => {
-                changed = true;
+            before => {
                 let node = match decode(&kv) {
                     Ok(v) => Node::from_object(res, &String::from_utf8_lossy(&kv.key), &v),
                     Err(e) => {
@@ -112,13 +111,31 @@ fn mirror(res: &'static ResourceInfo, cache: &Cache, prefix: &str, old: Mirror) 
                         None
                     }
                 };
+                changed |= may_change_plan(before.and_then(|b| b.1).as_ref(), node.as_ref());
                 (kv.mod_revision, node)
             }
         };
         objects.insert(kv.key, entry);
     }
+    // Anything gone may have been an owner.
     changed |= !old.is_empty();
     (Mirror { revision, objects }, changed)
+}
+
+/// True if an object's change from `before` to `after` (either absent) can
+/// change what the collector plans: either version has owners, is being
+/// deleted or carries one of the collector's finalizers, or the key now
+/// holds another uid (the owner its dependents name is gone). Plain objects
+/// arriving or changing cannot: they have no owner to lose, and no
+/// dependent can be waiting for one that did not exist (a plan that found
+/// nothing to do stays empty), so a pass after 1,000 ConfigMap creates
+/// need not rebuild the graph.
+fn may_change_plan(before: Option<&Node>, after: Option<&Node>) -> bool {
+    let matters = |n: Option<&Node>| {
+        n.is_some_and(|n| !n.owners.is_empty() || n.deleting || n.orphan || n.foreground)
+    };
+    let replaced = before.is_some() && before.map(|b| &b.uid) != after.map(|a| &a.uid);
+    replaced || matters(before) || matters(after)
 }
 
 impl Collector {
@@ -456,6 +473,31 @@ mod tests {
         );
         assert!(strip_owner_refs(&mut obj, &["2".into()]));
         assert!(obj["metadata"].get("ownerReferences").is_none());
+    }
+
+    #[test]
+    fn only_changes_that_can_alter_the_plan_count() {
+        let res = registry::lookup("", "v1", "configmaps").expect("configmaps");
+        let node = |obj: Value| Node::from_object(res, "/registry/configmaps/d/c", &obj);
+        let plain = node(json!({"metadata": {"name": "c", "uid": "u1"}}));
+        let plain_again =
+            node(json!({"metadata": {"name": "c", "uid": "u1", "labels": {"a": "b"}}}));
+        let recreated = node(json!({"metadata": {"name": "c", "uid": "u2"}}));
+        let owned = node(
+            json!({"metadata": {"name": "c", "uid": "u1", "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u9"}]}}),
+        );
+        let deleting = node(json!({"metadata": {"name": "c", "uid": "u1",
+            "deletionTimestamp": "2026-01-01T00:00:00Z"}}));
+        // Plain objects created or updated: nothing to plan.
+        assert!(!may_change_plan(None, plain.as_ref()));
+        assert!(!may_change_plan(plain.as_ref(), plain_again.as_ref()));
+        assert!(!may_change_plan(None, None));
+        // A new uid at the key, owners gained or lost, a deletion started.
+        assert!(may_change_plan(plain.as_ref(), recreated.as_ref()));
+        assert!(may_change_plan(None, owned.as_ref()));
+        assert!(may_change_plan(owned.as_ref(), plain.as_ref()));
+        assert!(may_change_plan(plain.as_ref(), deleting.as_ref()));
     }
 
     #[test]
