@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use keel_storage::proto::mvccpb::KeyValue;
 use serde_json::{json, Value};
 
 use graph::{classify, decide, Action, Decision, Graph, Kinds, Node, OwnerView};
@@ -93,9 +94,17 @@ fn watched() -> Vec<&'static ResourceInfo> {
         .collect()
 }
 
-/// `old` brought up to `cache` (only changed objects decoded); true if a
-/// change can alter the collector's plan (see [`matters`]).
+/// `old` brought up to `cache`; true if a change can alter the collector's
+/// plan (see [`may_change_plan`]). A mirror the cache's window still
+/// reaches is brought up by the changes since (a pass costs what changed,
+/// not what is stored); otherwise the whole cache is compared (only
+/// changed objects decoded).
 fn mirror(res: &'static ResourceInfo, cache: &Cache, prefix: &str, old: Mirror) -> (Mirror, bool) {
+    if old.revision > 0 {
+        if let Some(sub) = cache.subscribe(old.revision) {
+            return catch_up(res, old, &sub.replay);
+        }
+    }
     let (kvs, revision) = cache.snapshot(prefix.as_bytes());
     let mut old = old.objects;
     let mut changed = false;
@@ -104,13 +113,7 @@ fn mirror(res: &'static ResourceInfo, cache: &Cache, prefix: &str, old: Mirror) 
         let entry = match old.remove(&kv.key) {
             Some(e) if e.0 == kv.mod_revision => e,
             before => {
-                let node = match decode(&kv) {
-                    Ok(v) => Node::from_object(res, &String::from_utf8_lossy(&kv.key), &v),
-                    Err(e) => {
-                        tracing::debug!(error = %e.message, "collector skips an undecodable object");
-                        None
-                    }
-                };
+                let node = node_of(res, &kv);
                 changed |= may_change_plan(before.and_then(|b| b.1).as_ref(), node.as_ref());
                 (kv.mod_revision, node)
             }
@@ -120,6 +123,43 @@ fn mirror(res: &'static ResourceInfo, cache: &Cache, prefix: &str, old: Mirror) 
     // Anything gone may have been an owner.
     changed |= !old.is_empty();
     (Mirror { revision, objects }, changed)
+}
+
+/// `m` with `events` (the cache's changes after its revision) applied.
+fn catch_up(
+    res: &'static ResourceInfo,
+    mut m: Mirror,
+    events: &[Arc<crate::cache::Event>],
+) -> (Mirror, bool) {
+    let mut changed = false;
+    for ev in events {
+        m.revision = m.revision.max(ev.revision());
+        let crate::cache::Event::Change { put, kv, .. } = &**ev else {
+            continue;
+        };
+        let before = m.objects.remove(&kv.key);
+        if *put {
+            let node = node_of(res, kv);
+            changed |= may_change_plan(before.and_then(|b| b.1).as_ref(), node.as_ref());
+            m.objects.insert(kv.key.clone(), (kv.mod_revision, node));
+        } else {
+            // Anything gone may have been an owner.
+            changed |= before.is_some();
+        }
+    }
+    (m, changed)
+}
+
+/// The collector's node of a stored object (`None`: no uid, or it does not
+/// decode).
+fn node_of(res: &'static ResourceInfo, kv: &KeyValue) -> Option<Node> {
+    match decode(kv) {
+        Ok(v) => Node::from_object(res, &String::from_utf8_lossy(&kv.key), &v),
+        Err(e) => {
+            tracing::debug!(error = %e.message, "collector skips an undecodable object");
+            None
+        }
+    }
 }
 
 /// True if an object's change from `before` to `after` (either absent) can
@@ -498,6 +538,55 @@ mod tests {
         assert!(may_change_plan(None, owned.as_ref()));
         assert!(may_change_plan(owned.as_ref(), plain.as_ref()));
         assert!(may_change_plan(plain.as_ref(), deleting.as_ref()));
+    }
+
+    fn change(put: bool, key: &str, rev: i64, obj: Value) -> Arc<crate::cache::Event> {
+        Arc::new(crate::cache::Event::Change {
+            put,
+            kv: KeyValue {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::from(obj.to_string()),
+                mod_revision: rev,
+                ..Default::default()
+            },
+            prev: None,
+            selectable: (None, None),
+            shared: Default::default(),
+        })
+    }
+
+    /// A mirror is brought up by the cache's changes since its revision:
+    /// plain creates move it without a plan; an owned object, a deletion
+    /// and a recreated owner each call for one.
+    #[test]
+    fn mirrors_catch_up_on_changes() {
+        let res = registry::lookup("", "v1", "configmaps").expect("configmaps");
+        let (a, b) = ("/registry/configmaps/d/a", "/registry/configmaps/d/b");
+        let plain = |uid: &str| json!({"metadata": {"name": "x", "namespace": "d", "uid": uid}});
+        let m = Mirror {
+            revision: 10,
+            objects: HashMap::new(),
+        };
+        let (m, changed) = catch_up(
+            res,
+            m,
+            &[
+                change(true, a, 11, plain("u1")),
+                change(true, b, 12, plain("u2")),
+            ],
+        );
+        assert!(!changed, "plain creates");
+        assert_eq!((m.revision, m.objects.len()), (12, 2));
+        let owned = json!({"metadata": {"name": "b", "namespace": "d", "uid": "u2",
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "a", "uid": "u1"}]}});
+        let (m, changed) = catch_up(res, m, &[change(true, b, 13, owned)]);
+        assert!(changed, "owners gained");
+        let (m, changed) = catch_up(res, m, &[change(true, a, 14, plain("u3"))]);
+        assert!(changed, "the owner recreated with a new uid");
+        assert_eq!(m.objects.get(a.as_bytes()).map(|e| e.0), Some(14));
+        let (m, changed) = catch_up(res, m, &[change(false, a, 15, json!({}))]);
+        assert!(changed, "a deletion");
+        assert_eq!((m.revision, m.objects.len()), (15, 1));
     }
 
     #[test]
