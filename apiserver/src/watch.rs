@@ -362,10 +362,10 @@ pub async fn watch(app: &App, ctx: &Ctx) -> ApiResult<Response> {
                 .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?,
         ),
     };
-    let bookmarks = ctx.q("allowWatchBookmarks") == Some("true");
+    let bookmarks = ctx.q_bool("allowWatchBookmarks");
     // `sendInitialEvents=true` (streaming lists): the current state as ADDED
     // events, then a BOOKMARK marked `k8s.io/initial-events-end`, then changes.
-    let stream_list = ctx.q("sendInitialEvents") == Some("true");
+    let stream_list = ctx.q_bool("sendInitialEvents");
     if stream_list && (ctx.q("resourceVersionMatch") != Some("NotOlderThan") || !bookmarks) {
         return Err(ApiError::new(
             422,

@@ -43,13 +43,6 @@ pub struct LogOptions {
     pub insecure_skip_tls_verify_backend: bool,
 }
 
-/// A query boolean as Kubernetes converts it: absent, `0` or `false` (any
-/// case) is false, anything else (even empty) true.
-fn query_bool(q: &HashMap<String, String>, k: &str) -> bool {
-    q.get(k)
-        .is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
-}
-
 /// A query integer; a malformed one is a 400 worded as Go's `strconv.ParseInt`.
 fn query_int(q: &HashMap<String, String>, k: &str) -> ApiResult<Option<i64>> {
     let Some(v) = q.get(k).filter(|v| !v.is_empty()) else {
@@ -83,14 +76,14 @@ impl LogOptions {
         };
         Ok(LogOptions {
             container: q.get("container").cloned().unwrap_or_default(),
-            follow: query_bool(q, "follow"),
-            previous: query_bool(q, "previous"),
+            follow: super::query_bool(q, "follow"),
+            previous: super::query_bool(q, "previous"),
             since_seconds: query_int(q, "sinceSeconds")?,
             since_time,
-            timestamps: query_bool(q, "timestamps"),
+            timestamps: super::query_bool(q, "timestamps"),
             tail_lines: query_int(q, "tailLines")?,
             limit_bytes: query_int(q, "limitBytes")?,
-            insecure_skip_tls_verify_backend: query_bool(q, "insecureSkipTLSVerifyBackend"),
+            insecure_skip_tls_verify_backend: super::query_bool(q, "insecureSkipTLSVerifyBackend"),
         })
     }
 

@@ -72,6 +72,19 @@ impl App {
     }
 }
 
+/// A boolean query parameter as Kubernetes converts it
+/// (`Convert_Slice_string_To_bool`): absent, `0` or `false` (any case) is
+/// false, anything else (`true`, `True` as Python clients send it, even
+/// empty) true.
+pub fn query_bool(q: &HashMap<String, String>, k: &str) -> bool {
+    q.get(k).is_some_and(|v| bool_param(v))
+}
+
+/// A present boolean query parameter's value (see [`query_bool`]).
+pub fn bool_param(v: &str) -> bool {
+    v != "0" && !v.eq_ignore_ascii_case("false")
+}
+
 /// The client's address, for the audit log.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
@@ -118,6 +131,12 @@ impl Ctx {
     /// A query parameter.
     pub fn q(&self, k: &str) -> Option<&str> {
         self.query.get(k).map(String::as_str)
+    }
+
+    /// A boolean query parameter, as Kubernetes converts it (see
+    /// [`query_bool`]).
+    pub fn q_bool(&self, k: &str) -> bool {
+        query_bool(&self.query, k)
     }
 
     /// A header as a string.
@@ -383,7 +402,7 @@ async fn route(app: &App, cert: &User, req: Request, info: &mut Info) -> ApiResu
         Ok(json_response(StatusCode::OK, &v))
     };
     info.verb = "get";
-    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let watch = query_bool(&query, "watch");
     if authorize {
         let attrs = crate::authz::request_attributes(&user, &method, &path, &segs, watch);
         if attrs.resource_request {

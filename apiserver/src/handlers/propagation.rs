@@ -59,14 +59,6 @@ fn invalid(why: String) -> ApiError {
     )
 }
 
-fn parse_bool(name: &str, v: &str) -> ApiResult<bool> {
-    match v {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(ApiError::bad_request(format!("invalid {name} {v:?}"))),
-    }
-}
-
 /// The explicit policy of a DELETE: `propagationPolicy` or `orphanDependents`
 /// from the `DeleteOptions` body, else from the query (`query` looks a
 /// parameter up). Both set is a 422, as is an unknown policy.
@@ -88,7 +80,7 @@ pub fn from_options<'a>(
     let orphan = match body.get("orphanDependents") {
         Some(Value::Bool(b)) => Some(*b),
         Some(Value::Null) | None => match query("orphanDependents").filter(|s| !s.is_empty()) {
-            Some(v) => Some(parse_bool("orphanDependents", v)?),
+            Some(v) => Some(super::bool_param(v)),
             None => None,
         },
         Some(other) => {
