@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # keel's test suite: unit, property, end-to-end (real etcdctl and etcd) and
-# loom model tests. Needs etcd-server and etcd-client (apt) for the
-# differential and etcdctl tests; .ci/run installs them.
+# loom model tests. Needs etcd-server, etcd-client and python3-kubernetes
+# (apt) for the differential, etcdctl and Python client tests; .ci/run
+# installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
