@@ -79,10 +79,9 @@ pub fn from_options<'a>(
     };
     let orphan = match body.get("orphanDependents") {
         Some(Value::Bool(b)) => Some(*b),
-        Some(Value::Null) | None => match query("orphanDependents").filter(|s| !s.is_empty()) {
-            Some(v) => Some(super::bool_param(v)),
-            None => None,
-        },
+        Some(Value::Null) | None => query("orphanDependents")
+            .filter(|s| !s.is_empty())
+            .map(super::bool_param),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "orphanDependents must be a boolean, not {other}"
