@@ -113,6 +113,29 @@ def main(kubeconfig):
     assert apps.read_namespaced_deployment("web", ns).spec.replicas == 5
     step("deployment with defaults, scale subresource")
 
+    for i in range(5):
+        core.create_namespaced_config_map(
+            ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"page-{i}")))
+    page = core.list_namespaced_config_map(ns, limit=2)
+    names = [c.metadata.name for c in page.items]
+    while page.metadata._continue:
+        page = core.list_namespaced_config_map(ns, limit=2, _continue=page.metadata._continue)
+        names += [c.metadata.name for c in page.items]
+    assert [n for n in names if n.startswith("page-")] == [f"page-{i}" for i in range(5)], names
+    step("limit and continue")
+
+    pod = core.create_namespaced_pod(ns, client.V1Pod(
+        metadata=client.V1ObjectMeta(name="p"),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox:1.36")])))
+    assert pod.spec.service_account_name == "default", pod.spec
+    assert pod.status.phase == "Pending" and pod.status.qos_class == "BestEffort", pod.status
+    found = core.list_pod_for_all_namespaces(field_selector=f"metadata.namespace={ns},status.phase=Pending")
+    assert [p.metadata.name for p in found.items] == ["p"], found.items
+    core.delete_namespaced_pod("p", ns, body=client.V1DeleteOptions(grace_period_seconds=0))
+    apps.delete_namespaced_deployment(
+        "web", ns, body=client.V1DeleteOptions(propagation_policy="Background"))
+    step("pods across namespaces with field selectors, deletes with options")
+
     expect_status(404, core.read_namespaced_config_map, "missing", ns)
     expect_status(422, core.create_namespaced_config_map, ns,
                   client.V1ConfigMap(metadata=client.V1ObjectMeta(name="Not_Valid")))

@@ -31,7 +31,7 @@ fn python_kubernetes_client() {
     // Every step ran.
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok ")).count(),
-        9,
+        11,
         "{stdout}"
     );
 }
