@@ -30,6 +30,14 @@ pub struct WebhookServer {
 }
 
 impl WebhookServer {
+    /// `template` (webhook configuration YAML) with this server in it: `URL`
+    /// becomes its URL and `"CA"` its `caBundle`.
+    pub fn configure(&self, template: &str) -> String {
+        template
+            .replace("URL", &self.url)
+            .replace("\"CA\"", &format!("\"{}\"", self.ca_bundle))
+    }
+
     /// Starts a server on a free loopback port, answering with `handler`.
     pub fn start(handler: Handler) -> Result<WebhookServer> {
         Self::start_for(handler, &[])

@@ -35,9 +35,7 @@ fn requests_in_flight_finish_when_the_server_stops() {
     };
     let hook = keel_tests::webhook::WebhookServer::start(slow_allow).expect("webhook server");
     api.kubectl_ok(&["create", "ns", "slow"]);
-    let config = SLOW_WEBHOOK
-        .replace("URL", &hook.url)
-        .replace("\"CA\"", &format!("\"{}\"", hook.ca_bundle));
+    let config = hook.configure(SLOW_WEBHOOK);
     api.kubectl_stdin(&["create", "-f", "-"], Some(&config))
         .ok();
     let (mut watch, _events) = api.kubectl_watch(&["-n", "slow", "configmaps"]);

@@ -707,9 +707,7 @@ fn admission_webhooks() {
         .ok();
     api.kubectl_ok(&["label", "ns", "hooks", "webhooks=on"]);
     api.kubectl_ok(&["create", "ns", "plain"]);
-    let config = WEBHOOKS
-        .replace("URL", &hook.url)
-        .replace("\"CA\"", &format!("\"{}\"", hook.ca_bundle));
+    let config = hook.configure(WEBHOOKS);
     api.kubectl_stdin(&["create", "-f", "-"], Some(&config))
         .ok();
     let table = api.kubectl_ok(&["get", "validatingwebhookconfigurations"]);

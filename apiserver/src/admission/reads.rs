@@ -97,13 +97,6 @@ impl Reads {
         prefix: &str,
     ) -> ApiResult<(Vec<(Value, i64)>, i64)> {
         let page = self.page(app, Read::Prefix(prefix.to_string())).await?;
-        let mut out = Vec::with_capacity(page.kvs.len());
-        for kv in &page.kvs {
-            match decode(kv) {
-                Ok(v) => out.push((v, kv.mod_revision)),
-                Err(e) => tracing::warn!(error = %e.message, "skipping an undecodable object"),
-            }
-        }
-        Ok((out, page.revision))
+        Ok((crate::controllers::decodable(&page.kvs), page.revision))
     }
 }

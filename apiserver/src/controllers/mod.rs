@@ -87,12 +87,18 @@ pub(crate) async fn list_prefix(app: &App, prefix: &str) -> ApiResult<(Vec<(Valu
         .range(prefix.as_bytes(), &prefix_end(prefix.as_bytes()), 0, 0)
         .await
         .map_err(store_err)?;
-    let mut out = Vec::with_capacity(page.kvs.len());
-    for kv in &page.kvs {
+    Ok((decodable(&page.kvs), page.revision))
+}
+
+/// The objects of `kvs` that decode, with their mod revisions; the others
+/// are skipped with a warning.
+pub(crate) fn decodable(kvs: &[keel_storage::proto::mvccpb::KeyValue]) -> Vec<(Value, i64)> {
+    let mut out = Vec::with_capacity(kvs.len());
+    for kv in kvs {
         match decode(kv) {
             Ok(v) => out.push((v, kv.mod_revision)),
             Err(e) => tracing::warn!(error = %e.message, "skipping an undecodable object"),
         }
     }
-    Ok((out, page.revision))
+    out
 }
