@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
@@ -403,25 +404,27 @@ pub async fn watch(
     let prefix = format!("w{}", rand::random::<u32>());
     let path =
         format!("/api/v1/namespaces/{ns}/pods?watch=true&resourceVersion={rv}&timeoutSeconds=3600");
-    // Watches first: all established before the first create.
+    // Watches first: all established before the first create. One task per
+    // connection drives all of that connection's watch streams: an event
+    // reaching a hundred streams of a connection wakes one task, not a
+    // hundred (the load generator shares the cores with the server).
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<()>>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let received = Arc::new(AtomicU64::new(0));
-    let scan = Arc::new(AddedScan::new(&prefix));
-    let mut tasks = Vec::with_capacity(watchers);
-    for w in 0..watchers {
-        let mut conn = conns[w % conns.len()].clone();
-        let (path, ready, prefix) = (path.clone(), ready_tx.clone(), prefix.clone());
-        let (stop, received, scan) = (stop_rx.clone(), received.clone(), scan.clone());
+    let ctx = Arc::new(WatchRun {
+        scan: AddedScan::new(&prefix),
+        prefix: prefix.clone(),
+        want: pods,
+        epoch,
+        received: received.clone(),
+    });
+    let mut tasks = Vec::with_capacity(conns.len());
+    for (c, conn) in conns.iter().enumerate() {
+        let n = (c..watchers).step_by(conns.len()).count();
+        let (conn, path, ready) = (conn.clone(), path.clone(), ready_tx.clone());
+        let (stop, ctx) = (stop_rx.clone(), ctx.clone());
         tasks.push(tokio::spawn(async move {
-            let watch = Watcher {
-                prefix: &prefix,
-                scan: &scan,
-                want: pods,
-                epoch,
-                received: &received,
-            };
-            watch.run(&mut conn, &path, ready, stop).await
+            ctx.run(conn, n, &path, ready, stop).await
         }));
     }
     drop((ready_tx, stop_rx));
@@ -461,112 +464,101 @@ pub async fn watch(
     let _ = stop_tx.send(());
     let mut all = new_histogram();
     for t in tasks {
-        let (latencies, missing) = t.await.context("watcher task")?;
-        if missing > 0 {
-            errors.add_n(missing, "events not received");
-        }
-        for us in latencies {
-            record(&mut all, Duration::from_micros(us.into()));
+        for (latencies, missing) in t.await.context("watcher task")? {
+            if missing > 0 {
+                errors.add_n(missing, "events not received");
+            }
+            for us in latencies {
+                record(&mut all, Duration::from_micros(us.into()));
+            }
         }
     }
     Ok((all, start.elapsed()))
 }
 
-/// One pod watch of a `kube-watch` run.
-struct Watcher<'a> {
+/// What the watchers of a `kube-watch` run share.
+struct WatchRun {
     /// Names of this run's pods start with it.
-    prefix: &'a str,
+    prefix: String,
     /// Finds those pods' ADDED events.
-    scan: &'a AddedScan,
-    /// ADDED events to wait for.
+    scan: AddedScan,
+    /// ADDED events each watcher waits for.
     want: u64,
     /// The instant the pods' `SENT` annotations count from.
     epoch: Instant,
     /// Events received by all watchers, for the run's end.
-    received: &'a AtomicU64,
+    received: Arc<AtomicU64>,
 }
 
-impl Watcher<'_> {
-    /// Reports when its stream is open, then records the latency (µs) of
-    /// every ADDED event of this run's pods until it has `want`, the stream
-    /// ends or `stop` fires. Returns the latencies and how many it missed.
+impl WatchRun {
+    /// Opens `n` watches on `conn`, reports each as open (or failed), then
+    /// records the latency (µs) of every ADDED event of this run's pods on
+    /// each until all have `want`, their streams end or `stop` fires.
+    /// Returns each watch's latencies and how many events it missed.
     ///
-    /// Latencies go to a plain vector, merged into one histogram at the
-    /// end: the load generator shares the cores with the server, so each
-    /// event costs it a scan of its line and a push, nothing more.
+    /// Latencies go to plain vectors, merged into one histogram at the
+    /// end: each event costs the load generator a scan of its line and a
+    /// push, nothing more.
     async fn run(
         &self,
-        conn: &mut Conn,
+        conn: Conn,
+        n: usize,
         path: &str,
         ready: tokio::sync::mpsc::UnboundedSender<Result<()>>,
         mut stop: tokio::sync::watch::Receiver<()>,
-    ) -> (Vec<u32>, u64) {
-        let mut latencies = Vec::with_capacity(self.want as usize);
-        let resp = match build(Method::GET, path, None) {
-            Ok(req) => conn.send_request(req).await.map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
-        let mut body = match resp {
-            Ok(r) if r.status() == StatusCode::OK => {
-                let _ = ready.send(Ok(()));
-                r.into_body()
+    ) -> Vec<(Vec<u32>, u64)> {
+        let opened =
+            futures::future::join_all((0..n).map(|_| open_watch(conn.clone(), path))).await;
+        let mut watches = Vec::with_capacity(n);
+        let mut streams = futures::stream::SelectAll::new();
+        for body in opened {
+            let _ = ready.send(body.as_ref().map(|_| ()).map_err(|e| anyhow!("{e:#}")));
+            let i = watches.len();
+            watches.push(Lines::new(self.want as usize));
+            if let Ok(body) = body {
+                streams.push(http_body_util::BodyStream::new(body).map(move |f| (i, f)));
             }
-            Ok(r) => {
-                let _ = ready.send(Err(anyhow!("watch: {}", r.status())));
-                return (latencies, self.want);
-            }
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return (latencies, self.want);
-            }
-        };
+        }
         drop(ready);
         let stopped = stop.changed();
         tokio::pin!(stopped);
-        // The tail of a line split across DATA frames.
-        let mut partial: Vec<u8> = Vec::new();
-        let mut checked = false;
-        while (latencies.len() as u64) < self.want {
-            let frame = tokio::select! {
+        let mut done = if self.want == 0 { watches.len() } else { 0 };
+        while done < watches.len() {
+            let next = tokio::select! {
                 biased;
-                f = body.frame() => f,
+                f = streams.next() => f,
                 _ = &mut stopped => break,
             };
-            let Some(Ok(frame)) = frame else { break };
+            let (i, frame) = match next {
+                None => break,
+                Some((i, Ok(frame))) => (i, frame),
+                Some((_, Err(_))) => continue,
+            };
             let Ok(data) = frame.into_data() else {
                 continue;
             };
             let now = self.epoch.elapsed().as_micros() as u64;
-            let mut line_at = |line: &[u8]| {
-                if let Some(sent) = self.sent(line, &mut checked) {
-                    latencies.push(now.saturating_sub(sent).clamp(1, u32::MAX.into()) as u32);
-                    self.received.fetch_add(1, Ordering::Relaxed);
-                }
-            };
-            let mut rest = &data[..];
-            if !partial.is_empty() {
-                let Some(nl) = memchr::memchr(b'\n', rest) else {
-                    partial.extend_from_slice(rest);
-                    continue;
-                };
-                partial.extend_from_slice(&rest[..=nl]);
-                line_at(&partial);
-                partial.clear();
-                rest = &rest[nl + 1..];
+            let w = &mut watches[i];
+            let before = w.latencies.len() as u64;
+            w.feed(&data, |line, checked| self.sent(line, checked), now);
+            let got = w.latencies.len() as u64;
+            self.received.fetch_add(got - before, Ordering::Relaxed);
+            if before < self.want && got >= self.want {
+                done += 1;
             }
-            while let Some(nl) = memchr::memchr(b'\n', rest) {
-                line_at(&rest[..=nl]);
-                rest = &rest[nl + 1..];
-            }
-            partial.extend_from_slice(rest);
         }
-        let missing = self.want - latencies.len() as u64;
-        (latencies, missing)
+        watches
+            .into_iter()
+            .map(|w| {
+                let missing = self.want.saturating_sub(w.latencies.len() as u64);
+                (w.latencies, missing)
+            })
+            .collect()
     }
 
     /// The send instant of an ADDED event of this run's pods. The first
-    /// event is parsed in full (the stream is what a Kubernetes client
-    /// expects); the rest are scanned for the two fields needed.
+    /// event of a watch is parsed in full (the stream is what a Kubernetes
+    /// client expects); the rest are scanned for the two fields needed.
     fn sent(&self, line: &[u8], checked: &mut bool) -> Option<u64> {
         if *checked {
             return self.scan.sent(line);
@@ -574,9 +566,69 @@ impl Watcher<'_> {
         *checked = true;
         let ev = serde_json::from_slice::<WatchEvent>(line).ok()?;
         let meta = &ev.object.metadata;
-        (ev.kind == "ADDED" && meta.name.starts_with(self.prefix))
+        (ev.kind == "ADDED" && meta.name.starts_with(&self.prefix))
             .then(|| meta.annotations.get(SENT).and_then(|s| s.parse().ok()))
             .flatten()
+    }
+}
+
+/// Starts one watch: its body once the server answered 200.
+async fn open_watch(mut conn: Conn, path: &str) -> Result<hyper::body::Incoming> {
+    let resp = conn.send_request(build(Method::GET, path, None)?).await?;
+    if resp.status() != StatusCode::OK {
+        bail!("watch: {}", resp.status());
+    }
+    Ok(resp.into_body())
+}
+
+/// One watch's stream cut into lines, and the latencies found in them.
+struct Lines {
+    latencies: Vec<u32>,
+    /// The tail of a line split across DATA frames.
+    partial: Vec<u8>,
+    /// Whether the first event was parsed in full.
+    checked: bool,
+}
+
+impl Lines {
+    fn new(want: usize) -> Self {
+        Self {
+            latencies: Vec::with_capacity(want),
+            partial: Vec::new(),
+            checked: false,
+        }
+    }
+
+    /// Takes one DATA frame received at `now` (µs since the epoch); `sent`
+    /// gives a complete line's send instant if it is one of the run's
+    /// events.
+    fn feed(&mut self, data: &[u8], sent: impl Fn(&[u8], &mut bool) -> Option<u64>, now: u64) {
+        let Self {
+            latencies,
+            partial,
+            checked,
+        } = self;
+        let mut line_at = |line: &[u8]| {
+            if let Some(sent) = sent(line, checked) {
+                latencies.push(now.saturating_sub(sent).clamp(1, u32::MAX.into()) as u32);
+            }
+        };
+        let mut rest = data;
+        if !partial.is_empty() {
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                partial.extend_from_slice(rest);
+                return;
+            };
+            partial.extend_from_slice(&rest[..=nl]);
+            line_at(partial);
+            partial.clear();
+            rest = &rest[nl + 1..];
+        }
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
+            line_at(&rest[..=nl]);
+            rest = &rest[nl + 1..];
+        }
+        partial.extend_from_slice(rest);
     }
 }
 
