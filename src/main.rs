@@ -1,5 +1,7 @@
 //! The `keel` binary: CLI dispatch only.
 
+mod memcpy;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -793,6 +795,7 @@ fn no_transparent_huge_pages() {
 }
 
 fn main() -> Result<()> {
+    memcpy::tune();
     no_transparent_huge_pages();
     let cli = Cli::parse();
     keel_raft::failpoint::setup();

@@ -7,6 +7,10 @@
 mod floor;
 mod kube;
 mod load;
+/// The keel binary's `memcpy` tuning, shared by path: the load generator
+/// copies TLS records too.
+#[path = "../../src/memcpy.rs"]
+mod memcpy;
 mod report;
 mod stats;
 mod watch;
@@ -20,6 +24,12 @@ use keel_storage::proto::etcdserverpb::{kv_client::KvClient, PutRequest};
 
 use crate::load::{KeyPicker, Worker};
 use crate::stats::{Errors, Limiter, MemberSampler, RunResult};
+
+/// mimalloc, as in `keel`: the load generator shares the cores with the
+/// servers it measures, and glibc's malloc was ~8% of its CPU in a watch
+/// fan-out (many short-lived frame buffers freed on other threads).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(name = "keel-bench", about = "Load generator for etcd v3 endpoints")]
@@ -238,6 +248,7 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    memcpy::tune();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     // As in the keel binary: without the LIFO slot, requests that become
