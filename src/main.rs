@@ -176,6 +176,10 @@ struct ApiserverArgs {
     /// unset: kubelets' certificates are not verified (as kube-apiserver).
     #[arg(long)]
     kubelet_certificate_authority: Option<PathBuf>,
+    /// How often the store's history is compacted (Go duration; 0: never).
+    /// API servers sharing a store take turns, as kube-apiserver's do.
+    #[arg(long, default_value = "5m")]
+    etcd_compaction_interval: String,
 }
 
 /// `keel kubeconfig` flags.
@@ -613,6 +617,10 @@ async fn run_apiserver(
             client_key: args.kubelet_client_key.clone(),
             certificate_authority: args.kubelet_certificate_authority.clone(),
         },
+        etcd_compaction_interval: go_duration(
+            "--etcd-compaction-interval",
+            &args.etcd_compaction_interval,
+        )?,
     };
     let server = keel_apiserver::Server::bind(&cfg)
         .await
@@ -725,6 +733,7 @@ async fn run_up(data_dir: PathBuf, client_port: u16) -> Result<()> {
         kubelet_client_certificate: None,
         kubelet_client_key: None,
         kubelet_certificate_authority: None,
+        etcd_compaction_interval: "5m".into(),
     };
     let kubeconfig = data_dir.join("kubeconfig");
     keel_apiserver::tls::ensure_pki(&api.cert_dir, &[]).context("creating the cluster CA")?;

@@ -16,8 +16,9 @@
 //! - [`discovery`], [`openapi`], [`table`]: what kubectl reads besides objects.
 //! - [`selectors`], [`patch`], [`object`]: label/field selectors, the three
 //!   patch types, metadata rules.
-//! - [`store`]: the store client (etcd v3 gRPC for now; the native QUIC
-//!   client is a later step).
+//! - [`store`]: the store client (keel's native QUIC client API, or etcd v3
+//!   gRPC); [`compactor`]: compacts the store's history every
+//!   `--etcd-compaction-interval`, taking turns with other API servers.
 //! - [`status`]: Kubernetes `Status` errors; [`metrics`]: `/metrics`.
 //! - [`audit`]: the audit log (one `audit.k8s.io/v1` Event per request,
 //!   rotated by size).
@@ -39,6 +40,7 @@ pub mod authn;
 pub mod authz;
 pub mod cache;
 pub mod coalesce;
+pub mod compactor;
 pub mod controllers;
 pub mod crd;
 pub mod defaults;

@@ -51,6 +51,9 @@ pub struct Config {
     /// `--kubelet-preferred-address-types`, `--kubelet-client-certificate`,
     /// `--kubelet-client-key`, `--kubelet-certificate-authority`.
     pub kubelet: crate::kubelet::KubeletConfig,
+    /// `--etcd-compaction-interval`: how often the store's history is
+    /// compacted (zero: never; kube-apiserver's default is 5 minutes).
+    pub etcd_compaction_interval: Duration,
 }
 
 /// A bound, not yet serving API server.
@@ -60,6 +63,8 @@ pub struct Server {
     app: Arc<App>,
     /// The cluster CA (PEM) for the `kube-root-ca.crt` ConfigMaps.
     ca_pem: Option<String>,
+    /// `--etcd-compaction-interval`.
+    compaction_interval: Duration,
 }
 
 impl Server {
@@ -115,6 +120,7 @@ impl Server {
                 stopping: Default::default(),
             }),
             ca_pem,
+            compaction_interval: cfg.etcd_compaction_interval,
         })
     }
 
@@ -142,6 +148,13 @@ impl Server {
             Default::default(),
             &background,
         );
+        if !self.compaction_interval.is_zero() {
+            background.spawn(crate::compactor::run(
+                app.store.clone(),
+                self.compaction_interval,
+                background.stop.clone(),
+            ));
+        }
         let ca_pem = self.ca_pem.clone();
         let tasks = background.clone();
         background.spawn(async move {

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use keel_storage::proto::etcdserverpb::{
     compare, kv_client::KvClient, request_op, response_op, watch_client::WatchClient,
-    watch_request, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-    WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    watch_request, CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use keel_storage::proto::etcdserverpb::{DeleteRangeResponse, RangeResponse, TxnResponse};
 use keel_storage::proto::mvccpb::KeyValue;
@@ -235,7 +235,8 @@ impl Store {
         }
     }
 
-    async fn txn_req(&self, req: TxnRequest) -> Result<TxnResponse, StoreError> {
+    /// Sends one transaction as given.
+    pub(crate) async fn txn_req(&self, req: TxnRequest) -> Result<TxnResponse, StoreError> {
         self.sent.txn.fetch_add(1, Ordering::Relaxed);
         match &self.backend {
             Backend::Grpc { kv, .. } => {
@@ -243,6 +244,24 @@ impl Store {
             }
             Backend::Quic(c) => c.txn(&req).await.map_err(|e| map_status(e.into())),
         }
+    }
+
+    /// Compacts the store's history up to `revision` (not physically: as
+    /// kube-apiserver, no wait for the members' disks).
+    pub(crate) async fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        let req = CompactionRequest {
+            revision,
+            physical: false,
+        };
+        match &self.backend {
+            Backend::Grpc { kv, .. } => {
+                kv.clone().compact(req).await.map_err(map_status)?;
+            }
+            Backend::Quic(c) => {
+                c.compact(&req).await.map_err(|e| map_status(e.into()))?;
+            }
+        }
+        Ok(())
     }
 
     async fn delete_range_req(
