@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use keel_storage::member::auto_compaction::AutoCompaction;
 use keel_storage::member::{restore_snapshot, Member, MemberConfig};
 
 /// mimalloc: less fragmentation than glibc's per-thread arenas under keel's
@@ -260,6 +261,14 @@ struct StoreArgs {
     /// Peer TLS with generated self-signed certificates.
     #[arg(long)]
     peer_auto_tls: bool,
+    /// `periodic` (retention is a duration, or a number of hours) or
+    /// `revision` (retention is a number of revisions).
+    #[arg(long, default_value = "periodic")]
+    auto_compaction_mode: String,
+    /// How much history the leader keeps when it compacts on its own
+    /// (`0`: it never does; see --auto-compaction-mode).
+    #[arg(long, default_value = "0")]
+    auto_compaction_retention: String,
     /// Committed entries between snapshots.
     #[arg(long, default_value_t = 100_000)]
     snapshot_count: u64,
@@ -390,6 +399,11 @@ impl StoreArgs {
             listen_peer_urls: split_urls(&self.listen_peer_urls),
             initial_cluster_new,
             peer_tls_files,
+            auto_compaction: AutoCompaction::parse(
+                &self.auto_compaction_mode,
+                &self.auto_compaction_retention,
+            )
+            .map_err(anyhow::Error::msg)?,
             ..MemberConfig::default()
         })
     }
@@ -455,6 +469,7 @@ async fn start_member(args: &StoreArgs) -> Result<Running> {
         .await
         .with_context(|| format!("opening data dir {}", cfg.data_dir.display()))?;
     member.spawn_lease_loops();
+    member.spawn_auto_compaction();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     // The QUIC endpoints first: their certificate exists by the time the

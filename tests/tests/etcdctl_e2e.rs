@@ -483,6 +483,62 @@ fn compaction(b: Backend) {
 }
 e2e_test!(compaction: etcd, keel);
 
+/// `--auto-compaction-retention 2s` (periodic mode, etcd's default): once a
+/// window has passed, the member compacts on its own to the revision it saw
+/// a window before; the latest values stay.
+fn auto_compaction_periodic(b: Backend) {
+    let m = Member::start(
+        b,
+        MemberOpts {
+            extra_args: [
+                "--auto-compaction-mode",
+                "periodic",
+                "--auto-compaction-retention",
+                "2s",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..MemberOpts::default()
+        },
+    );
+    put_all(&m, &[("a", "1"), ("a", "2")]);
+    assert_eq!(ctl_ok(&m, &["get", "a", "--rev", "2"]), "a\n1\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = etcdctl(&m, &["get", "a", "--rev", "2"]);
+        if !out.success() {
+            out.fails_with("required revision has been compacted");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "revision 2 still readable after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ctl_ok(&m, &["get", "a"]), "a\n2\n");
+}
+e2e_test!(auto_compaction_periodic: etcd, keel);
+
+/// Bad auto-compaction flags stop the member with a message naming them.
+fn auto_compaction_bad_flags(b: Backend) {
+    for args in [
+        ["--auto-compaction-mode", "hourly"],
+        ["--auto-compaction-retention", "soon"],
+    ] {
+        let opts = MemberOpts {
+            extra_args: args.map(String::from).to_vec(),
+            ..MemberOpts::default()
+        };
+        let err = match Member::try_start(b, opts) {
+            Ok(_) => panic!("{args:?} accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("auto-compaction"), "{args:?}: {err}");
+    }
+}
+e2e_test!(auto_compaction_bad_flags: etcd, keel);
+
 // ---------------------------------------------------------------- leases
 
 /// Parses "lease <hex> granted with TTL(<n>s)".

@@ -44,6 +44,8 @@ pub struct MemberConfig {
     /// or `None` for auto TLS (`--peer-auto-tls`, the default: QUIC is
     /// always encrypted).
     pub peer_tls_files: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`.
+    pub auto_compaction: super::auto_compaction::AutoCompaction,
 }
 
 impl Default for MemberConfig {
@@ -67,6 +69,7 @@ impl Default for MemberConfig {
             listen_peer_urls: vec!["quic://127.0.0.1:2380".into()],
             initial_cluster_new: true,
             peer_tls_files: None,
+            auto_compaction: Default::default(),
         }
     }
 }

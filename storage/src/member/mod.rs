@@ -4,6 +4,8 @@
 //! - [`config`]: the member's settings (etcd's flag names) and IDs.
 //! - [`replication`]: the driver joining the Raft core, WAL and transport.
 //! - [`snapshot`]: rkyv snapshots of the state machine.
+//! - [`auto_compaction`]: the leader's own compactions
+//!   (`--auto-compaction-mode`, `--auto-compaction-retention`).
 //!
 //! Write path: a client request is checked, encoded as an
 //! `InternalRequest` with an ID unique in the cluster, and proposed to the
@@ -19,6 +21,7 @@
 //! [`keel_raft::read_lease`]) skips the round trip. Serializable reads are served from
 //! the local state at once.
 
+pub mod auto_compaction;
 pub mod commit_hint;
 pub mod config;
 pub mod replication;
