@@ -6,6 +6,7 @@
 //! - [`lease`]: leases and their expiry.
 //! - [`apply`]: the state machine that applies log entries with etcd's semantics.
 //! - [`error`]: the errors clients see, mapped to etcd's gRPC statuses.
+//! - [`go_duration`]: Go-style durations for etcd's duration flags.
 //! - [`watch`]: the watch hub: watchers, catch-up from history, the synced group.
 //! - `member`: one replicated member: opening a data dir, the Raft driver
 //!   and apply loop, snapshots (feature `server`).
@@ -16,6 +17,7 @@
 
 pub mod apply;
 pub mod error;
+pub mod go_duration;
 pub mod lease;
 #[cfg(feature = "server")]
 pub mod member;

@@ -183,35 +183,9 @@ pub struct SaConfig {
 
 /// Parses a Go duration (`48h`, `1h30m`, `90s`, `1.5h`) into seconds.
 pub fn parse_duration_seconds(s: &str) -> Result<i64, String> {
-    let bad = || format!("invalid duration {s:?} (e.g. 48h, 1h30m, 3600s)");
-    let mut rest = s.trim();
-    if rest == "0" {
-        return Ok(0);
-    }
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..n].parse().map_err(|_| bad())?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let scale = match &rest[..u] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            _ => return Err(bad()),
-        };
-        total += value * scale;
-        rest = &rest[u..];
-    }
-    Ok(total as i64)
+    keel_storage::go_duration::parse(s)
+        .map(|d| d.as_secs() as i64)
+        .ok_or_else(|| format!("invalid duration {s:?} (e.g. 48h, 1h30m, 3600s)"))
 }
 
 /// Signs and verifies service account tokens.

@@ -45,7 +45,7 @@ impl AutoCompaction {
             "periodic" => {
                 let period = match retention.parse::<u64>() {
                     Ok(hours) => Duration::from_secs(hours.saturating_mul(3600)),
-                    Err(_) => parse_duration(retention).ok_or_else(|| {
+                    Err(_) => crate::go_duration::parse(retention).ok_or_else(|| {
                         format!("--auto-compaction-retention {retention:?}: expected a duration (1h, 30m, 10s) or a number of hours")
                     })?,
                 };
@@ -75,33 +75,6 @@ impl AutoCompaction {
             )),
         }
     }
-}
-
-/// A Go-style duration: numbers with `h`, `m`, `s` or `ms` units (`1h30m`).
-fn parse_duration(s: &str) -> Option<Duration> {
-    let mut rest = s;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let value: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let scale = match &rest[..u] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            _ => return None,
-        };
-        total += value * scale;
-        rest = &rest[u..];
-    }
-    Some(Duration::from_secs_f64(total))
 }
 
 /// The `periodic` schedule: samples of the revision, a tenth of the
