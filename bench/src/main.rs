@@ -25,12 +25,6 @@ use keel_storage::proto::etcdserverpb::{kv_client::KvClient, PutRequest};
 use crate::load::{KeyPicker, Worker};
 use crate::stats::{Errors, Limiter, MemberSampler, RunResult};
 
-/// mimalloc, as in `keel`: the load generator shares the cores with the
-/// servers it measures, and glibc's malloc was ~8% of its CPU in a watch
-/// fan-out (many short-lived frame buffers freed on other threads).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(name = "keel-bench", about = "Load generator for etcd v3 endpoints")]
 struct Cli {
