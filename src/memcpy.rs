@@ -56,7 +56,10 @@ pub fn tune() {
         };
         let mut args = std::env::args_os();
         let Some(arg0) = args.next() else { return };
-        let err = std::process::Command::new("/proc/self/exe")
+        // The binary's own path, not /proc/self/exe: the process name
+        // (`ps`, `pgrep keel`) comes from the path executed.
+        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+        let err = std::process::Command::new(exe)
             .arg0(arg0)
             .args(args)
             .env(TUNABLES, tunables)
