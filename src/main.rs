@@ -566,11 +566,10 @@ async fn run_store(args: StoreArgs) -> Result<()> {
     run_until_stopped(vec![running], async {}).await
 }
 
-/// A Go-style duration flag (`5m`, `30s`, `0s`).
+/// A Go-style duration flag (`5m`, `30s`, `500ms`, `0`).
 fn go_duration(flag: &str, value: &str) -> Result<std::time::Duration> {
-    let secs = keel_apiserver::authn::service_account::parse_duration_seconds(value)
-        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
-    Ok(std::time::Duration::from_secs(secs.max(0) as u64))
+    keel_storage::go_duration::parse(value)
+        .ok_or_else(|| anyhow::anyhow!("{flag}: invalid duration {value:?} (e.g. 5m, 30s, 500ms)"))
 }
 
 /// Runs an apiserver until `stop` fires.

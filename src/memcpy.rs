@@ -31,29 +31,40 @@ const SETTING: &str = "glibc.cpu.x86_rep_movsb_threshold=0x1000000";
 pub fn tune() {
     #[cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
     {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
         use std::os::unix::process::CommandExt as _;
         if let Some(was) = std::env::var_os(MARK) {
-            // The second start: restore the caller's environment.
-            let was = was.to_string_lossy().into_owned();
+            // The second start: restore the caller's environment (the mark
+            // holds `=` and its GLIBC_TUNABLES, or nothing if it had none).
             std::env::remove_var(MARK);
-            match was.strip_prefix('=') {
-                Some(v) => std::env::set_var(TUNABLES, v),
+            match was.as_bytes().strip_prefix(b"=") {
+                Some(v) => std::env::set_var(TUNABLES, OsString::from_vec(v.to_vec())),
                 None => std::env::remove_var(TUNABLES),
             }
             return;
         }
-        let current = std::env::var(TUNABLES).ok();
-        if !is_amd()
-            || current
-                .as_deref()
-                .is_some_and(|t| t.contains("x86_rep_movsb_threshold"))
-        {
+        // Bytes, not UTF-8: a caller's tunables are kept whatever they hold.
+        let current = std::env::var_os(TUNABLES);
+        let set_already = current.as_ref().is_some_and(|t| {
+            t.as_bytes()
+                .windows(b"x86_rep_movsb_threshold".len())
+                .any(|w| w == b"x86_rep_movsb_threshold")
+        });
+        if !is_amd() || set_already {
             return;
         }
-        let tunables = match &current {
-            Some(t) if !t.is_empty() => format!("{t}:{SETTING}"),
-            _ => SETTING.to_string(),
-        };
+        let mut tunables = OsString::new();
+        let mut mark = OsString::new();
+        if let Some(t) = &current {
+            mark.push("=");
+            mark.push(t);
+            if !t.is_empty() {
+                tunables.push(t);
+                tunables.push(":");
+            }
+        }
+        tunables.push(SETTING);
         let mut args = std::env::args_os();
         let Some(arg0) = args.next() else { return };
         // The binary's own path, not /proc/self/exe: the process name
@@ -63,7 +74,7 @@ pub fn tune() {
             .arg0(arg0)
             .args(args)
             .env(TUNABLES, tunables)
-            .env(MARK, current.map_or_else(String::new, |t| format!("={t}")))
+            .env(MARK, mark)
             .exec();
         // Still here: the exec failed; run on with glibc's defaults.
         eprintln!("note: could not re-execute with {SETTING}: {err}");

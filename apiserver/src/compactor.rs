@@ -108,7 +108,12 @@ pub async fn step(store: &Store, turn: Turn) -> Result<Turn, StoreError> {
             // Someone compacted further already (etcdctl, the store's own
             // auto-compaction): nothing left to do for this turn.
             Err(StoreError::Compacted(_)) => {}
-            Err(e) => return Err(e),
+            // The turn is taken (the key's version moved on) either way; as
+            // kube-apiserver, go on from it, and the next turn compacts
+            // further.
+            Err(e) => {
+                tracing::warn!(error = %e, revision = turn.revision, "compacting the store failed")
+            }
         }
     }
     Ok(next)

@@ -78,7 +78,9 @@ impl AutoCompaction {
 }
 
 /// The `periodic` schedule: samples of the revision, a tenth of the
-/// compaction interval apart, covering one retention window.
+/// compaction interval apart, covering one retention window. Driven as
+/// etcd's loop: [`Periodic::record`] the revision, wait
+/// [`Periodic::sample_interval`], ask [`Periodic::due`], again.
 #[derive(Debug)]
 pub struct Periodic {
     period: Duration,
@@ -94,6 +96,10 @@ pub struct Periodic {
 }
 
 impl Periodic {
+    /// The shortest sample interval (a window under 100 ms is sampled no
+    /// more often than this).
+    const MIN_SAMPLE: Duration = Duration::from_millis(10);
+
     /// A schedule keeping `period` of history, started at `now`.
     pub fn new(period: Duration, now: Instant) -> Periodic {
         let mut p = Periodic {
@@ -103,8 +109,8 @@ impl Periodic {
             last_success: now,
             due_after: period,
         };
-        let retry = p.sample_interval().as_secs_f64().max(f64::MIN_POSITIVE);
-        p.retentions = (period.as_secs_f64() / retry) as usize + 1;
+        let samples = period.as_secs_f64() / p.sample_interval().as_secs_f64();
+        p.retentions = (samples as usize).saturating_add(1);
         p
     }
 
@@ -115,16 +121,20 @@ impl Periodic {
 
     /// How often the revision is sampled (and a failed compaction retried).
     pub fn sample_interval(&self) -> Duration {
-        self.compact_interval() / 10
+        (self.compact_interval() / 10).max(Self::MIN_SAMPLE)
     }
 
-    /// Records the revision `rev` seen at `now` (call once per sample
-    /// interval); returns the revision to compact to if one is due.
-    pub fn sample(&mut self, now: Instant, rev: i64) -> Option<i64> {
+    /// Records the revision now (once per sample interval).
+    pub fn record(&mut self, rev: i64) {
         self.revs.push_back(rev);
         if self.revs.len() > self.retentions {
             self.revs.pop_front();
         }
+    }
+
+    /// The revision to compact to at `now`, if a compaction is due: the
+    /// oldest sample, a window old.
+    pub fn due(&self, now: Instant) -> Option<i64> {
         if now.duration_since(self.last_success) < self.due_after {
             return None;
         }
@@ -178,19 +188,21 @@ impl Member {
             AutoCompaction::Periodic(period) => {
                 tokio::spawn(async move {
                     let mut p = Periodic::new(period, Instant::now());
-                    let every = p.sample_interval().max(Duration::from_millis(10));
                     loop {
-                        tokio::time::sleep(every).await;
+                        {
+                            let Some(m) = weak.upgrade() else { return };
+                            let rev = m.read().kv.current_rev();
+                            p.record(rev);
+                        }
+                        tokio::time::sleep(p.sample_interval()).await;
                         let Some(m) = weak.upgrade() else { return };
-                        let now = Instant::now();
-                        let rev = m.read().kv.current_rev();
-                        if let Some(due) = p.sample(now, rev) {
-                            if !m.is_leader() {
-                                continue;
-                            }
-                            if m.compact_to(due, "periodic").await {
-                                p.compacted(Instant::now());
-                            }
+                        // A follower's turns are skipped (etcd pauses its
+                        // compactor there); the samples go on.
+                        let Some(due) = p.due(Instant::now()).filter(|_| m.is_leader()) else {
+                            continue;
+                        };
+                        if m.compact_to(due, "periodic").await {
+                            p.compacted(Instant::now());
                         }
                     }
                 });
@@ -270,49 +282,72 @@ mod tests {
         assert!(p("hourly", "1").is_err());
     }
 
+    /// Runs a schedule as the member's loop does for `steps` sample
+    /// intervals, the revision at sample `i` being `rev(i)`; returns the
+    /// (step, revision) of each compaction, all succeeding.
+    fn run(p: &mut Periodic, t0: Instant, steps: u64, rev: impl Fn(u64) -> i64) -> Vec<(u64, i64)> {
+        let every = p.sample_interval();
+        let mut done = Vec::new();
+        for i in 0..steps {
+            p.record(rev(i));
+            let now = t0 + every * (i as u32 + 1);
+            if let Some(r) = p.due(now) {
+                done.push((i + 1, r));
+                p.compacted(now);
+            }
+        }
+        done
+    }
+
     /// etcd's documented schedule for a 1-hour window: samples every 6
     /// minutes, the first compaction after an hour to the revision of the
-    /// start, then one every hour to the revision of an hour before.
+    /// start, then one every hour to the revision of about an hour before.
     #[test]
     fn periodic_waits_a_window_then_compacts_to_the_revision_a_window_ago() {
         let t0 = Instant::now();
         let mut p = Periodic::new(Duration::from_secs(3600), t0);
         assert_eq!(p.sample_interval(), Duration::from_secs(360));
-        let at = |i: u64| t0 + Duration::from_secs(360 * i);
-        // Revision 100·i at sample i.
-        for i in 1..10 {
-            assert_eq!(p.sample(at(i), 100 * i as i64), None, "sample {i}");
+        // Revision 100·i at sample i (t = 6i minutes).
+        let done = run(&mut p, t0, 30, |i| 100 * i as i64);
+        assert_eq!(done, vec![(10, 0), (20, 900), (30, 1900)]);
+    }
+
+    /// A failed compaction is retried at the next sample, further on.
+    #[test]
+    fn periodic_retries_a_failed_compaction_at_the_next_sample() {
+        let t0 = Instant::now();
+        let mut p = Periodic::new(Duration::from_secs(3600), t0);
+        let at = |i: u32| t0 + Duration::from_secs(360) * i;
+        for i in 0..10 {
+            p.record(100 * i64::from(i));
         }
-        assert_eq!(p.sample(at(10), 1000), Some(100));
-        p.compacted(at(10));
-        for i in 11..20 {
-            assert_eq!(p.sample(at(i), 100 * i as i64), None, "sample {i}");
-        }
-        // An hour after the last compaction: the revision sampled an hour ago.
-        assert_eq!(p.sample(at(20), 2000), Some(1000));
-        // A failed compaction is retried at the next sample, further on.
-        assert_eq!(p.sample(at(21), 2100), Some(1100));
-        p.compacted(at(21));
-        assert_eq!(p.sample(at(22), 2200), None);
+        assert_eq!(p.due(at(10)), Some(0));
+        // Not marked compacted: due again at the next sample.
+        p.record(1000);
+        assert_eq!(p.due(at(11)), Some(0));
+        p.compacted(at(11));
+        p.record(1100);
+        assert_eq!(p.due(at(12)), None);
     }
 
     /// A window over an hour is compacted every hour, each time to the
-    /// revision a whole window old.
+    /// revision about a whole window old.
     #[test]
     fn long_windows_compact_hourly() {
         let t0 = Instant::now();
         let mut p = Periodic::new(Duration::from_secs(2 * 3600), t0);
         assert_eq!(p.sample_interval(), Duration::from_secs(360));
-        let at = |i: u64| t0 + Duration::from_secs(360 * i);
-        let mut due = Vec::new();
-        for i in 1..=40 {
-            if let Some(rev) = p.sample(at(i), i as i64) {
-                due.push((i, rev));
-                p.compacted(at(i));
-            }
-        }
-        // First after two hours (sample 20), then hourly; always 20 samples back.
-        assert_eq!(due, vec![(20, 1), (30, 10), (40, 20)]);
+        let done = run(&mut p, t0, 40, |i| i as i64);
+        // First after two hours, then hourly; 20 samples back.
+        assert_eq!(done, vec![(20, 0), (30, 9), (40, 19)]);
+    }
+
+    /// A tiny window is sampled no more often than every 10 ms.
+    #[test]
+    fn tiny_windows_do_not_spin() {
+        let p = Periodic::new(Duration::from_nanos(5), Instant::now());
+        assert_eq!(p.sample_interval(), Periodic::MIN_SAMPLE);
+        assert!(p.retentions >= 1);
     }
 
     #[test]
