@@ -32,6 +32,11 @@ impl Drop for Fixture {
 }
 
 async fn start() -> Fixture {
+    start_serving_at_most(keel_storage::quic::server::MAX_CONNECTIONS).await
+}
+
+/// [`start`] with a server that serves at most `connections` at once.
+async fn start_serving_at_most(connections: usize) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let peer = format!("quic://127.0.0.1:{}", free_udp_port());
     let cfg = MemberConfig {
@@ -49,8 +54,9 @@ async fn start() -> Fixture {
         dir: cfg.data_dir.join("fixtures").join("client"),
         hosts: vec![],
     };
-    let server =
-        QuicServer::bind(member.clone(), "127.0.0.1:0".parse().expect("addr"), &tls).expect("bind");
+    let server = QuicServer::bind(member.clone(), "127.0.0.1:0".parse().expect("addr"), &tls)
+        .expect("bind")
+        .with_max_connections(connections);
     let url = format!(
         "quic://127.0.0.1:{}",
         server.local_addr().expect("addr").port()
@@ -260,6 +266,29 @@ async fn quic_client_refuses_an_untrusted_server() {
         .await
         .expect_err("untrusted certificate");
     assert!(err.to_string().contains("connecting"), "{err}");
+}
+
+/// A client past the server's connection limit is refused at the
+/// handshake; the clients already connected keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_connections_past_the_limit_are_refused() {
+    let f = start_serving_at_most(2).await;
+    let get = RangeRequest {
+        key: Bytes::from_static(b"a"),
+        ..Default::default()
+    };
+    let (a, b) = (client(&f), client(&f));
+    a.put(&put("a", "1")).await.expect("first connection");
+    b.range(&get).await.expect("second connection");
+    let c = client(&f);
+    let third = tokio::time::timeout(Duration::from_secs(5), c.range(&get)).await;
+    assert!(
+        !matches!(third, Ok(Ok(_))),
+        "a third connection was served: {third:?}"
+    );
+    let r = a.range(&get).await.expect("first connection still served");
+    assert_eq!(r.kvs.len(), 1);
+    b.range(&get).await.expect("second connection still served");
 }
 
 /// Another store's auto certificate: a valid certificate that is not the

@@ -30,6 +30,10 @@ const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Streams one connection may have open at once (a watch each, plus
 /// requests in flight).
 const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
+/// Connections a member's QUIC client endpoint serves at once; a client
+/// past it is refused at the handshake (an API server holds one per
+/// member, so this is room for thousands of clients, not a tuning knob).
+pub const MAX_CONNECTIONS: usize = 4096;
 /// QUIC stream error code for a stream the server gave up on.
 const STREAM_ERROR: u32 = 1;
 
@@ -45,6 +49,8 @@ struct Services {
 pub struct QuicServer {
     endpoint: quinn::Endpoint,
     services: Arc<Services>,
+    /// One permit per connection being served.
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for QuicServer {
@@ -108,7 +114,18 @@ impl QuicServer {
             ),
             max_request_frame: max_request_bytes.saturating_add(REQUEST_OVERHEAD_BYTES),
         });
-        Ok(QuicServer { endpoint, services })
+        Ok(QuicServer {
+            endpoint,
+            services,
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        })
+    }
+
+    /// Serves at most `n` connections at once instead of
+    /// [`MAX_CONNECTIONS`].
+    pub fn with_max_connections(mut self, n: usize) -> QuicServer {
+        self.connections = Arc::new(tokio::sync::Semaphore::new(n));
+        self
     }
 
     /// The bound address.
@@ -127,8 +144,18 @@ impl QuicServer {
                     None => break,
                 },
             };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    remote = %incoming.remote_address(),
+                    "QUIC client refused: too many connections"
+                );
+                incoming.refuse();
+                continue;
+            };
             let services = self.services.clone();
             tokio::spawn(async move {
+                // Held until the connection ends.
+                let _permit = permit;
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
