@@ -15,11 +15,10 @@ use std::sync::Arc;
 
 use http_body_util::Empty;
 use hyper::body::{Bytes, Incoming};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use keel_storage::quic::tls::{AcceptAnyPeer, Signatures};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
 use crate::https_client::{open, OpenError, Timeouts};
@@ -236,7 +235,9 @@ fn client_config(
         ),
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyKubelet(provider.clone()))),
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyPeer(Signatures(
+                provider.clone(),
+            )))),
     };
     let mut cfg = match identity {
         Some((chain, key)) => builder
@@ -290,57 +291,6 @@ pub fn kubelet_port(node: &Value) -> u16 {
         .filter(|p| *p > 0)
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(DEFAULT_PORT)
-}
-
-/// Accepts any kubelet certificate (no `--kubelet-certificate-authority`,
-/// or `insecureSkipTLSVerifyBackend`), but still checks that the handshake
-/// is signed by the presented certificate's key.
-#[derive(Debug)]
-struct AnyKubelet(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyKubelet {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use keel_raft::transport::pki::{self, provider, Signatures};
+use keel_raft::transport::pki::{self, provider};
+/// The handshake-signature checks and the accept-any-chain verifier, for
+/// the API server's kubelet client (which has no keel-raft dependency).
+pub use keel_raft::transport::pki::{AcceptAnyPeer, Signatures};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
