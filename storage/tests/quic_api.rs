@@ -391,3 +391,26 @@ async fn quic_client_fails_over_to_the_next_endpoint() {
         t.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_dial_to_a_port_nobody_listens_on_is_refused_not_timed_out() {
+    // A member whose process is gone: its port answers with ICMP port
+    // unreachable, which the client takes as a refusal at once (its dial
+    // timeout is far longer than this test may run).
+    let f = start().await;
+    let dead = format!("quic://127.0.0.1:{}", free_udp_port());
+    let mut cfg = ClientConfig::new(vec![dead], f.cert_pem.clone());
+    cfg.connect_timeout = Duration::from_secs(600);
+    let c = Client::new(cfg).expect("client");
+    let e = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.range(&RangeRequest {
+            key: Bytes::from_static(b"k"),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("the dial ended before its own timeout")
+    .expect_err("nobody listens");
+    assert!(e.to_string().contains("connection refused"), "{e}");
+}

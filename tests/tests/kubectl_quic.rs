@@ -150,6 +150,17 @@ fn apiserver_over_quic_on_three_members_crud_watch_and_failover() {
         "the client failed over\n{}",
         api.log()
     );
+    // It noticed the killed member from its port's refusal (ICMP port
+    // unreachable), as a TCP client notices a RST, not from a timeout.
+    assert!(
+        !api.log_lines_with("refused by the member's port")
+            .iter()
+            .filter(|l| l.contains(&first))
+            .collect::<Vec<_>>()
+            .is_empty(),
+        "the client saw {first} refuse\n{}",
+        api.log()
+    );
     // A watch through the new member.
     let (mut watcher, rx) = watch_configmaps(&api, "quic");
     std::thread::sleep(Duration::from_millis(700));

@@ -3,6 +3,11 @@
 //! one, as etcd's client pins one), and fail over to the next endpoint when
 //! it cannot be reached.
 //!
+//! Each connection has a UDP socket of its own, connected to its member,
+//! so that a member whose process is gone is noticed when its port
+//! refuses a datagram, as TCP notices a RST (see [`super::connected_socket`]),
+//! rather than after the idle timeout.
+//!
 //! A broken connection is redialed on the next request; an endpoint that
 //! could not be dialed is skipped for a backoff (`backoff_min` doubling up
 //! to `backoff_max`) while another one can be tried. A request that was
@@ -13,7 +18,6 @@
 //! breaks ends with an error, and the caller watches again from the last
 //! revision it saw (as with gRPC).
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use prost::Message;
 
+use super::connected_socket;
 use super::wire::{self, Method, TAG_ERROR, TAG_OK};
 use super::{parse_quic_url, QuicError};
 use crate::proto::etcdserverpb::{
@@ -83,7 +88,8 @@ struct Target {
 
 #[derive(Debug, Default)]
 struct TargetState {
-    conn: Option<quinn::Connection>,
+    /// The connection, on an endpoint (socket) of its own.
+    conn: Option<(quinn::Connection, quinn::Endpoint)>,
     /// Dials failed in a row.
     failures: u32,
     /// No dial before this.
@@ -98,7 +104,8 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    endpoint: quinn::Endpoint,
+    /// QUIC and TLS settings of every dial.
+    quinn: quinn::ClientConfig,
     targets: Vec<Target>,
     /// The endpoint requests go to first.
     pinned: AtomicUsize,
@@ -107,7 +114,12 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.endpoint.close(0u32.into(), b"client dropped");
+        for t in &mut self.targets {
+            if let Some((conn, endpoint)) = t.state.get_mut().conn.take() {
+                conn.close(0u32.into(), b"client dropped");
+                endpoint.close(0u32.into(), b"client dropped");
+            }
+        }
     }
 }
 
@@ -147,21 +159,9 @@ impl Client {
         tc.max_concurrent_uni_streams(0u32.into());
         tc.max_concurrent_bidi_streams(0u32.into());
         client.transport_config(Arc::new(tc));
-        let any: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
-        let endpoint = match quinn::Endpoint::client(any) {
-            Ok(e) => e,
-            // No IPv6 on this host: an IPv4 socket.
-            Err(_) => {
-                let any4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
-                quinn::Endpoint::client(any4)
-                    .map_err(|source| QuicError::Bind { addr: any4, source })?
-            }
-        };
-        let mut endpoint = endpoint;
-        endpoint.set_default_client_config(client);
         Ok(Client {
             inner: Arc::new(Inner {
-                endpoint,
+                quinn: client,
                 targets,
                 pinned: AtomicUsize::new(0),
                 cfg,
@@ -185,7 +185,7 @@ impl Client {
     async fn connection(&self, i: usize) -> Result<quinn::Connection, QuicError> {
         let target = &self.inner.targets[i];
         let mut st = target.state.lock().await;
-        if let Some(c) = &st.conn {
+        if let Some((c, _)) = &st.conn {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
             }
@@ -202,10 +202,10 @@ impl Client {
         }
         let dialed = self.dial(target).await;
         match dialed {
-            Ok(c) => {
+            Ok((c, endpoint)) => {
                 st.failures = 0;
                 st.retry_at = None;
-                st.conn = Some(c.clone());
+                st.conn = Some((c.clone(), endpoint));
                 tracing::info!(endpoint = %target.url, "QUIC store connection up");
                 Ok(c)
             }
@@ -223,29 +223,53 @@ impl Client {
         }
     }
 
-    async fn dial(&self, target: &Target) -> Result<quinn::Connection, String> {
+    /// Dials `target` on a socket of its own, connected to the member's
+    /// address (see [`super::connected_socket`]): the dial fails, and later
+    /// the connection closes, as soon as the member's port refuses a
+    /// datagram (its process is gone), instead of after a timeout.
+    async fn dial(&self, target: &Target) -> Result<(quinn::Connection, quinn::Endpoint), String> {
         let addr = tokio::net::lookup_host(&target.hostport)
             .await
             .map_err(|e| e.to_string())?
             .next()
             .ok_or_else(|| "no address".to_string())?;
-        // An IPv6 socket reaches IPv4 addresses as mapped ones.
-        let addr = match (addr, self.inner.endpoint.local_addr()) {
-            (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
-                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+        let (endpoint, refusal) =
+            connected_socket::endpoint_to(addr).map_err(|e| format!("UDP socket: {e}"))?;
+        let dialed = async {
+            let connecting = endpoint
+                .connect_with(self.inner.quinn.clone(), addr, &target.host)
+                .map_err(|e| e.to_string())?;
+            tokio::select! {
+                r = tokio::time::timeout(self.inner.cfg.connect_timeout, connecting) => match r {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("timed out".to_string()),
+                },
+                () = refusal.wait() => Err("connection refused".to_string()),
             }
-            (a, _) => a,
-        };
-        let connecting = self
-            .inner
-            .endpoint
-            .connect(addr, &target.host)
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.inner.cfg.connect_timeout, connecting).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".into()),
         }
+        .await;
+        let conn = match dialed {
+            Ok(c) => c,
+            Err(e) => {
+                endpoint.close(0u32.into(), b"dial failed");
+                return Err(e);
+            }
+        };
+        // Close at the first refusal: every stream on it fails at once, and
+        // the next request dials again or fails over.
+        let watched = conn.clone();
+        let url = target.url.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = refusal.wait() => {
+                    tracing::info!(endpoint = %url, "QUIC store connection refused by the member's port (its process is gone): closing it");
+                    watched.close(0u32.into(), b"peer port unreachable");
+                }
+                _ = watched.closed() => {}
+            }
+        });
+        Ok((conn, endpoint))
     }
 
     /// Opens a stream on the first endpoint that takes one, starting at the

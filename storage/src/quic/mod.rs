@@ -10,6 +10,8 @@
 //! - [`server`]: the member's endpoint ([`QuicServer`]).
 //! - [`client`]: the client ([`Client`]): one connection per endpoint,
 //!   reconnect with backoff, failover between endpoints.
+//! - `connected_socket`: the client's per-connection UDP socket, which
+//!   notices a member whose port refuses datagrams (its process is gone).
 //! - [`tls`]: certificates of the endpoint and the client's trust.
 //! - `wire`: framing.
 //!
@@ -66,6 +68,7 @@
 //! with the plain-HTTP gRPC port.
 
 pub mod client;
+mod connected_socket;
 pub mod server;
 pub mod tls;
 mod wire;
