@@ -48,8 +48,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// QUIC keep-alive interval.
     pub keep_alive: Duration,
-    /// A connection silent for this long is dead (a crashed member is
-    /// noticed after it, unless it restarted and reset the connection).
+    /// A connection silent for this long is dead: how long a member whose
+    /// host is gone or cut off takes to be noticed. (A member whose process
+    /// died on a reachable host is noticed at once: its port refuses.)
     pub idle_timeout: Duration,
     /// First wait before redialing an endpoint that failed.
     pub backoff_min: Duration,

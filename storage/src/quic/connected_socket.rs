@@ -20,7 +20,6 @@ use std::task::{Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 /// Set once the peer's port refused a datagram; waited on by the client.
@@ -33,8 +32,8 @@ use tokio::io::Interest;
 pub(crate) struct Refusal {
     refused: AtomicBool,
     notify: tokio::sync::Notify,
-    /// A duplicate of the socket's descriptor, registered for errors.
-    errors: AsyncFd<std::net::UdpSocket>,
+    /// A duplicate of the socket's descriptor, watched for errors.
+    errors: tokio::net::UdpSocket,
 }
 
 impl Refusal {
@@ -61,8 +60,8 @@ impl Refusal {
             tokio::select! {
                 () = &mut notified => {}
                 r = self.errors.ready(Interest::ERROR), if watch_errors => match r {
-                    Ok(mut ready) => {
-                        match self.errors.get_ref().take_error() {
+                    Ok(_) => {
+                        match self.errors.take_error() {
                             Ok(Some(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
                                 self.raise()
                             }
@@ -71,7 +70,12 @@ impl Refusal {
                             }
                             Ok(None) | Err(_) => {}
                         }
-                        ready.clear_ready();
+                        // tokio keeps the error readiness until an
+                        // operation reports WouldBlock: clear it, or the
+                        // next `ready` would return at once.
+                        let _ = self.errors.try_io(Interest::ERROR, || {
+                            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                        });
                     }
                     // Not watchable: rely on the receive path alone.
                     Err(_) => watch_errors = false,
@@ -103,9 +107,25 @@ impl AsyncUdpSocket for ConnectedSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.io.try_io(Interest::WRITABLE, || {
-            self.state.send((&self.io).into(), transmit)
-        })
+        let sent = self.io.try_io(Interest::WRITABLE, || {
+            self.state.try_send((&self.io).into(), transmit)
+        });
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            Err(e) => {
+                // The socket's pending error is reported by whichever call
+                // comes first, here or in a receive.
+                if e.kind() == io::ErrorKind::ConnectionRefused {
+                    self.refusal.raise();
+                } else {
+                    // As quinn's socket: a lost datagram, which QUIC
+                    // retransmits (EMSGSIZE: an MTU probe too large).
+                    tracing::debug!(error = %e, "QUIC store client: UDP send error");
+                }
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
     }
 
     fn poll_recv(
@@ -176,7 +196,7 @@ pub(crate) fn endpoint_to(peer: SocketAddr) -> io::Result<(quinn::Endpoint, Arc<
     let refusal = Arc::new(Refusal {
         refused: AtomicBool::new(false),
         notify: tokio::sync::Notify::new(),
-        errors: AsyncFd::with_interest(sock.try_clone()?, Interest::ERROR)?,
+        errors: tokio::net::UdpSocket::from_std(sock.try_clone()?)?,
     });
     let socket = Arc::new(ConnectedSocket {
         io: tokio::net::UdpSocket::from_std(sock)?,
