@@ -204,6 +204,7 @@ pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
         reads: HashMap::new(),
         ev_tx,
         sent_hs: HardState::default(),
+        held_commit: None,
         lease,
     };
     tokio::spawn(driver.run(rx, ev_rx, incoming, parts.tick));
@@ -225,6 +226,9 @@ struct Driver {
     ev_tx: mpsc::UnboundedSender<Event>,
     /// The hard state last handed to the persister.
     sent_hs: HardState,
+    /// A hard state that moved only the commit index, held back until the
+    /// next batch that goes to the persister anyway (see `process_ready`).
+    held_commit: Option<HardState>,
     commit_hint: super::commit_hint::CommitHint,
     waiters: Arc<Waiters>,
     /// The leader's read lease (linearizable reads without a round trip).
@@ -534,6 +538,32 @@ impl Driver {
         if let Some(hs) = hard_state.or(commit_only) {
             self.sent_hs = hs;
         }
+        // A commit-only hard state does not wake the persister by itself
+        // (one more write and thread wake-up per commit): it rides with the
+        // next batch. Until then the commit hint, written above before the
+        // entries were handed to the apply thread, is what a restart after
+        // a crash of the process learns the commit index from; after a
+        // power cut both may be older, and an unsynced hard state could be
+        // lost the same way.
+        let commit_only = match (commit_only, hard_state) {
+            (_, Some(_)) => {
+                self.held_commit = None;
+                None
+            }
+            (Some(hs), None) => {
+                if entries.is_empty() && persisted_messages.is_empty() {
+                    self.held_commit = Some(hs);
+                    None
+                } else {
+                    self.held_commit = None;
+                    Some(hs)
+                }
+            }
+            (None, None) if !entries.is_empty() || !persisted_messages.is_empty() => {
+                self.held_commit.take()
+            }
+            (None, None) => None,
+        };
         if !entries.is_empty()
             || hard_state.is_some()
             || commit_only.is_some()
