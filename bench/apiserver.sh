@@ -23,29 +23,7 @@ else
   CREATES=30000 RATE=1000 WATCHERS=10000 PODS=100 LIST_OBJECTS=10000 LISTS=50
 fi
 
-# The API server reaches the store over its native QUIC client API, as
-# under `keel up`, pinning the members' self-signed certificates.
-KEEL_QUIC=1 start_cluster keel 3 23400
-QUIC_EPS=""; : >"$WORK/store-quic-certs.pem"
-for i in 0 1 2; do
-  QUIC_EPS="$QUIC_EPS${QUIC_EPS:+,}quic://127.0.0.1:$((23470 + i + 50))"
-  for _ in $(seq 1 100); do [ -s "$WORK/keel$i/fixtures/client/cert.pem" ] && break; sleep 0.05; done
-  cat "$WORK/keel$i/fixtures/client/cert.pem" >>"$WORK/store-quic-certs.pem"
-done
-API_PORT=23490
-$KEEL kubeconfig --cert-dir "$WORK/pki" --server "https://127.0.0.1:$API_PORT" --output "$WORK/kubeconfig" >/dev/null
-$KEEL apiserver --etcd-servers "$QUIC_EPS" --etcd-cafile "$WORK/store-quic-certs.pem" --secure-port $API_PORT \
-  --bind-address 127.0.0.1 --cert-dir "$WORK/pki" >>"$WORK/apiserver.log" 2>&1 &
-API_PID=$!
-disown "$API_PID"
-echo "$API_PID" >>"$PIDFILE"
-for _ in $(seq 1 600); do
-  curl -sf --cacert "$WORK/pki/ca.crt" "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -sf --cacert "$WORK/pki/ca.crt" "https://127.0.0.1:$API_PORT/readyz" >/dev/null || {
-  echo "API server not ready" >&2; tail -n 30 "$WORK/apiserver.log" >&2; exit 1
-}
+start_keel_with_apiserver
 
 OUT="$WORK/out"; mkdir -p "$OUT"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)

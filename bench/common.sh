@@ -89,3 +89,32 @@ machine() {
   [ -z "$(git status --porcelain -- raft storage src Cargo.toml)" ] || rev="$rev + uncommitted changes"
   echo "$(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r); disk: $disk; $(etcd --version | head -1); keel $rev"
 }
+
+# start_keel_with_apiserver: a 3-member keel store (client ports 23470+i,
+# QUIC client API on 23520+i) and one API server on https://127.0.0.1:23490
+# reaching it over QUIC, as under `keel up`, pinning the members'
+# self-signed certificates; waits until it is ready. Sets $API_PID,
+# $API_PORT, $PIDS (the members), and writes $WORK/kubeconfig.
+start_keel_with_apiserver() {
+  KEEL_QUIC=1 start_cluster keel 3 23400
+  QUIC_EPS=""; : >"$WORK/store-quic-certs.pem"
+  for i in 0 1 2; do
+    QUIC_EPS="$QUIC_EPS${QUIC_EPS:+,}quic://127.0.0.1:$((23470 + i + 50))"
+    for _ in $(seq 1 100); do [ -s "$WORK/keel$i/fixtures/client/cert.pem" ] && break; sleep 0.05; done
+    cat "$WORK/keel$i/fixtures/client/cert.pem" >>"$WORK/store-quic-certs.pem"
+  done
+  API_PORT=23490
+  $KEEL kubeconfig --cert-dir "$WORK/pki" --server "https://127.0.0.1:$API_PORT" --output "$WORK/kubeconfig" >/dev/null
+  $KEEL apiserver --etcd-servers "$QUIC_EPS" --etcd-cafile "$WORK/store-quic-certs.pem" --secure-port $API_PORT \
+    --bind-address 127.0.0.1 --cert-dir "$WORK/pki" >>"$WORK/apiserver.log" 2>&1 &
+  API_PID=$!
+  disown "$API_PID"
+  echo "$API_PID" >>"$PIDFILE"
+  for _ in $(seq 1 600); do
+    curl -sf --cacert "$WORK/pki/ca.crt" "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -sf --cacert "$WORK/pki/ca.crt" "https://127.0.0.1:$API_PORT/readyz" >/dev/null || {
+    echo "API server not ready" >&2; tail -n 30 "$WORK/apiserver.log" >&2; exit 1
+  }
+}
