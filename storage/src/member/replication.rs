@@ -205,6 +205,7 @@ pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
         ev_tx,
         sent_hs: HardState::default(),
         held_commit: None,
+        hint_failed: false,
         lease,
     };
     tokio::spawn(driver.run(rx, ev_rx, incoming, parts.tick));
@@ -224,11 +225,13 @@ struct Driver {
     /// Pending linearizable reads, by context.
     reads: HashMap<Vec<u8>, oneshot::Sender<u64>>,
     ev_tx: mpsc::UnboundedSender<Event>,
-    /// The hard state last handed to the persister.
+    /// The hard state last handed to the persister, or held for it.
     sent_hs: HardState,
     /// A hard state that moved only the commit index, held back until the
     /// next batch that goes to the persister anyway (see `process_ready`).
     held_commit: Option<HardState>,
+    /// The last commit-hint write failed.
+    hint_failed: bool,
     commit_hint: super::commit_hint::CommitHint,
     waiters: Arc<Waiters>,
     /// The leader's read lease (linearizable reads without a round trip).
@@ -513,8 +516,12 @@ impl Driver {
         if let Some(last) = committed_entries.last() {
             // Noted before anything is applied: a restart must never know
             // less than what clients may have seen (see commit_hint).
-            if let Err(e) = self.commit_hint.record(last.index) {
-                tracing::warn!(error = %e, "could not write the commit hint");
+            match self.commit_hint.record(last.index) {
+                Ok(()) => self.hint_failed = false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not write the commit hint");
+                    self.hint_failed = true;
+                }
             }
         }
         if !committed_entries.is_empty()
@@ -542,16 +549,17 @@ impl Driver {
         // (one more write and thread wake-up per commit): it rides with the
         // next batch. Until then the commit hint, written above before the
         // entries were handed to the apply thread, is what a restart after
-        // a crash of the process learns the commit index from; after a
-        // power cut both may be older, and an unsynced hard state could be
-        // lost the same way.
+        // a crash of the process learns the commit index from (so while the
+        // hint cannot be written, the hard state goes at once, as before);
+        // after a power cut both may be older, and an unsynced hard state
+        // could be lost the same way.
         let commit_only = match (commit_only, hard_state) {
             (_, Some(_)) => {
                 self.held_commit = None;
                 None
             }
             (Some(hs), None) => {
-                if entries.is_empty() && persisted_messages.is_empty() {
+                if entries.is_empty() && persisted_messages.is_empty() && !self.hint_failed {
                     self.held_commit = Some(hs);
                     None
                 } else {

@@ -190,7 +190,11 @@ impl Client {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
             }
-            st.conn = None;
+        }
+        if let Some((_, endpoint)) = st.conn.take() {
+            // Its connection is gone: free its socket now, not when a
+            // dial finally succeeds.
+            endpoint.close(0u32.into(), b"connection lost");
         }
         let connect_err = |reason: String| QuicError::Connect {
             endpoint: target.url.clone(),

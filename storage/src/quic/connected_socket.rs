@@ -11,6 +11,7 @@
 //! closes a connection as soon as the member's port refuses a datagram.
 
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,15 +32,47 @@ use tokio::io::Interest;
 #[derive(Debug)]
 pub(crate) struct Refusal {
     refused: AtomicBool,
+    /// The socket reported some error (a refusal or another).
+    errored: AtomicBool,
     notify: tokio::sync::Notify,
-    /// A duplicate of the socket's descriptor, watched for errors.
-    errors: tokio::net::UdpSocket,
+    /// A duplicate of the socket's descriptor, watched for errors (Linux).
+    errors: Option<tokio::net::UdpSocket>,
 }
 
 impl Refusal {
-    fn raise(&self) {
-        self.refused.store(true, Ordering::SeqCst);
-        self.notify.notify_waiters();
+    fn new(errors: Option<tokio::net::UdpSocket>) -> Refusal {
+        Refusal {
+            refused: AtomicBool::new(false),
+            errored: AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
+            errors,
+        }
+    }
+
+    /// Takes note of an error the socket reported: a refusal is raised;
+    /// any error leaves the socket "write closed" for tokio (see
+    /// [`Writable`]).
+    fn note(&self, e: &io::Error) {
+        self.errored.store(true, Ordering::SeqCst);
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            self.refused.store(true, Ordering::SeqCst);
+            self.notify.notify_waiters();
+        } else {
+            tracing::debug!(error = %e, "QUIC store client: UDP socket error");
+        }
+    }
+
+    /// Resolves once a refusal was raised by the send or receive path.
+    async fn notified_refusal(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_raised() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether a refusal was seen.
@@ -49,6 +82,9 @@ impl Refusal {
 
     /// Resolves once the peer's port refused a datagram.
     pub(crate) async fn wait(&self) {
+        let Some(errors) = &self.errors else {
+            return self.notified_refusal().await;
+        };
         let mut watch_errors = true;
         loop {
             let notified = self.notify.notified();
@@ -59,23 +95,25 @@ impl Refusal {
             }
             tokio::select! {
                 () = &mut notified => {}
-                r = self.errors.ready(Interest::ERROR), if watch_errors => match r {
+                r = errors.ready(Interest::ERROR), if watch_errors => match r {
                     Ok(_) => {
-                        match self.errors.take_error() {
-                            Ok(Some(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                                self.raise()
-                            }
-                            Ok(Some(e)) => {
-                                tracing::debug!(error = %e, "QUIC store client: UDP socket error")
-                            }
-                            Ok(None) | Err(_) => {}
-                        }
-                        // tokio keeps the error readiness until an
-                        // operation reports WouldBlock: clear it, or the
-                        // next `ready` would return at once.
-                        let _ = self.errors.try_io(Interest::ERROR, || {
-                            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                        // Taken inside `try_io`: tokio clears the error
+                        // readiness only when this reports WouldBlock (no
+                        // error left), so one that arrives meanwhile is
+                        // seen on the next round, not lost.
+                        let taken = errors.try_io(Interest::ERROR, || match errors.take_error() {
+                            Ok(Some(e)) => Ok(e),
+                            Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+                            Err(e) => Err(e),
                         });
+                        match taken {
+                            Ok(e) => self.note(&e),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => {
+                                tracing::debug!(error = %e, "QUIC store client: SO_ERROR unreadable");
+                                watch_errors = false;
+                            }
+                        }
                     }
                     // Not watchable: rely on the receive path alone.
                     Err(_) => watch_errors = false,
@@ -103,7 +141,10 @@ impl fmt::Debug for ConnectedSocket {
 
 impl AsyncUdpSocket for ConnectedSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(Writable(self))
+        Box::pin(Writable {
+            socket: self,
+            backoff: None,
+        })
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
@@ -114,14 +155,10 @@ impl AsyncUdpSocket for ConnectedSocket {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
             Err(e) => {
                 // The socket's pending error is reported by whichever call
-                // comes first, here or in a receive.
-                if e.kind() == io::ErrorKind::ConnectionRefused {
-                    self.refusal.raise();
-                } else {
-                    // As quinn's socket: a lost datagram, which QUIC
-                    // retransmits (EMSGSIZE: an MTU probe too large).
-                    tracing::debug!(error = %e, "QUIC store client: UDP send error");
-                }
+                // comes first, here or in a receive. Otherwise as quinn's
+                // socket: a lost datagram, which QUIC retransmits (EMSGSIZE:
+                // an MTU probe too large).
+                self.refusal.note(&e);
                 Ok(())
             }
             Ok(()) => Ok(()),
@@ -142,9 +179,8 @@ impl AsyncUdpSocket for ConnectedSocket {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 // Readiness was stale: poll again (registers the waker).
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => self.refusal.raise(),
                 // Other errors (as quinn's socket does): skip and go on.
-                Err(e) => tracing::debug!(error = %e, "QUIC store client: UDP receive error"),
+                Err(e) => self.refusal.note(&e),
             }
         }
     }
@@ -168,36 +204,63 @@ impl AsyncUdpSocket for ConnectedSocket {
 
 /// Send readiness for quinn. Each endpoint carries one connection, which
 /// has one poller, so tokio's single send-readiness waker is enough.
-struct Writable(Arc<ConnectedSocket>);
+///
+/// Once the socket reported an error, tokio takes it as "write closed" for
+/// good and reports it writable at every poll; quinn polls only after a
+/// send would block, and would then retry at once, for as long as the send
+/// buffer stays full. So after an error, a send that would block is retried
+/// after a millisecond instead.
+struct Writable {
+    socket: Arc<ConnectedSocket>,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
 
 impl fmt::Debug for Writable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Writable").finish()
+        f.debug_struct("Writable").finish_non_exhaustive()
     }
 }
 
 impl UdpPoller for Writable {
     fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-        self.0.io.poll_send_ready(cx)
+        let this = self.get_mut();
+        if this.socket.refusal.errored.load(Ordering::SeqCst) {
+            let sleep = this.backoff.get_or_insert_with(|| {
+                Box::pin(tokio::time::sleep(std::time::Duration::from_millis(1)))
+            });
+            std::task::ready!(sleep.as_mut().poll(cx));
+            this.backoff = None;
+            return Poll::Ready(Ok(()));
+        }
+        this.socket.io.poll_send_ready(cx)
     }
 }
 
 /// A client endpoint whose socket is connected to `peer` (bound to the
 /// unspecified address of its family), and the refusal it reports.
+///
+/// Linux only: elsewhere (the BSDs, macOS) a connected socket refuses the
+/// destination address quinn-udp gives every send, so the socket stays
+/// unconnected there and no refusal is ever raised (the idle timeout
+/// notices a dead member, as with quinn's own socket).
 pub(crate) fn endpoint_to(peer: SocketAddr) -> io::Result<(quinn::Endpoint, Arc<Refusal>)> {
     let bind: SocketAddr = match peer {
         SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let sock = std::net::UdpSocket::bind(bind)?;
-    sock.connect(peer)?;
+    let linux = cfg!(target_os = "linux");
+    if linux {
+        sock.connect(peer)?;
+    }
     let state = UdpSocketState::new((&sock).into())?;
     sock.set_nonblocking(true)?;
-    let refusal = Arc::new(Refusal {
-        refused: AtomicBool::new(false),
-        notify: tokio::sync::Notify::new(),
-        errors: tokio::net::UdpSocket::from_std(sock.try_clone()?)?,
-    });
+    let errors = if linux {
+        Some(tokio::net::UdpSocket::from_std(sock.try_clone()?)?)
+    } else {
+        None
+    };
+    let refusal = Arc::new(Refusal::new(errors));
     let socket = Arc::new(ConnectedSocket {
         io: tokio::net::UdpSocket::from_std(sock)?,
         state,
