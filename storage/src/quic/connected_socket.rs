@@ -82,42 +82,37 @@ impl Refusal {
 
     /// Resolves once the peer's port refused a datagram.
     pub(crate) async fn wait(&self) {
+        tokio::select! {
+            () = self.notified_refusal() => {}
+            () = self.watch_errors() => {}
+        }
+    }
+
+    /// Reads the socket's errors as the kernel reports them; never ends.
+    async fn watch_errors(&self) {
         let Some(errors) = &self.errors else {
-            return self.notified_refusal().await;
+            return std::future::pending().await;
         };
-        let mut watch_errors = true;
         loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_raised() {
-                return;
+            if errors.ready(Interest::ERROR).await.is_err() {
+                // Not watchable: the send and receive paths still note.
+                return std::future::pending().await;
             }
-            tokio::select! {
-                () = &mut notified => {}
-                r = errors.ready(Interest::ERROR), if watch_errors => match r {
-                    Ok(_) => {
-                        // Taken inside `try_io`: tokio clears the error
-                        // readiness only when this reports WouldBlock (no
-                        // error left), so one that arrives meanwhile is
-                        // seen on the next round, not lost.
-                        let taken = errors.try_io(Interest::ERROR, || match errors.take_error() {
-                            Ok(Some(e)) => Ok(e),
-                            Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
-                            Err(e) => Err(e),
-                        });
-                        match taken {
-                            Ok(e) => self.note(&e),
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(e) => {
-                                tracing::debug!(error = %e, "QUIC store client: SO_ERROR unreadable");
-                                watch_errors = false;
-                            }
-                        }
-                    }
-                    // Not watchable: rely on the receive path alone.
-                    Err(_) => watch_errors = false,
-                },
+            // Taken inside `try_io`: tokio clears the error readiness only
+            // when this reports WouldBlock (no error left), so one that
+            // arrives meanwhile is seen on the next round, not lost.
+            let taken = errors.try_io(Interest::ERROR, || match errors.take_error() {
+                Ok(Some(e)) => Ok(e),
+                Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e),
+            });
+            match taken {
+                Ok(e) => self.note(&e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "QUIC store client: SO_ERROR unreadable");
+                    return std::future::pending().await;
+                }
             }
         }
     }
