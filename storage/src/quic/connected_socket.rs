@@ -76,7 +76,7 @@ impl Refusal {
     }
 
     /// Whether a refusal was seen.
-    pub(crate) fn is_raised(&self) -> bool {
+    fn is_raised(&self) -> bool {
         self.refused.load(Ordering::SeqCst)
     }
 
