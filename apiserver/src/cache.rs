@@ -182,6 +182,16 @@ struct Inner {
     base: i64,
     /// `None` once the store watch has failed.
     tx: Option<broadcast::Sender<Arc<Event>>>,
+    /// `tx`'s number (see [`Subscription::channel`]).
+    channel: u64,
+}
+
+/// A new broadcast channel for a cache's watchers, and its number: no two
+/// channels of this process share one.
+fn new_channel() -> (broadcast::Sender<Arc<Event>>, u64) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (broadcast::channel(FANOUT).0, number)
 }
 
 /// The watch cache of one resource type (one store prefix).
@@ -201,6 +211,10 @@ pub struct Subscription {
     pub replay: Vec<Arc<Event>>,
     /// Everything after them.
     pub live: broadcast::Receiver<Arc<Event>>,
+    /// Which channel `live` reads: it tells apart the channels of
+    /// different caches, and of one cache before and after its watches
+    /// were ended ([`crate::local_wake`] keys its relays by it).
+    pub channel: u64,
 }
 
 impl Cache {
@@ -223,7 +237,7 @@ impl Cache {
                 Some(kick.clone()),
             )
             .await?;
-        let (tx, _) = broadcast::channel(FANOUT);
+        let (tx, channel) = new_channel();
         let cache = Arc::new(Cache {
             inner: Mutex::new(Inner {
                 state: page
@@ -235,6 +249,7 @@ impl Cache {
                 window: VecDeque::new(),
                 base: page.revision,
                 tx: Some(tx),
+                channel,
             }),
             kind,
             kick,
@@ -384,7 +399,8 @@ impl Cache {
     fn end_watches(&self) {
         if let Ok(mut inner) = self.inner.lock() {
             if inner.tx.is_some() {
-                inner.tx = Some(broadcast::channel(FANOUT).0);
+                let (tx, channel) = new_channel();
+                (inner.tx, inner.channel) = (Some(tx), channel);
             }
         }
     }
@@ -418,6 +434,7 @@ impl Cache {
         Some(Subscription {
             replay,
             live: tx.subscribe(),
+            channel: inner.channel,
         })
     }
 
@@ -510,7 +527,7 @@ mod tests {
     use keel_storage::proto::mvccpb;
 
     fn cache_at(rev: i64) -> Cache {
-        let (tx, _) = broadcast::channel(FANOUT);
+        let (tx, channel) = new_channel();
         Cache {
             inner: Mutex::new(Inner {
                 state: BTreeMap::new(),
@@ -518,6 +535,7 @@ mod tests {
                 window: VecDeque::new(),
                 base: rev,
                 tx: Some(tx),
+                channel,
             }),
             kind: "Pod",
             kick: Arc::new(tokio::sync::Notify::new()),

@@ -2,6 +2,9 @@
 //!
 //! Table of contents:
 //! - [`server`]: HTTPS (rustls), client-certificate users, the accept loop.
+//! - [`conn_threads`]: each connection (and its HTTP/2 streams) on one
+//!   thread; handlers on the shared runtime; [`local_wake`]: a watch event
+//!   wakes a connection thread's streams from that thread.
 //! - [`coalesce`]: many small HTTP/2 frames in one TLS write per flush.
 //! - [`tls`]: the cluster CA, serving and client certificates, kubeconfig files.
 //! - [`auth`]: the user of a client certificate (CN = user, O = groups).
@@ -41,6 +44,7 @@ pub mod authz;
 pub mod cache;
 pub mod coalesce;
 pub mod compactor;
+pub(crate) mod conn_threads;
 pub mod controllers;
 pub mod crd;
 pub mod defaults;
@@ -48,6 +52,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod https_client;
 pub mod kubelet;
+pub(crate) mod local_wake;
 pub mod metrics;
 pub mod object;
 pub mod openapi;
@@ -93,6 +98,9 @@ pub enum Error {
     /// The audit log file.
     #[error("audit log: {0}")]
     Audit(std::io::Error),
+    /// Starting the connection threads.
+    #[error("starting the connection threads: {0}")]
+    ConnThreads(std::io::Error),
     /// Binding the listening socket.
     #[error("listening on {addr}: {source}")]
     Bind {

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{user_from_der, User};
+use crate::conn_threads::ConnThreads;
 use crate::handlers::{self, App};
 use crate::store::Store;
 use crate::tls;
@@ -190,6 +191,8 @@ impl Server {
             .with_state(self.app.clone());
         tokio::pin!(shutdown);
         let connections = tokio_util::task::TaskTracker::new();
+        let conn_threads = ConnThreads::per_core().map_err(Error::ConnThreads)?;
+        let shared = tokio::runtime::Handle::current();
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => {
@@ -216,54 +219,75 @@ impl Server {
             };
             let _ = tcp.set_nodelay(true);
             widen_send_buffer(&tcp);
+            // Moved to its connection thread's runtime there.
+            let tcp = match tcp.into_std() {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "could not hand a connection over");
+                    continue;
+                }
+            };
             let acceptor = self.acceptor.clone();
-            let router = router.clone();
+            let (router, shared) = (router.clone(), shared.clone());
             let (stopping, stop) = (self.app.stopping.clone(), background.stop.clone());
             // Tracked apart from the background tasks: a stopping server
             // waits for its connections to drain before it stops the rest.
-            connections.spawn(stop.clone().run_until_cancelled_owned(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
+            conn_threads.spawn(|executor| {
+                connections.track_future(stop.clone().run_until_cancelled_owned(async move {
+                    let tcp = match tokio::net::TcpStream::from_std(tcp) {
+                        Ok(tcp) => tcp,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "could not register a connection");
+                            return;
+                        }
+                    };
+                    let tls =
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let user = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|der| user_from_der(der))
+                        .unwrap_or_else(User::anonymous);
+                    let svc = hyper::service::service_fn(
+                        move |mut req: hyper::Request<hyper::body::Incoming>| {
+                            req.extensions_mut().insert(user.clone());
+                            req.extensions_mut().insert(crate::handlers::PeerAddr(peer));
+                            ConnThreads::handler(
+                                &shared,
+                                tower::ServiceExt::oneshot(router.clone(), req.map(Body::new)),
+                            )
+                        },
+                    );
+                    let builder = hyper_util::server::conn::auto::Builder::new(executor);
+                    let conn = builder
+                        .serve_connection(TokioIo::new(crate::coalesce::Coalesce::new(tls)), svc);
+                    tokio::pin!(conn);
+                    let ended = tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = stopping.cancelled() => {
+                            // HTTP/2: GOAWAY, then the streams in flight finish;
+                            // HTTP/1.1: the request in flight finishes, then the
+                            // connection closes.
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = ended {
+                        tracing::debug!(%peer, error = %e, "connection ended");
                     }
-                    Err(_) => return,
-                };
-                let user = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|der| user_from_der(der))
-                    .unwrap_or_else(User::anonymous);
-                let svc = hyper::service::service_fn(
-                    move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(user.clone());
-                        req.extensions_mut().insert(crate::handlers::PeerAddr(peer));
-                        tower::ServiceExt::oneshot(router.clone(), req.map(Body::new))
-                    },
-                );
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let conn = builder
-                    .serve_connection(TokioIo::new(crate::coalesce::Coalesce::new(tls)), svc);
-                tokio::pin!(conn);
-                let ended = tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = stopping.cancelled() => {
-                        // HTTP/2: GOAWAY, then the streams in flight finish;
-                        // HTTP/1.1: the request in flight finishes, then the
-                        // connection closes.
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                if let Err(e) = ended {
-                    tracing::debug!(%peer, error = %e, "connection ended");
-                }
-            }));
+                }))
+            });
         }
     }
 

@@ -234,6 +234,7 @@ impl Watcher {
             w: Watcher,
             replay: std::vec::IntoIter<std::sync::Arc<crate::cache::Event>>,
             live: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::cache::Event>>,
+            channel: u64,
             // One timer for the whole watch, not one per event.
             expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
         }
@@ -241,6 +242,7 @@ impl Watcher {
             w: self,
             replay: sub.replay.into_iter(),
             live: sub.live,
+            channel: sub.channel,
             expiry: Box::pin(tokio::time::sleep_until(deadline)),
         };
         futures::stream::unfold(state, |mut st| async move {
@@ -253,7 +255,7 @@ impl Watcher {
                     None if st.expiry.deadline() <= tokio::time::Instant::now() => return None,
                     None => tokio::select! {
                         biased;
-                        ev = st.live.recv() => ev.ok()?,
+                        ev = crate::local_wake::recv(st.channel, &mut st.live) => ev?,
                         _ = &mut st.expiry => return None,
                     },
                 };

@@ -1,0 +1,206 @@
+//! Connection threads: each served connection, with the HTTP/2 stream
+//! tasks hyper spawns for it, lives on one thread of a small pool (one
+//! thread per core, each a tokio current-thread runtime). Request handlers
+//! still run on the shared multi-thread runtime (see [`ConnThreads::handler`]).
+//!
+//! Why: a watch event reaches every watch stream of a connection from the
+//! stream's own task. On the shared runtime those tasks spread over all
+//! workers as they are stolen, so the workers take turns on the
+//! connection's HTTP/2 state (one lock per connection in h2) and wake each
+//! other, and the connection task flushes while another worker is still
+//! adding frames. On one thread the stream tasks run one after another and
+//! the connection's write coalescing ([`crate::coalesce`]) sends them all
+//! in one write. Measured with 10,000 watchers over 100 connections
+//! (`bench/apiserver.sh`'s watch step, 2 cores): see `bench/RESULTS.md`.
+//!
+//! Handlers do not run here because a thread has no one to steal its work:
+//! a 20 MB list encoded on a connection thread would hold up every other
+//! connection of that thread for its whole length.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::{Builder, Handle};
+use tokio::sync::oneshot;
+
+use crate::local_wake;
+
+/// The pool. Dropping it stops the threads; the tasks still on them are
+/// dropped with their runtimes.
+pub(crate) struct ConnThreads {
+    threads: Vec<Handle>,
+    next: AtomicUsize,
+    /// Dropped with the pool: each thread's runtime ends then.
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+impl ConnThreads {
+    /// Starts `n` threads (at least one).
+    pub(crate) fn start(n: usize) -> std::io::Result<ConnThreads> {
+        let n = n.max(1);
+        let (mut threads, mut stops) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            let rt = Builder::new_current_thread().enable_all().build()?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            threads.push(rt.handle().clone());
+            stops.push(stop);
+            std::thread::Builder::new()
+                .name(format!("keel-api-conn-{i}"))
+                .spawn(move || {
+                    crate::local_wake::mark_conn_thread();
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+        }
+        Ok(ConnThreads {
+            threads,
+            next: AtomicUsize::new(0),
+            _stop: stops,
+        })
+    }
+
+    /// One thread per core this process may use.
+    pub(crate) fn per_core() -> std::io::Result<ConnThreads> {
+        Self::start(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// Runs a connection's future, made by `conn` from the executor its
+    /// HTTP/2 stream tasks are to be spawned with, on the next thread, in
+    /// turn.
+    pub(crate) fn spawn<F>(&self, conn: impl FnOnce(ConnExecutor) -> F)
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // Connection numbers start at 1 (0 is no connection).
+        let id = n as u64 + 1;
+        let fut = local_wake::conn_scoped(id, conn(ConnExecutor { conn: id }));
+        drop(self.threads[n % self.threads.len()].spawn(fut));
+    }
+
+    /// Runs a request's handler `fut` on the shared runtime `shared` and
+    /// returns its response to the connection thread. Dropping the returned
+    /// future (the client reset the stream) drops the handler, as if it
+    /// had run in place; a handler that panicked answers 500.
+    pub(crate) fn handler<F, R>(
+        shared: &Handle,
+        fut: F,
+    ) -> impl Future<Output = Result<R, std::convert::Infallible>> + Send + 'static
+    where
+        F: Future<Output = Result<R, std::convert::Infallible>> + Send + 'static,
+        R: Send + 'static + From<Panicked>,
+    {
+        let task = tokio_util::task::AbortOnDropHandle::new(shared.spawn(fut));
+        async move {
+            match task.await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::error!(error = %e, "request handler failed");
+                    Ok(R::from(Panicked))
+                }
+            }
+        }
+    }
+}
+
+/// hyper's executor for one connection's stream tasks: they run on the
+/// connection's thread, as tasks of that connection
+/// ([`local_wake::conn_scoped`]).
+#[derive(Clone, Copy)]
+pub(crate) struct ConnExecutor {
+    conn: u64,
+}
+
+impl<F> hyper::rt::Executor<F> for ConnExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        drop(tokio::spawn(local_wake::conn_scoped(self.conn, fut)));
+    }
+}
+
+/// A request handler that did not finish (it panicked, or the runtime is
+/// stopping): the response is a bare 500.
+pub(crate) struct Panicked;
+
+impl From<Panicked> for axum::response::Response {
+    fn from(_: Panicked) -> Self {
+        let mut r = axum::response::Response::new(axum::body::Body::empty());
+        *r.status_mut() = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_take_turns_and_stay_on_their_thread() {
+        let pool = ConnThreads::start(2).expect("threads");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..4 {
+            let tx = tx.clone();
+            pool.spawn(|_| async move {
+                let first = std::thread::current().id();
+                // What the connection spawns stays on its thread.
+                let inner = tokio::spawn(async { std::thread::current().id() })
+                    .await
+                    .expect("inner task");
+                let _ = tx.send((first, inner));
+            });
+        }
+        drop(tx);
+        let mut seen = Vec::new();
+        while let Some((first, inner)) = rx.recv().await {
+            assert_eq!(first, inner, "a connection's tasks share its thread");
+            seen.push(first);
+        }
+        seen.sort_by_key(|t| format!("{t:?}"));
+        seen.dedup();
+        assert_eq!(seen.len(), 2, "four connections over two threads use both");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handlers_run_on_the_shared_runtime_and_a_panic_answers_500() {
+        let pool = ConnThreads::start(1).expect("threads");
+        let shared = Handle::current();
+        let (tx, rx) = oneshot::channel();
+        pool.spawn(|_| async move {
+            let conn_thread = std::thread::current().id();
+            let ok = ConnThreads::handler(&shared, async {
+                Ok::<_, std::convert::Infallible>(axum::response::Response::new(
+                    axum::body::Body::from(format!("{:?}", std::thread::current().id())),
+                ))
+            })
+            .await;
+            let failed = ConnThreads::handler(&shared, async {
+                if true {
+                    panic!("a handler bug");
+                }
+                Ok::<axum::response::Response, _>(axum::response::Response::default())
+            })
+            .await;
+            let _ = tx.send((conn_thread, ok, failed));
+        });
+        let (conn_thread, ok, failed) = rx.await.expect("connection ran");
+        let ok = ok.expect("infallible");
+        let body = axum::body::to_bytes(ok.into_body(), 1024)
+            .await
+            .expect("body");
+        assert_ne!(
+            body,
+            format!("{conn_thread:?}").as_bytes(),
+            "handler ran elsewhere"
+        );
+        let failed = failed.expect("infallible");
+        assert_eq!(
+            failed.status(),
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}
