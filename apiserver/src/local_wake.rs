@@ -213,6 +213,13 @@ mod tests {
         ev.revision()
     }
 
+    /// `fut`'s output, or a failed test if a wake-up went missing.
+    async fn within<F: std::future::IntoFuture>(fut: F) -> F::Output {
+        tokio::time::timeout(std::time::Duration::from_secs(10), fut)
+            .await
+            .expect("no wake-up within 10 s")
+    }
+
     /// On a connection thread, streams get every event in order through
     /// the lane, a lag ends them as a direct receive would, and a closed
     /// channel ends them and its relay.
@@ -241,7 +248,7 @@ mod tests {
         }
         drop(tx);
         for _ in 0..3 {
-            let revs = got_rx.recv().await.expect("a stream ended");
+            let revs = within(got_rx.recv()).await.expect("a stream ended");
             assert_eq!(revs, vec![1, 2, 3, 4, 5]);
         }
     }
@@ -257,7 +264,11 @@ mod tests {
         pool.spawn(|_| async move {
             let _ = done_tx.send(recv(1, &mut rx).await.map(|e| rev(&e)));
         });
-        assert_eq!(done_rx.await.expect("ran"), None, "lagged: the stream ends");
+        assert_eq!(
+            within(done_rx).await.expect("ran"),
+            None,
+            "lagged: the stream ends"
+        );
         // Channel 1 closes; channel 2 (another cache, or the same one
         // after its watches were ended) gets a relay of its own.
         drop(tx);
@@ -268,7 +279,11 @@ mod tests {
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         tx2.send(progress(9)).expect("subscriber");
-        assert_eq!(done_rx.await.expect("ran"), Some(9));
+        assert_eq!(
+            within(done_rx).await.expect("ran"),
+            Some(9),
+            "woken by the relay"
+        );
     }
 
     #[tokio::test]
