@@ -213,7 +213,7 @@ pub struct Subscription {
     pub live: broadcast::Receiver<Arc<Event>>,
     /// Which channel `live` reads: it tells apart the channels of
     /// different caches, and of one cache before and after its watches
-    /// were ended ([`crate::local_wake`] keys its relays by it).
+    /// were ended (`local_wake` keys its relays by it).
     pub channel: u64,
 }
 

@@ -25,39 +25,71 @@ use tokio::sync::oneshot;
 
 use crate::local_wake;
 
-/// The pool. Dropping it stops the threads; the tasks still on them are
-/// dropped with their runtimes.
+/// The pool. [`ConnThreads::stop`] stops the threads and waits for them;
+/// dropping the pool stops them without waiting. Either way the tasks
+/// still on a thread are dropped with its runtime, on that thread.
 pub(crate) struct ConnThreads {
     threads: Vec<Handle>,
     next: AtomicUsize,
-    /// Dropped with the pool: each thread's runtime ends then.
-    _stop: Vec<oneshot::Sender<()>>,
+    /// Dropped to stop the threads: each thread's runtime ends then.
+    stops: Vec<oneshot::Sender<()>>,
+    joins: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl ConnThreads {
     /// Starts `n` threads (at least one).
     pub(crate) fn start(n: usize) -> std::io::Result<ConnThreads> {
         let n = n.max(1);
-        let (mut threads, mut stops) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut pool = ConnThreads {
+            threads: Vec::with_capacity(n),
+            next: AtomicUsize::new(0),
+            stops: Vec::with_capacity(n),
+            joins: Vec::with_capacity(n),
+        };
         for i in 0..n {
-            let rt = Builder::new_current_thread().enable_all().build()?;
             let (stop, stopped) = oneshot::channel::<()>();
-            threads.push(rt.handle().clone());
-            stops.push(stop);
-            std::thread::Builder::new()
+            let (started, handle) = std::sync::mpsc::sync_channel(1);
+            // The runtime is built, run and dropped on its own thread: a
+            // runtime may not be dropped on a runtime's thread (here, if
+            // the spawn failed), and a failed build is reported back.
+            let join = std::thread::Builder::new()
                 .name(format!("keel-api-conn-{i}"))
                 .spawn(move || {
-                    crate::local_wake::mark_conn_thread();
+                    let rt = match Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = started.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = started.send(Ok(rt.handle().clone()));
+                    local_wake::mark_conn_thread();
                     rt.block_on(async {
                         let _ = stopped.await;
                     });
                 })?;
+            // On failure `pool` drops: the threads started so far stop.
+            let handle = handle
+                .recv()
+                .map_err(|_| std::io::Error::other("a connection thread ended at its start"))??;
+            pool.threads.push(handle);
+            pool.stops.push(stop);
+            pool.joins.push(join);
         }
-        Ok(ConnThreads {
-            threads,
-            next: AtomicUsize::new(0),
-            _stop: stops,
+        Ok(pool)
+    }
+
+    /// Stops the threads and waits until they are gone, with the
+    /// connections and tasks they still ran.
+    pub(crate) async fn stop(mut self) {
+        self.stops.clear();
+        let joins = std::mem::take(&mut self.joins);
+        let _ = tokio::task::spawn_blocking(move || {
+            for j in joins {
+                let _ = j.join();
+            }
         })
+        .await;
     }
 
     /// One thread per core this process may use.
@@ -137,32 +169,78 @@ impl From<Panicked> for axum::response::Response {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
+    /// Connections take turns over the threads; what hyper spawns through a
+    /// connection's executor runs on that connection's thread, as a task of
+    /// that connection.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn connections_take_turns_and_stay_on_their_thread() {
+    async fn connections_take_turns_and_their_streams_stay_with_them() {
         let pool = ConnThreads::start(2).expect("threads");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..4 {
             let tx = tx.clone();
-            pool.spawn(|_| async move {
-                let first = std::thread::current().id();
-                // What the connection spawns stays on its thread.
-                let inner = tokio::spawn(async { std::thread::current().id() })
-                    .await
-                    .expect("inner task");
-                let _ = tx.send((first, inner));
+            pool.spawn(|executor| async move {
+                let conn = (std::thread::current().id(), local_wake::current_conn());
+                let (stream_tx, stream_rx) = oneshot::channel();
+                hyper::rt::Executor::execute(&executor, async move {
+                    let stream = (std::thread::current().id(), local_wake::current_conn());
+                    let _ = stream_tx.send(stream);
+                });
+                let stream = stream_rx.await.expect("the stream task ran");
+                let _ = tx.send((conn, stream));
             });
         }
         drop(tx);
-        let mut seen = Vec::new();
-        while let Some((first, inner)) = rx.recv().await {
-            assert_eq!(first, inner, "a connection's tasks share its thread");
-            seen.push(first);
+        let (mut threads, mut conns) = (Vec::new(), Vec::new());
+        while let Some((conn, stream)) = rx.recv().await {
+            assert_eq!(
+                conn, stream,
+                "a stream runs on its connection's thread, in its scope"
+            );
+            assert_ne!(conn.1, 0, "a connection has a number");
+            threads.push(format!("{:?}", conn.0));
+            conns.push(conn.1);
         }
-        seen.sort_by_key(|t| format!("{t:?}"));
-        seen.dedup();
-        assert_eq!(seen.len(), 2, "four connections over two threads use both");
+        threads.sort();
+        threads.dedup();
+        assert_eq!(
+            threads.len(),
+            2,
+            "four connections over two threads use both"
+        );
+        conns.sort();
+        conns.dedup();
+        assert_eq!(conns.len(), 4, "every connection has a number of its own");
+        assert_eq!(local_wake::current_conn(), 0, "no connection out here");
+    }
+
+    /// `stop` returns once the threads are gone, and what they ran has been
+    /// dropped by then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_waits_for_the_threads_and_drops_their_tasks() {
+        struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let pool = ConnThreads::start(2).expect("threads");
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (running_tx, running) = oneshot::channel();
+        let guard = Dropped(dropped.clone());
+        pool.spawn(move |_| async move {
+            let _guard = guard;
+            let _ = running_tx.send(());
+            std::future::pending::<()>().await;
+        });
+        running.await.expect("the connection started");
+        tokio::time::timeout(std::time::Duration::from_secs(10), pool.stop())
+            .await
+            .expect("the threads stopped");
+        assert!(dropped.load(Ordering::SeqCst), "the connection was dropped");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

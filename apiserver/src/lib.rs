@@ -2,8 +2,8 @@
 //!
 //! Table of contents:
 //! - [`server`]: HTTPS (rustls), client-certificate users, the accept loop.
-//! - [`conn_threads`]: each connection (and its HTTP/2 streams) on one
-//!   thread; handlers on the shared runtime; [`local_wake`]: a watch event
+//! - `conn_threads`: each connection (and its HTTP/2 streams) on one
+//!   thread; handlers on the shared runtime; `local_wake`: a watch event
 //!   wakes a connection thread's streams from that thread.
 //! - [`coalesce`]: many small HTTP/2 frames in one TLS write per flush.
 //! - [`tls`]: the cluster CA, serving and client certificates, kubeconfig files.

@@ -56,6 +56,12 @@ pub(crate) fn mark_conn_thread() {
     LANES.with(|l| *l.borrow_mut() = Some(Vec::new()));
 }
 
+/// The connection whose task is being polled on this thread (0: none).
+#[cfg(test)]
+pub(crate) fn current_conn() -> u64 {
+    CONN.with(|c| c.get())
+}
+
 /// Polls `fut` as a task of connection `conn` (see [`ConnScoped`]).
 pub(crate) fn conn_scoped<F: Future>(conn: u64, fut: F) -> ConnScoped<F> {
     ConnScoped { conn, fut }
@@ -181,6 +187,10 @@ pub(crate) async fn recv(
     let Some(notify) = lane(channel, rx) else {
         return rx.recv().await.ok();
     };
+    // `try_recv` spends none of the task's cooperative budget, as `recv`
+    // does: a stream that skips most events (a selector) or has a backlog
+    // still gives the thread back every so often.
+    tokio::task::consume_budget().await;
     loop {
         match rx.try_recv() {
             Ok(ev) => return Some(ev),
@@ -250,6 +260,56 @@ mod tests {
         for _ in 0..3 {
             let revs = within(got_rx.recv()).await.expect("a stream ended");
             assert_eq!(revs, vec![1, 2, 3, 4, 5]);
+        }
+    }
+
+    /// One event at a time, each awaited at every stream before the next
+    /// is sent: a lost wake-up is a stream that never gets its event (the
+    /// channel is neither closed nor full to wake it some other way).
+    /// Streams run as hyper's would: several per connection, spawned
+    /// through the connection's executor, some yielding between events.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_event_wakes_every_waiting_stream() {
+        const CONNS: usize = 4;
+        const STREAMS: usize = 3;
+        let pool = crate::conn_threads::ConnThreads::start(2).expect("threads");
+        let (tx, _) = broadcast::channel::<Arc<Event>>(64);
+        let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+        for c in 0..CONNS {
+            let receivers: Vec<_> = (0..STREAMS).map(|_| tx.subscribe()).collect();
+            let got = got_tx.clone();
+            pool.spawn(move |executor| async move {
+                for (s, mut rx) in receivers.into_iter().enumerate() {
+                    let got = got.clone();
+                    hyper::rt::Executor::execute(&executor, async move {
+                        while let Some(ev) = recv(5, &mut rx).await {
+                            let _ = got.send((c, s, rev(&ev)));
+                            if (c + s) % 2 == 0 {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                    });
+                }
+                std::future::pending::<()>().await;
+            });
+        }
+        drop(got_tx);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        for r in 1..=200 {
+            tx.send(progress(r)).expect("subscribers");
+            let mut seen = Vec::new();
+            for _ in 0..CONNS * STREAMS {
+                let (c, s, got) = within(got_rx.recv()).await.expect("streams run");
+                assert_eq!(got, r, "stream {s} of connection {c}");
+                seen.push((c, s));
+            }
+            seen.sort();
+            seen.dedup();
+            assert_eq!(
+                seen.len(),
+                CONNS * STREAMS,
+                "event {r} reached every stream once"
+            );
         }
     }
 

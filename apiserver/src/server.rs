@@ -197,6 +197,9 @@ impl Server {
             let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => {
                     self.drain(&connections).await;
+                    // What the connection threads still run ends with
+                    // them, while the shared runtime's timers still tick.
+                    conn_threads.stop().await;
                     background.stop.cancel();
                     background.tracker.close();
                     if tokio::time::timeout(Duration::from_secs(5), background.tracker.wait())

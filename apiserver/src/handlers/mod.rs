@@ -1,5 +1,5 @@
 //! Request handling: path parsing into a [`Target`], the verb dispatch and
-//! the request log line. The verbs live in [`read`] and [`write`]; watches
+//! the request log line. The verbs live in [`read`] and [`write`](mod@write); watches
 //! in [`crate::watch`].
 
 pub mod logs;
