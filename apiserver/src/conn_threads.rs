@@ -8,10 +8,12 @@
 //! workers as they are stolen, so the workers take turns on the
 //! connection's HTTP/2 state (one lock per connection in h2) and wake each
 //! other, and the connection task flushes while another worker is still
-//! adding frames. On one thread the stream tasks run one after another and
-//! the connection's write coalescing ([`crate::coalesce`]) sends them all
-//! in one write. Measured with 10,000 watchers over 100 connections
-//! (`bench/apiserver.sh`'s watch step, 2 cores): see `bench/RESULTS.md`.
+//! adding frames. On one thread, and woken from that thread a connection
+//! at a time ([`crate::local_wake`]), a connection's stream tasks run one
+//! after another, and its write coalescing ([`crate::coalesce`]) sends
+//! their frames together. Measured with 10,000 watchers over 100
+//! connections (`bench/apiserver.sh`'s watch step, 2 cores): see
+//! `bench/RESULTS.md`.
 //!
 //! Handlers do not run here because a thread has no one to steal its work:
 //! a 20 MB list encoded on a connection thread would hold up every other
