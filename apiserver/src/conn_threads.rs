@@ -19,9 +19,11 @@
 //! a 20 MB list encoded on a connection thread would hold up every other
 //! connection of that thread for its whole length.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use axum::response::Response;
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 
@@ -117,14 +119,14 @@ impl ConnThreads {
     /// Runs a request's handler `fut` on the shared runtime `shared` and
     /// returns its response to the connection thread. Dropping the returned
     /// future (the client reset the stream) drops the handler, as if it
-    /// had run in place; a handler that panicked answers 500.
-    pub(crate) fn handler<F, R>(
+    /// had run in place; a handler that did not finish (it panicked, or the
+    /// runtime is stopping) answers a bare 500.
+    pub(crate) fn handler<F>(
         shared: &Handle,
         fut: F,
-    ) -> impl Future<Output = Result<R, std::convert::Infallible>> + Send + 'static
+    ) -> impl Future<Output = Result<Response, Infallible>> + Send + 'static
     where
-        F: Future<Output = Result<R, std::convert::Infallible>> + Send + 'static,
-        R: Send + 'static + From<Panicked>,
+        F: Future<Output = Result<Response, Infallible>> + Send + 'static,
     {
         let task = tokio_util::task::AbortOnDropHandle::new(shared.spawn(fut));
         async move {
@@ -132,7 +134,9 @@ impl ConnThreads {
                 Ok(answer) => answer,
                 Err(e) => {
                     tracing::error!(error = %e, "request handler failed");
-                    Ok(R::from(Panicked))
+                    let mut r = Response::new(axum::body::Body::empty());
+                    *r.status_mut() = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    Ok(r)
                 }
             }
         }
@@ -154,18 +158,6 @@ where
 {
     fn execute(&self, fut: F) {
         drop(tokio::spawn(local_wake::conn_scoped(self.conn, fut)));
-    }
-}
-
-/// A request handler that did not finish (it panicked, or the runtime is
-/// stopping): the response is a bare 500.
-pub(crate) struct Panicked;
-
-impl From<Panicked> for axum::response::Response {
-    fn from(_: Panicked) -> Self {
-        let mut r = axum::response::Response::new(axum::body::Body::empty());
-        *r.status_mut() = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
-        r
     }
 }
 
