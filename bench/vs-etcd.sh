@@ -6,17 +6,21 @@
 #                              writes bench/results/<date>.{json,md,svg}
 #                              (keel/etcd ratios, targets met or missed,
 #                              latency distributions) and prints the table.
+#                              First the floor: fdatasync, loopback TCP, and
+#                              the put/get workloads with targets against
+#                              `keel-bench null-server` (gRPC, no store).
 #   bench/vs-etcd.sh --quick   the same with small totals, results left in
 #                              the work dir (a smoke test of the script).
 #   bench/vs-etcd.sh --single  single-member etcd vs keel (1-client put vs
 #                              fdatasync, 100 clients, restart time and RSS
-#                              with 1M keys); markdown on stdout.
+#                              with 1M keys), with the null server's rows;
+#                              markdown on stdout.
 #
 # Installs etcd from apt if missing. Only talks to 127.0.0.1 (ports
 # 23000-23999). Environment: BENCH_DIR (work dir parent, default target/),
 # KEEP_WORK=1 keeps data dirs and logs, BENCH_RESTART_KEYS (--single).
 MODE=${1:-matrix}
-case $MODE in matrix | --quick | --single) ;; *) sed -n '2,19p' "$0"; exit 2 ;; esac
+case $MODE in matrix | --quick | --single) ;; *) sed -n '2,22p' "$0"; exit 2 ;; esac
 NAME=vs-etcd
 # shellcheck source=bench/common.sh
 source "$(dirname "$0")/common.sh"
@@ -34,7 +38,11 @@ single() {
   echo "| workload | target | p50 ms | p99 ms | ops/s |"
   echo "|---|---|---|---|---|"
   declare -A pid port
-  port[etcd]=23790; port[keel]=23791
+  port[etcd]=23790; port[keel]=23791; port[null]=23792
+  # The serving stack's floor: a gRPC server that stores nothing.
+  $BENCH null-server --listen 127.0.0.1:${port[null]} >>"$WORK/null-server.log" 2>&1 &
+  pid[null]=$!; disown "${pid[null]}"; echo "${pid[null]}" >> "$PIDFILE"
+  wait_up http://127.0.0.1:${port[null]}
   for t in etcd keel; do
     start_member $t ${t}1 ${port[$t]} $((port[$t] + 10)) "${t}1=$([ $t = etcd ] && echo http || echo quic)://127.0.0.1:$((port[$t] + 10))"
     pid[$t]=$PID
@@ -48,11 +56,14 @@ single() {
       "$(echo "$(echo "$out" | field p99_us) / 1000" | bc -l)" \
       "$(echo "$out" | field ops_per_s)"
   }
-  for t in etcd keel; do
+  for t in null etcd keel; do
     row "put, 1 client" --conns 1 --clients 1 --total 3000 put --key-space-size 100000
     row "put, 100 clients / 10 conns" --conns 10 --clients 100 --total 50000 put --key-space-size 100000
     row "get (linearizable), 1 client" --conns 1 --clients 1 --total 5000 range foo
   done
+  stop_pids "${pid[null]}"
+  echo
+  echo "(null: \`keel-bench null-server\`, keel's gRPC serving stack answering at once and storing nothing; the floor of any store served this way, measured by the same client.)"
   echo
   echo "| restart with $keys keys | target | load ops/s | restart to serving s | RSS MB |"
   echo "|---|---|---|---|---|"
@@ -110,6 +121,19 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "floor: fdatasync and loopback RTT" >&2
 $BENCH --system floor --id fsync --label "4 KiB write + fdatasync" --json "$RES/00-fsync-floor.json" --summary-name fsync --total "$(n 2000)" fsync --dir "$WORK" | grep '^SUMMARY' >&2
 $BENCH --system floor --id rtt --label "loopback TCP round trip, 64 B" --json "$RES/00-rtt-floor.json" --summary-name rtt --total "$(n 20000)" rtt | grep '^SUMMARY' >&2
+# The serving stack's floor: the same client against a gRPC server that
+# stores nothing (keel-bench null-server), on the workloads with targets.
+echo "floor: null server" >&2
+$BENCH null-server --listen 127.0.0.1:23390 >>"$WORK/null-server.log" 2>&1 &
+NULL_PID=$!; disown "$NULL_PID"; echo "$NULL_PID" >> "$PIDFILE"
+SYS=null EPS=http://127.0.0.1:23390 PIDS=$NULL_PID
+wait_up "$EPS"
+seq_no=0
+b put-1c "put, 1 client" --conns 1 --clients 1 --total "$(n 3000)" put --key-space-size 100000
+b put-100c "put, 100 clients / 10 conns" --conns 10 --clients 100 --total "$(n 50000)" put --key-space-size 100000
+b put-1000c "put, 1000 clients / 100 conns" --conns 100 --clients 1000 --total "$(n 100000)" put --key-space-size 100000
+b get-l-1c "get linearizable, 1 client" --conns 1 --clients 1 --total "$(n 5000)" range foo --consistency l
+stop_pids "$NULL_PID"
 for SYS in etcd keel; do
   echo "3-member $SYS" >&2
   start_cluster "$SYS" 3 $([ "$SYS" = etcd ] && echo 23100 || echo 23200)

@@ -11,6 +11,7 @@ mod load;
 /// copies TLS records too.
 #[path = "../../src/memcpy.rs"]
 mod memcpy;
+mod null_server;
 mod report;
 mod stats;
 mod watch;
@@ -226,6 +227,15 @@ enum Cmd {
     /// Prints `--endpoints` reordered with the Raft leader first (Status
     /// RPC), so that single-connection workloads talk to the leader.
     Leader,
+    /// Serves an etcd KV gRPC service that stores nothing (every request
+    /// answered at once, empty) until killed: keel-bench's workloads run
+    /// against it measure the floor of gRPC over loopback and of this load
+    /// generator on this machine.
+    NullServer {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:2379")]
+        listen: String,
+    },
     /// Turns a directory of `--json` results into `<out>.json`, `<out>.md`
     /// (keel/etcd ratios, targets met or missed) and `<out>.svg`.
     Report {
@@ -262,6 +272,9 @@ async fn cli_main() -> Result<()> {
         report::write(dir, out, header)?;
         println!("wrote {}.{{json,md,svg}}", out.display());
         return Ok(());
+    }
+    if let Cmd::NullServer { listen } = &cli.cmd {
+        return null_server::serve(listen).await;
     }
     if let Cmd::Leader = &cli.cmd {
         println!("{}", load::leader_first(&endpoints(&cli)).await?.join(","));
@@ -314,6 +327,7 @@ async fn run(
         Cmd::Rtt { .. } => "rtt",
         Cmd::Report { .. } => "report",
         Cmd::Leader => "leader",
+        Cmd::NullServer { .. } => "null-server",
         Cmd::KubeCreate { .. } => "kube-create",
         Cmd::KubeList { .. } => "kube-list",
         Cmd::KubeWatch { .. } => "kube-watch",
@@ -481,6 +495,7 @@ async fn run(
         | Cmd::Rtt { .. }
         | Cmd::Report { .. }
         | Cmd::Leader
+        | Cmd::NullServer { .. }
         | Cmd::KubeCreate { .. }
         | Cmd::KubeList { .. }
         | Cmd::KubeWatch { .. } => {

@@ -221,6 +221,67 @@ fn cell(e: Option<f64>, k: Option<f64>) -> String {
     }
 }
 
+/// Each target set against the serving stack's floor: the same workload
+/// run against `keel-bench null-server` (system `null`), which answers
+/// every request at once and stores nothing. For a write, one fdatasync
+/// (the `fsync` floor's p50) is added: no durable write is faster. A goal
+/// whose absolute figure lies beyond that floor cannot be shown on this
+/// machine with this stack and load generator, whatever the store does.
+fn floor_section(m: &Matrix) -> String {
+    let fsync = m.get("fsync", "floor").map_or(0.0, |f| f.latency_ms.p50);
+    let rows: Vec<String> = m
+        .targets()
+        .iter()
+        .filter_map(|t| {
+            let null = m.get(t.target.id, "null")?;
+            let metric = t.target.metric;
+            let goal = t.target.bound * t.etcd;
+            let write = t.target.id.starts_with("put");
+            let floor = match metric {
+                Metric::P50 | Metric::P99 if write => metric.of(null) + fsync,
+                _ => metric.of(null),
+            };
+            let beyond = if metric.higher_is_better() {
+                floor < goal
+            } else {
+                floor > goal
+            };
+            let u = metric.unit();
+            let cpu = (null.count > 0).then(|| {
+                null.members.iter().map(|x| x.cpu_s).sum::<f64>() * 1e6 / null.count as f64
+            });
+            Some(format!(
+                "| {} | {} {u} | {} {u} | {} | {} {u} | {} {u} | {} |\n",
+                t.target.what,
+                num(goal),
+                num(metric.of(null)),
+                cpu.map_or("–".into(), num),
+                num(floor),
+                num(t.keel),
+                if beyond {
+                    "**beyond the floor**"
+                } else {
+                    "above the floor"
+                }
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = "\n### The goals against the serving stack's floor\n\n".to_string();
+    s += "The same workloads against `keel-bench null-server`: keel's gRPC serving stack \
+          answering every request at once, storing nothing, measured by the same client \
+          on the same cores. For writes the floor adds one fdatasync (p50). A goal beyond \
+          the floor cannot be reached on this machine by any store served this way.\n\n";
+    s += "| target | goal, absolute | null server | null server CPU µs per request | floor | keel | goal |\n";
+    s += "|---|---|---|---|---|---|---|\n";
+    for r in rows {
+        s += &r;
+    }
+    s
+}
+
 /// The markdown report: targets, every workload, CPU and memory.
 pub fn markdown(m: &Matrix, header: &str) -> String {
     let mut s = String::new();
@@ -251,6 +312,7 @@ pub fn markdown(m: &Matrix, header: &str) -> String {
             if t.met { "met" } else { "**missed**" }
         );
     }
+    s += &floor_section(m);
     s += "\n### All workloads (etcd / keel, ratio keel ÷ etcd)\n\n";
     s += "| workload | samples (etcd / keel) | p50 ms | p99 ms | p99.9 ms | throughput /s | errors |\n";
     s += "|---|---|---|---|---|---|---|\n";
@@ -460,7 +522,7 @@ pub fn write(dir: &Path, out: &Path, header: &str) -> Result<()> {
         results: m
             .order
             .iter()
-            .flat_map(|id| ["floor", "etcd", "keel"].map(|s| m.get(id, s)))
+            .flat_map(|id| ["floor", "null", "etcd", "keel"].map(|s| m.get(id, s)))
             .flatten()
             .collect(),
     };
@@ -534,6 +596,43 @@ mod tests {
             (short(0.05), short(2.0), short(2.5), short(150.0)),
             ("0.05".into(), "2".into(), "2.5".into(), "150".into())
         );
+    }
+
+    #[test]
+    fn goals_are_set_against_the_null_servers_floor() {
+        let m = Matrix::new(vec![
+            run("fsync", "floor", 0.2, 0.3, 1.0, 0.0),
+            // Latency: 0.4 × 1.0 ms = 0.4 ms; the floor 0.1 + 0.2 (fsync) = 0.3.
+            run("put-1c", "null", 0.1, 0.2, 9000.0, 10.0),
+            run("put-1c", "etcd", 1.0, 2.0, 1000.0, 100.0),
+            run("put-1c", "keel", 0.5, 1.0, 2000.0, 100.0),
+            // Throughput: 3 × 1000/s = 3000/s against a ceiling of 2500/s.
+            run("put-100c", "null", 0.1, 0.2, 2500.0, 10.0),
+            run("put-100c", "etcd", 1.0, 2.0, 1000.0, 100.0),
+            run("put-100c", "keel", 1.0, 2.0, 2000.0, 100.0),
+            // No null run: no row.
+            run("load-1m", "etcd", 1.0, 2.0, 1000.0, 600.0),
+            run("load-1m", "keel", 1.0, 2.0, 1000.0, 300.0),
+        ]);
+        let md = markdown(&m, "# h\n");
+        assert!(
+            md.contains("| put p50, 1 client | 0.400 ms | 0.100 ms | 100000 | 0.300 ms | 0.500 ms | above the floor |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| put throughput, 100 clients / 10 conns | 3000 /s | 2500 /s | 100000 | 2500 /s | 2000 /s | **beyond the floor** |"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("| RSS per member after 1M keys (largest member) | 0."),
+            "{md}"
+        );
+        // Without null runs there is no such section.
+        let plain = markdown(
+            &Matrix::new(vec![run("put-1c", "etcd", 1.0, 2.0, 1.0, 1.0)]),
+            "",
+        );
+        assert!(!plain.contains("serving stack's floor"), "{plain}");
     }
 
     #[test]
