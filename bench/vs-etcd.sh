@@ -7,8 +7,9 @@
 #                              (keel/etcd ratios, targets met or missed,
 #                              latency distributions) and prints the table.
 #                              First the floor: fdatasync, loopback TCP, and
-#                              the put/get workloads with targets against
-#                              `keel-bench null-server` (gRPC, no store).
+#                              the put/get/watch workloads with targets
+#                              against `keel-bench null-server` (gRPC, no
+#                              store).
 #   bench/vs-etcd.sh --quick   the same with small totals, results left in
 #                              the work dir (a smoke test of the script).
 #   bench/vs-etcd.sh --single  single-member etcd vs keel (1-client put vs
@@ -20,7 +21,7 @@
 # 23000-23999). Environment: BENCH_DIR (work dir parent, default target/),
 # KEEP_WORK=1 keeps data dirs and logs, BENCH_RESTART_KEYS (--single).
 MODE=${1:-matrix}
-case $MODE in matrix | --quick | --single) ;; *) sed -n '2,22p' "$0"; exit 2 ;; esac
+case $MODE in matrix | --quick | --single) ;; *) sed -n '2,23p' "$0"; exit 2 ;; esac
 NAME=vs-etcd
 # shellcheck source=bench/common.sh
 source "$(dirname "$0")/common.sh"
@@ -133,6 +134,8 @@ b put-1c "put, 1 client" --conns 1 --clients 1 --total "$(n 3000)" put --key-spa
 b put-100c "put, 100 clients / 10 conns" --conns 10 --clients 100 --total "$(n 50000)" put --key-space-size 100000
 b put-1000c "put, 1000 clients / 100 conns" --conns 100 --clients 1000 --total "$(n 100000)" put --key-space-size 100000
 b get-l-1c "get linearizable, 1 client" --conns 1 --clients 1 --total "$(n 5000)" range foo --consistency l
+b watch-lat-100 "watch latency, 100 watchers / 10 streams, 100 puts/s" --conns 10 watch-latency --watchers 100 --streams 10 --put-rate 100 --put-total "$(n 1000)"
+b watch-lat-1000 "watch latency, 1000 watchers / 100 streams, 100 puts/s" --conns 10 watch-latency --watchers 1000 --streams 100 --put-rate 100 --put-total "$(n 1000)"
 stop_pids "$NULL_PID"
 for SYS in etcd keel; do
   echo "3-member $SYS" >&2

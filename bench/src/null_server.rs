@@ -1,22 +1,42 @@
-//! The floor of the serving stack: an etcd KV gRPC server that stores
-//! nothing. Put, Range, DeleteRange, Txn and Compact answer at once with an
-//! empty response, over the same stack as a keel member's client port
-//! (tonic routes in an axum router, `axum::serve`, `TCP_NODELAY`, this
-//! binary's tokio runtime, set up as keel's). What keel-bench measures
-//! against it is what gRPC over loopback and the load generator cost on
-//! this machine with no store at all: the latency no store can go under,
-//! and the throughput no store can go over, with this client.
+//! The floor of the serving stack: an etcd KV and Watch gRPC server that
+//! stores nothing. Put, Range, DeleteRange, Txn and Compact answer at once
+//! with an empty response; a put is also handed, as it came, to the
+//! watchers whose key range holds its key (one event per watcher, a
+//! revision counted up per put, no history). It runs over the same stack
+//! as a keel member's client port (tonic routes in an axum router,
+//! `axum::serve`, `TCP_NODELAY`, this binary's tokio runtime, set up as
+//! keel's). What keel-bench measures against it is what gRPC over
+//! loopback and the load generator cost on this machine with no store at
+//! all: the latency no store can go under, and the throughput no store can
+//! go over, with this client.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use futures::Stream;
 use keel_storage::proto::etcdserverpb::{
     kv_server::{Kv, KvServer},
+    watch_request::RequestUnion,
+    watch_server::{Watch, WatchServer},
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, WatchRequest, WatchResponse,
 };
-use tonic::{Request, Response, Status};
+use keel_storage::proto::mvccpb::{Event, KeyValue};
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status, Streaming};
 
-/// The KV service that keeps nothing.
-struct Null;
+/// Puts not yet taken by every watch stream; a stream further behind
+/// loses events (the load generator counts them as not delivered).
+const EVENT_BACKLOG: usize = 1 << 16;
+
+/// The services that keep nothing: puts go to the watchers, and no further.
+#[derive(Clone)]
+struct Null {
+    revision: Arc<AtomicI64>,
+    puts: broadcast::Sender<Arc<KeyValue>>,
+}
 
 #[tonic::async_trait]
 impl Kv for Null {
@@ -24,7 +44,18 @@ impl Kv for Null {
         Ok(Response::new(RangeResponse::default()))
     }
 
-    async fn put(&self, _: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let p = req.into_inner();
+        let rev = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
+        // No watcher: nothing to hand on.
+        let _ = self.puts.send(Arc::new(KeyValue {
+            key: p.key,
+            value: p.value,
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+            lease: p.lease,
+        }));
         Ok(Response::new(PutResponse::default()))
     }
 
@@ -47,7 +78,92 @@ impl Kv for Null {
     }
 }
 
-/// Serves the null KV service on `listen` (`host:port`) until killed.
+/// One watcher of a stream: its id and key range (etcd's: an empty end is
+/// the key alone, `\0` every key from `key` on).
+struct Watcher {
+    id: i64,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+}
+
+impl Watcher {
+    fn wants(&self, k: &[u8]) -> bool {
+        match self.range_end.as_slice() {
+            [] => k == self.key.as_slice(),
+            [0] => k >= self.key.as_slice(),
+            end => k >= self.key.as_slice() && k < end,
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watch for Null {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let requests = req.into_inner();
+        let puts = self.puts.subscribe();
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(serve_watch_stream(requests, puts, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// One watch stream: creates and cancels its watchers, and sends each put
+/// to every one of them that wants it, until the client goes away.
+async fn serve_watch_stream(
+    mut requests: Streaming<WatchRequest>,
+    mut puts: broadcast::Receiver<Arc<KeyValue>>,
+    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+) {
+    let mut watchers: Vec<Watcher> = Vec::new();
+    let mut next_id = 0;
+    loop {
+        let out = tokio::select! {
+            req = requests.message() => match req {
+                Ok(Some(WatchRequest { request_union: Some(RequestUnion::CreateRequest(c)) })) => {
+                    let id = next_id;
+                    next_id += 1;
+                    watchers.push(Watcher { id, key: c.key.to_vec(), range_end: c.range_end.to_vec() });
+                    vec![WatchResponse { watch_id: id, created: true, ..Default::default() }]
+                }
+                Ok(Some(WatchRequest { request_union: Some(RequestUnion::CancelRequest(c)) })) => {
+                    watchers.retain(|w| w.id != c.watch_id);
+                    vec![WatchResponse { watch_id: c.watch_id, canceled: true, ..Default::default() }]
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            },
+            put = puts.recv() => match put {
+                Ok(kv) => watchers
+                    .iter()
+                    .filter(|w| w.wants(&kv.key))
+                    .map(|w| WatchResponse {
+                        watch_id: w.id,
+                        events: vec![Event { kv: Some((*kv).clone()), ..Default::default() }],
+                        ..Default::default()
+                    })
+                    .collect(),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        for resp in out {
+            if tx.send(Ok(resp)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Serves the null KV and Watch services on `listen` (`host:port`) until killed.
 pub async fn serve(listen: &str) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -55,10 +171,15 @@ pub async fn serve(listen: &str) -> Result<()> {
     serve_on(listener).await
 }
 
-/// Serves the null KV service on `listener` until killed.
+/// Serves the null KV and Watch services on `listener` until killed.
 async fn serve_on(listener: tokio::net::TcpListener) -> Result<()> {
     // `/health` as etcd answers it, so scripts wait for it as for a member.
-    let app = tonic::service::Routes::new(KvServer::new(Null))
+    let null = Null {
+        revision: Arc::new(AtomicI64::new(1)),
+        puts: broadcast::channel(EVENT_BACKLOG).0,
+    };
+    let app = tonic::service::Routes::new(KvServer::new(null.clone()))
+        .add_service(WatchServer::new(null))
         .prepare()
         .into_axum_router()
         .route(
@@ -71,13 +192,15 @@ async fn serve_on(listener: tokio::net::TcpListener) -> Result<()> {
     });
     axum::serve(listener, app)
         .await
-        .context("serving the null KV service")
+        .context("serving the null KV and Watch services")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_storage::proto::etcdserverpb::kv_client::KvClient;
+    use keel_storage::proto::etcdserverpb::{
+        kv_client::KvClient, watch_client::WatchClient, WatchCreateRequest,
+    };
 
     #[tokio::test]
     async fn answers_every_kv_request_empty_and_health() {
@@ -91,6 +214,26 @@ mod tests {
             .await
             .expect("connect");
         let mut kv = KvClient::new(ch[0].clone());
+        // A watcher on "k" and one on "other": only the first sees the put.
+        let (wtx, wrx) = futures::channel::mpsc::unbounded();
+        for key in [&b"k"[..], b"other"] {
+            wtx.unbounded_send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: key.to_vec().into(),
+                    ..Default::default()
+                })),
+            })
+            .expect("queue create");
+        }
+        let mut watch = WatchClient::new(ch[0].clone())
+            .watch(wrx)
+            .await
+            .expect("watch")
+            .into_inner();
+        for id in [0, 1] {
+            let r = watch.message().await.expect("created").expect("open");
+            assert!(r.created && r.watch_id == id, "{r:?}");
+        }
         let put = kv
             .put(PutRequest {
                 key: b"k".to_vec().into(),
@@ -101,6 +244,14 @@ mod tests {
             .expect("put")
             .into_inner();
         assert_eq!(put, PutResponse::default());
+        let r = watch.message().await.expect("event").expect("open");
+        assert_eq!(r.watch_id, 0, "{r:?}");
+        let kv0 = r.events[0].kv.clone().expect("kv");
+        assert_eq!(
+            (&kv0.key[..], &kv0.value[..], kv0.mod_revision),
+            (&b"k"[..], &b"v"[..], 2)
+        );
+        drop(wtx);
         let range = kv
             .range(RangeRequest {
                 key: b"k".to_vec().into(),
