@@ -2,14 +2,16 @@
 //! stores nothing. Put, Range, DeleteRange, Txn and Compact answer at once
 //! with an empty response; a put is also handed, as it came, to the
 //! watchers whose key range holds its key (one event per watcher, a
-//! revision counted up per put, no history). It runs over the same stack
+//! revision counted up per put, no history; a watch stream's responses
+//! are made as its response body polls for them). It runs over the same stack
 //! as a keel member's client port (tonic routes in an axum router,
 //! `axum::serve`, `TCP_NODELAY`, this binary's tokio runtime, set up as
 //! keel's). What keel-bench measures against it is what gRPC over
 //! loopback and the load generator cost on this machine with no store at
-//! all: the latency no store can go under, and the throughput no store can
-//! go over, with this client.
+//! all: a latency and a throughput that no store served this way can be
+//! expected to beat, with this client (within the spread between runs).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use keel_storage::proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, WatchRequest, WatchResponse,
 };
 use keel_storage::proto::mvccpb::{Event, KeyValue};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Puts not yet taken by every watch stream; a stream further behind
@@ -47,7 +49,10 @@ impl Kv for Null {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let p = req.into_inner();
         let rev = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
-        // No watcher: nothing to hand on.
+        if self.puts.receiver_count() == 0 {
+            return Ok(Response::new(PutResponse::default()));
+        }
+        // A watch stream gone since the count: nothing to hand on.
         let _ = self.puts.send(Arc::new(KeyValue {
             key: p.key,
             value: p.value,
@@ -106,59 +111,101 @@ impl Watch for Null {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        let requests = req.into_inner();
-        let puts = self.puts.subscribe();
-        let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(serve_watch_stream(requests, puts, tx));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let stream = WatchStreamState {
+            requests: Some(req.into_inner()),
+            puts: self.puts.subscribe(),
+            watchers: Vec::new(),
+            next_id: 0,
+            out: VecDeque::new(),
+        };
+        // Polled by the response body itself: no task or channel of its own
+        // between a put and the stream.
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            stream,
+            |mut st| async move { st.next().await.map(|r| (Ok(r), st)) },
+        ))))
     }
 }
 
-/// One watch stream: creates and cancels its watchers, and sends each put
-/// to every one of them that wants it, until the client goes away.
-async fn serve_watch_stream(
-    mut requests: Streaming<WatchRequest>,
-    mut puts: broadcast::Receiver<Arc<KeyValue>>,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
-) {
-    let mut watchers: Vec<Watcher> = Vec::new();
-    let mut next_id = 0;
-    loop {
-        let out = tokio::select! {
-            req = requests.message() => match req {
-                Ok(Some(WatchRequest { request_union: Some(RequestUnion::CreateRequest(c)) })) => {
-                    let id = next_id;
-                    next_id += 1;
-                    watchers.push(Watcher { id, key: c.key.to_vec(), range_end: c.range_end.to_vec() });
-                    vec![WatchResponse { watch_id: id, created: true, ..Default::default() }]
-                }
-                Ok(Some(WatchRequest { request_union: Some(RequestUnion::CancelRequest(c)) })) => {
-                    watchers.retain(|w| w.id != c.watch_id);
-                    vec![WatchResponse { watch_id: c.watch_id, canceled: true, ..Default::default() }]
-                }
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => return,
-            },
-            put = puts.recv() => match put {
-                Ok(kv) => watchers
-                    .iter()
-                    .filter(|w| w.wants(&kv.key))
-                    .map(|w| WatchResponse {
-                        watch_id: w.id,
-                        events: vec![Event { kv: Some((*kv).clone()), ..Default::default() }],
-                        ..Default::default()
-                    })
-                    .collect(),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-        };
-        for resp in out {
-            if tx.send(Ok(resp)).await.is_err() {
-                return;
+/// One watch stream: its watchers, and responses not yet sent.
+struct WatchStreamState {
+    /// The client's requests; `None` once it has closed its side (as in
+    /// etcd, its watchers keep going).
+    requests: Option<Streaming<WatchRequest>>,
+    puts: broadcast::Receiver<Arc<KeyValue>>,
+    watchers: Vec<Watcher>,
+    next_id: i64,
+    out: VecDeque<WatchResponse>,
+}
+
+impl WatchStreamState {
+    /// The next response: creates and cancels watchers, and sends each put
+    /// to every watcher that wants it. `None` ends the stream.
+    async fn next(&mut self) -> Option<WatchResponse> {
+        loop {
+            if let Some(r) = self.out.pop_front() {
+                return Some(r);
             }
+            let request = async {
+                match self.requests.as_mut() {
+                    Some(r) => r.message().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                req = request => match req {
+                    Ok(Some(req)) => self.on_request(req),
+                    Ok(None) => self.requests = None,
+                    Err(_) => return None,
+                },
+                put = self.puts.recv() => match put {
+                    Ok(kv) => self.on_put(&kv),
+                    // Lost events show as not delivered in keel-bench.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            }
+        }
+    }
+
+    fn on_request(&mut self, req: WatchRequest) {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.watchers.push(Watcher {
+                    id,
+                    key: c.key.to_vec(),
+                    range_end: c.range_end.to_vec(),
+                });
+                self.out.push_back(WatchResponse {
+                    watch_id: id,
+                    created: true,
+                    ..Default::default()
+                });
+            }
+            Some(RequestUnion::CancelRequest(c)) => {
+                self.watchers.retain(|w| w.id != c.watch_id);
+                self.out.push_back(WatchResponse {
+                    watch_id: c.watch_id,
+                    canceled: true,
+                    ..Default::default()
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn on_put(&mut self, kv: &KeyValue) {
+        for w in self.watchers.iter().filter(|w| w.wants(&kv.key)) {
+            self.out.push_back(WatchResponse {
+                watch_id: w.id,
+                events: vec![Event {
+                    kv: Some(kv.clone()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
         }
     }
 }
