@@ -26,6 +26,14 @@ NAME=vs-etcd
 # shellcheck source=bench/common.sh
 source "$(dirname "$0")/common.sh"
 
+# start_null PORT: keel-bench null-server on 127.0.0.1:PORT, the serving
+# stack's floor (a gRPC server that stores nothing); sets $NULL_PID.
+start_null() {
+  $BENCH null-server --listen "127.0.0.1:$1" >>"$WORK/null-server.log" 2>&1 &
+  NULL_PID=$!; disown "$NULL_PID"; echo "$NULL_PID" >> "$PIDFILE"
+  wait_up "http://127.0.0.1:$1"
+}
+
 single() {
   local keys=${BENCH_RESTART_KEYS:-1000000}
   echo "# keel vs etcd, single member"
@@ -40,10 +48,8 @@ single() {
   echo "|---|---|---|---|---|"
   declare -A pid port
   port[etcd]=23790; port[keel]=23791; port[null]=23792
-  # The serving stack's floor: a gRPC server that stores nothing.
-  $BENCH null-server --listen 127.0.0.1:${port[null]} >>"$WORK/null-server.log" 2>&1 &
-  pid[null]=$!; disown "${pid[null]}"; echo "${pid[null]}" >> "$PIDFILE"
-  wait_up http://127.0.0.1:${port[null]}
+  start_null "${port[null]}"
+  pid[null]=$NULL_PID
   for t in etcd keel; do
     start_member $t ${t}1 ${port[$t]} $((port[$t] + 10)) "${t}1=$([ $t = etcd ] && echo http || echo quic)://127.0.0.1:$((port[$t] + 10))"
     pid[$t]=$PID
@@ -64,7 +70,7 @@ single() {
   done
   stop_pids "${pid[null]}"
   echo
-  echo "(null: \`keel-bench null-server\`, keel's gRPC serving stack answering at once and storing nothing; the floor of any store served this way, measured by the same client.)"
+  echo "(null: \`keel-bench null-server\`, keel's gRPC serving stack answering at once and storing nothing: figures no store served this way, measured by the same client, can be expected to beat.)"
   echo
   echo "| restart with $keys keys | target | load ops/s | restart to serving s | RSS MB |"
   echo "|---|---|---|---|---|"
@@ -125,10 +131,8 @@ $BENCH --system floor --id rtt --label "loopback TCP round trip, 64 B" --json "$
 # The serving stack's floor: the same client against a gRPC server that
 # stores nothing (keel-bench null-server), on the workloads with targets.
 echo "floor: null server" >&2
-$BENCH null-server --listen 127.0.0.1:23390 >>"$WORK/null-server.log" 2>&1 &
-NULL_PID=$!; disown "$NULL_PID"; echo "$NULL_PID" >> "$PIDFILE"
+start_null 23390
 SYS=null EPS=http://127.0.0.1:23390 PIDS=$NULL_PID
-wait_up "$EPS"
 seq_no=0
 b put-1c "put, 1 client" --conns 1 --clients 1 --total "$(n 3000)" put --key-space-size 100000
 b put-100c "put, 100 clients / 10 conns" --conns 10 --clients 100 --total "$(n 50000)" put --key-space-size 100000

@@ -227,10 +227,10 @@ enum Cmd {
     /// Prints `--endpoints` reordered with the Raft leader first (Status
     /// RPC), so that single-connection workloads talk to the leader.
     Leader,
-    /// Serves an etcd KV gRPC service that stores nothing (every request
-    /// answered at once, empty) until killed: keel-bench's workloads run
-    /// against it measure the floor of gRPC over loopback and of this load
-    /// generator on this machine.
+    /// Serves etcd KV and Watch gRPC services that store nothing (every
+    /// request answered at once, empty; puts handed to watchers) until
+    /// killed: keel-bench's workloads run against it measure the floor of
+    /// gRPC over loopback and of this load generator on this machine.
     NullServer {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:2379")]
