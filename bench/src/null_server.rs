@@ -12,12 +12,11 @@
 //! expected to beat, with this client (within the spread between runs).
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use futures::Stream;
+use keel_storage::mvcc::KeyRange;
 use keel_storage::proto::etcdserverpb::{
     kv_server::{Kv, KvServer},
     watch_request::RequestUnion,
@@ -26,6 +25,7 @@ use keel_storage::proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, WatchRequest, WatchResponse,
 };
 use keel_storage::proto::mvccpb::{Event, KeyValue};
+use keel_storage::server::watch::WatchResponseStream;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -49,18 +49,17 @@ impl Kv for Null {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let p = req.into_inner();
         let rev = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.puts.receiver_count() == 0 {
-            return Ok(Response::new(PutResponse::default()));
+        if self.puts.receiver_count() > 0 {
+            // A watch stream gone since the count: nothing to hand on.
+            let _ = self.puts.send(Arc::new(KeyValue {
+                key: p.key,
+                value: p.value,
+                create_revision: rev,
+                mod_revision: rev,
+                version: 1,
+                lease: p.lease,
+            }));
         }
-        // A watch stream gone since the count: nothing to hand on.
-        let _ = self.puts.send(Arc::new(KeyValue {
-            key: p.key,
-            value: p.value,
-            create_revision: rev,
-            mod_revision: rev,
-            version: 1,
-            lease: p.lease,
-        }));
         Ok(Response::new(PutResponse::default()))
     }
 
@@ -83,34 +82,20 @@ impl Kv for Null {
     }
 }
 
-/// One watcher of a stream: its id and key range (etcd's: an empty end is
-/// the key alone, `\0` every key from `key` on).
+/// One watcher of a stream: its id and the keys it watches.
 struct Watcher {
     id: i64,
-    key: Vec<u8>,
-    range_end: Vec<u8>,
+    range: KeyRange,
 }
-
-impl Watcher {
-    fn wants(&self, k: &[u8]) -> bool {
-        match self.range_end.as_slice() {
-            [] => k == self.key.as_slice(),
-            [0] => k >= self.key.as_slice(),
-            end => k >= self.key.as_slice() && k < end,
-        }
-    }
-}
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Watch for Null {
-    type WatchStream = WatchStream;
+    type WatchStream = WatchResponseStream;
 
     async fn watch(
         &self,
         req: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<WatchStream>, Status> {
+    ) -> Result<Response<WatchResponseStream>, Status> {
         let stream = WatchStreamState {
             requests: Some(req.into_inner()),
             puts: self.puts.subscribe(),
@@ -175,8 +160,7 @@ impl WatchStreamState {
                 self.next_id += 1;
                 self.watchers.push(Watcher {
                     id,
-                    key: c.key.to_vec(),
-                    range_end: c.range_end.to_vec(),
+                    range: KeyRange::new(&c.key, &c.range_end),
                 });
                 self.out.push_back(WatchResponse {
                     watch_id: id,
@@ -197,7 +181,7 @@ impl WatchStreamState {
     }
 
     fn on_put(&mut self, kv: &KeyValue) {
-        for w in self.watchers.iter().filter(|w| w.wants(&kv.key)) {
+        for w in self.watchers.iter().filter(|w| w.range.contains(&kv.key)) {
             self.out.push_back(WatchResponse {
                 watch_id: w.id,
                 events: vec![Event {

@@ -38,6 +38,16 @@ impl Metric {
         self == Metric::Throughput
     }
 
+    /// Whether `v` is at least as good as `goal` (at most it, for the
+    /// lower-is-better figures).
+    fn meets(self, v: f64, goal: f64) -> bool {
+        if self.higher_is_better() {
+            v >= goal
+        } else {
+            v <= goal
+        }
+    }
+
     fn unit(self) -> &'static str {
         match self {
             Metric::P50 | Metric::P99 => "ms",
@@ -156,11 +166,7 @@ impl Matrix {
                 let e = t.metric.of(self.get(t.id, "etcd")?);
                 let k = t.metric.of(self.get(t.id, "keel")?);
                 let ratio = ratio(k, e);
-                let met = if t.metric.higher_is_better() {
-                    ratio >= t.bound
-                } else {
-                    ratio <= t.bound
-                };
+                let met = t.metric.meets(ratio, t.bound);
                 Some(TargetResult {
                     target: t.clone(),
                     etcd: e,
@@ -221,6 +227,12 @@ fn cell(e: Option<f64>, k: Option<f64>) -> String {
     }
 }
 
+/// The server processes' CPU time (all of them) per sample, in µs; `None`
+/// for a run without samples.
+fn cpu_us_per_sample(r: &RunResult) -> Option<f64> {
+    (r.count > 0).then(|| r.members.iter().map(|m| m.cpu_s).sum::<f64>() * 1e6 / r.count as f64)
+}
+
 /// What the null server says of one goal.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum FloorVerdict {
@@ -254,13 +266,7 @@ fn floor_section(m: &Matrix) -> String {
             let null = m.get(t.target.id, "null")?;
             let metric = t.target.metric;
             let goal = t.target.bound * t.etcd;
-            let misses = |v: f64| {
-                if metric.higher_is_better() {
-                    v < goal
-                } else {
-                    v > goal
-                }
-            };
+            let misses = |v: f64| !metric.meets(v, goal);
             // A watch event follows a committed write.
             let write = t.target.id.starts_with("put") || t.target.id.starts_with("watch-lat");
             let estimate = match metric {
@@ -275,9 +281,7 @@ fn floor_section(m: &Matrix) -> String {
                 FloorVerdict::WithinReach
             };
             let u = metric.unit();
-            let cpu = (null.count > 0).then(|| {
-                null.members.iter().map(|x| x.cpu_s).sum::<f64>() * 1e6 / null.count as f64
-            });
+            let cpu = cpu_us_per_sample(null);
             Some(format!(
                 "| {} | {} {u} | {} {u} | {} | {} | {} {u} | {} |\n",
                 t.target.what,
@@ -377,10 +381,7 @@ pub fn markdown(m: &Matrix, header: &str) -> String {
         })
         .unwrap_or("–".into())
     };
-    let cpu_per = |r: Option<&RunResult>| {
-        r.filter(|r| r.count > 0)
-            .map(|r| r.members.iter().map(|m| m.cpu_s).sum::<f64>() * 1e6 / r.count as f64)
-    };
+    let cpu_per = |r: Option<&RunResult>| r.and_then(cpu_us_per_sample);
     for id in m.workloads() {
         let (e, k) = (m.get(id, "etcd"), m.get(id, "keel"));
         s += &format!(
