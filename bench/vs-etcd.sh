@@ -97,10 +97,12 @@ Q=$([ "$MODE" = --quick ] && echo 50 || echo 1)
 n() { echo $(( $1 / Q > 0 ? $1 / Q : 1 )); }
 RES=$WORK/results; mkdir -p "$RES"
 seq_no=0
-# b ID LABEL BENCH-ARGS...: one workload against $SYS ($EPS, members $PIDS).
+# b ID LABEL BENCH-ARGS...: one workload against $SYS ($EPS, members $PIDS);
+# skipped (keeping its number) if $ONLY is set and does not name ID.
 b() {
   local id=$1 label=$2; shift 2
   seq_no=$((seq_no + 1))
+  [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $id "* ]] || return 0
   echo "  $SYS: $label" >&2
   $BENCH --endpoints "$EPS" --pids "$PIDS" --system "$SYS" --id "$id" --label "$label" \
     --json "$RES/$(printf %02d $seq_no)-$id-$SYS.json" --summary-name "$id" "$@" | grep '^SUMMARY' >&2
@@ -133,15 +135,7 @@ $BENCH --system floor --id rtt --label "loopback TCP round trip, 64 B" --json "$
 echo "floor: null server" >&2
 start_null 23390
 SYS=null EPS=http://127.0.0.1:23390 PIDS=$NULL_PID
-seq_no=0
-b put-1c "put, 1 client" --conns 1 --clients 1 --total "$(n 3000)" put --key-space-size 100000
-b put-100c "put, 100 clients / 10 conns" --conns 10 --clients 100 --total "$(n 50000)" put --key-space-size 100000
-b put-1000c "put, 1000 clients / 100 conns" --conns 100 --clients 1000 --total "$(n 100000)" put --key-space-size 100000
-b get-l-1c "get linearizable, 1 client" --conns 1 --clients 1 --total "$(n 5000)" range foo --consistency l
-# Numbered as in the matrix (the report orders workloads by file name).
-seq_no=10
-b watch-lat-100 "watch latency, 100 watchers / 10 streams, 100 puts/s" --conns 10 watch-latency --watchers 100 --streams 10 --put-rate 100 --put-total "$(n 1000)"
-b watch-lat-1000 "watch latency, 1000 watchers / 100 streams, 100 puts/s" --conns 10 watch-latency --watchers 1000 --streams 100 --put-rate 100 --put-total "$(n 1000)"
+ONLY="put-1c put-100c put-1000c get-l-1c watch-lat-100 watch-lat-1000" matrix
 stop_pids "$NULL_PID"
 for SYS in etcd keel; do
   echo "3-member $SYS" >&2
