@@ -29,6 +29,9 @@ pub type Key = SmallVec<[u8; 16]>;
 #[derive(Debug, Clone)]
 pub struct ChunkMap<V> {
     chunks: Vec<Arc<Vec<(Key, V)>>>,
+    /// The last key of each chunk: finding a chunk searches this one array
+    /// instead of following two pointers into every chunk probed.
+    lasts: Vec<Key>,
     len: usize,
 }
 
@@ -36,6 +39,7 @@ impl<V> Default for ChunkMap<V> {
     fn default() -> Self {
         ChunkMap {
             chunks: Vec::new(),
+            lasts: Vec::new(),
             len: 0,
         }
     }
@@ -55,10 +59,21 @@ impl<V: Clone> ChunkMap<V> {
     /// The chunk that holds `key` or would: the first whose last key is
     /// `>= key`, else the last chunk.
     fn chunk_for(&self, key: &[u8]) -> usize {
-        let ci = self
-            .chunks
-            .partition_point(|c| c.last().is_some_and(|(k, _)| k.as_ref() < key));
+        let ci = self.lasts.partition_point(|k| k.as_slice() < key);
         ci.min(self.chunks.len().saturating_sub(1))
+    }
+
+    /// Brings `lasts` up to date for chunks `from..=to` (clamped), after
+    /// their contents changed.
+    fn refresh_lasts(&mut self, from: usize, to: usize) {
+        let to = to.min(self.chunks.len().saturating_sub(1));
+        for ci in from..=to {
+            if let (Some((k, _)), Some(last)) = (self.chunks[ci].last(), self.lasts.get_mut(ci)) {
+                if last != k {
+                    last.clone_from(k);
+                }
+            }
+        }
     }
 
     fn find(&self, key: &[u8]) -> Option<(usize, usize)> {
@@ -90,6 +105,7 @@ impl<V: Clone> ChunkMap<V> {
             let mut c = Vec::with_capacity(CHUNK);
             c.push((key(), value));
             self.chunks.push(Arc::new(c));
+            self.lasts.push(key());
             self.len = 1;
             return;
         }
@@ -106,6 +122,9 @@ impl<V: Clone> ChunkMap<V> {
         self.len += 1;
         if c.len() < CHUNK {
             c.insert(i, (key(), value));
+            if i + 1 == c.len() {
+                self.refresh_lasts(ci, ci);
+            }
             return;
         }
         if last_chunk && i == c.len() {
@@ -113,6 +132,7 @@ impl<V: Clone> ChunkMap<V> {
             let mut n = Vec::with_capacity(CHUNK);
             n.push((key(), value));
             self.chunks.push(Arc::new(n));
+            self.lasts.push(key());
             return;
         }
         // Full: pass an entry to a neighbour with room, so that chunks stay
@@ -158,7 +178,10 @@ impl<V: Clone> ChunkMap<V> {
                 tail.insert(i - at, (key(), value));
             }
             self.chunks.insert(ci + 1, Arc::new(tail));
+            self.lasts.insert(ci + 1, Key::new());
         }
+        // A neighbour took or gave an entry, or the chunk split.
+        self.refresh_lasts(ci.saturating_sub(1), ci + 1);
     }
 
     /// The position of the first entry whose key is inside `start`.
@@ -168,9 +191,7 @@ impl<V: Clone> ChunkMap<V> {
             Bound::Included(k) => (k, true),
             Bound::Excluded(k) => (k, false),
         };
-        let ci = self
-            .chunks
-            .partition_point(|c| c.last().is_some_and(|(k, _)| k.as_ref() < key));
+        let ci = self.lasts.partition_point(|k| k.as_slice() < key);
         let Some(c) = self.chunks.get(ci) else {
             return (ci, 0);
         };
@@ -219,6 +240,11 @@ impl<V: Clone> ChunkMap<V> {
         }
         self.chunks.retain(|c| !c.is_empty());
         self.len = self.chunks.iter().map(|c| c.len()).sum();
+        self.lasts = self
+            .chunks
+            .iter()
+            .filter_map(|c| c.last().map(|(k, _)| k.clone()))
+            .collect();
     }
 }
 
@@ -235,6 +261,7 @@ mod tests {
     }
 
     fn check(m: &ChunkMap<u32>, model: &BTreeMap<Bytes, u32>, probes: &[u16]) {
+        check_chunks(m);
         assert_eq!(m.len(), model.len());
         assert!(m
             .iter()
@@ -330,6 +357,16 @@ mod tests {
         assert_eq!(m.len(), m.chunks.iter().map(|c| c.len()).sum::<usize>());
         let keys: Vec<&[u8]> = m.iter().map(|(k, _)| k).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys out of order");
+        let lasts: Vec<&Key> = m
+            .chunks
+            .iter()
+            .filter_map(|c| c.last().map(|(k, _)| k))
+            .collect();
+        assert_eq!(
+            m.lasts.iter().collect::<Vec<_>>(),
+            lasts,
+            "lasts out of date"
+        );
     }
 
     /// One step of [`clones_keep_their_state`].

@@ -22,6 +22,9 @@ const CHUNK: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct RevLog<T> {
     chunks: Vec<Arc<Vec<(Revision, T)>>>,
+    /// The first revision of each chunk: finding a chunk searches this one
+    /// small array instead of following a pointer into every chunk probed.
+    firsts: Vec<Revision>,
     len: usize,
 }
 
@@ -29,6 +32,7 @@ impl<T> Default for RevLog<T> {
     fn default() -> Self {
         RevLog {
             chunks: Vec::new(),
+            firsts: Vec::new(),
             len: 0,
         }
     }
@@ -62,6 +66,7 @@ impl<T: Clone> RevLog<T> {
                 let mut c = Vec::with_capacity(CHUNK);
                 c.push((rev, value));
                 self.chunks.push(Arc::new(c));
+                self.firsts.push(rev);
             }
         }
         self.len += 1;
@@ -70,13 +75,29 @@ impl<T: Clone> RevLog<T> {
 
     /// The position (chunk, offset) of the first entry `>= rev`.
     fn lower_bound(&self, rev: Revision) -> (usize, usize) {
-        // The first chunk whose last entry is >= rev holds it, if any does.
-        let ci = self
-            .chunks
-            .partition_point(|c| c.last().is_some_and(|(r, _)| *r < rev));
-        match self.chunks.get(ci) {
-            Some(c) => (ci, c.partition_point(|(r, _)| *r < rev)),
-            None => (ci, 0),
+        // The last chunk starting at or below rev holds it, if any does;
+        // else it is the first entry of the next chunk.
+        let after = self.firsts.partition_point(|f| *f <= rev);
+        let Some(ci) = after.checked_sub(1) else {
+            return (0, 0);
+        };
+        let (c, first) = (&self.chunks[ci], self.firsts[ci]);
+        // Most revisions are one change each, so the offset is usually the
+        // distance in main revisions: try there first, search otherwise.
+        let guess = usize::try_from(rev.main - first.main)
+            .unwrap_or(0)
+            .min(c.len() - 1);
+        let i = if c[guess].0 < rev {
+            guess + 1 + c[guess + 1..].partition_point(|(r, _)| *r < rev)
+        } else if guess == 0 || c[guess - 1].0 < rev {
+            guess
+        } else {
+            c[..guess].partition_point(|(r, _)| *r < rev)
+        };
+        if i == c.len() {
+            (ci + 1, 0)
+        } else {
+            (ci, i)
         }
     }
 
@@ -145,6 +166,7 @@ impl<T: Clone> RevLog<T> {
         mut dropped: impl FnMut(T),
     ) {
         let old = std::mem::take(&mut self.chunks);
+        self.firsts.clear();
         self.len = 0;
         for c in old {
             let c = Arc::try_unwrap(c).unwrap_or_else(|shared| (*shared).clone());
@@ -227,6 +249,40 @@ mod tests {
         model.retain(|_, v| *v % 2 == 0 || *v > 10_000);
         assert!(gone > 0);
         check(&log, &model);
+    }
+
+    /// One change per revision (where the lookup's first guess is right),
+    /// with runs of missing revisions and of several changes in one
+    /// revision (where it is too high or too low).
+    #[test]
+    fn finds_every_revision_whatever_the_spacing() {
+        let mut log = RevLog::default();
+        let mut model = BTreeMap::new();
+        let mut main = 0;
+        for n in 0..(3 * CHUNK as i64) {
+            main += match n % 1000 {
+                0..=599 => 1,
+                600..=799 => 9,
+                _ => 0,
+            };
+            let sub = if n % 1000 >= 800 { n % 1000 - 799 } else { 0 };
+            log.push(Revision::new(main, sub), n).expect("ascending");
+            model.insert(Revision::new(main, sub), n);
+        }
+        for m in 0..=main + 1 {
+            for sub in 0..3 {
+                let r = Revision::new(m, sub);
+                assert_eq!(log.get(&r), model.get(&r), "get {m}.{sub}");
+                let next = |it: &mut dyn Iterator<Item = (&Revision, &i64)>| {
+                    it.next().map(|(r, v)| (*r, *v))
+                };
+                assert_eq!(
+                    next(&mut log.range(r, Revision::new(i64::MAX, 0))),
+                    next(&mut model.range(r..)),
+                    "first at or after {m}.{sub}"
+                );
+            }
+        }
     }
 
     #[test]
