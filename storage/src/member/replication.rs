@@ -31,10 +31,6 @@ use super::waiters::{Outcome, Waiters};
 use keel_raft::wal::{SnapshotMark, Wal, WalError};
 use tokio::sync::{mpsc, oneshot};
 
-/// At most this many queued inputs, and as many queued peer messages, are
-/// taken into one Ready.
-const DRAIN_MAX: usize = 1024;
-
 /// Transport payload tag: a Raft message.
 const TAG_RAFT: u8 = 0;
 /// Transport payload tag: a proposal forwarded to the leader.
@@ -285,30 +281,20 @@ impl Driver {
                     None | Some(Input::Stop) => break,
                     Some(i) => self.handle_input(i),
                 },
-                Some(ev) = events.recv() => self.handle_event(ev),
+                Some(ev) = events.recv() => match ev {
+                    Event::Persisted { index, term } => self.node.on_persisted(index, term),
+                    Event::SnapshotSent { to, ok } => self.node.report_snapshot(to, ok),
+                },
                 Some((from, bytes)) = incoming.messages.recv() => self.handle_peer(from, bytes),
                 Some(snap) = incoming.snapshots.recv() => self.handle_snapshot(snap),
             }
             // Take whatever else is queued before building a Ready, so one
-            // Ready (one WAL write, one append per follower) carries many
-            // proposals, forwarded ones included, and a follower answers a
-            // run of appends with one acknowledgement. Bounded, so a flood
-            // on one queue cannot hold back the others or the ticks.
-            for _ in 0..DRAIN_MAX {
-                let Ok(i) = inputs.try_recv() else { break };
+            // Ready (one WAL write) carries many proposals.
+            while let Ok(i) = inputs.try_recv() {
                 if matches!(i, Input::Stop) {
                     return;
                 }
                 self.handle_input(i);
-            }
-            for _ in 0..DRAIN_MAX {
-                let Ok((from, bytes)) = incoming.messages.try_recv() else {
-                    break;
-                };
-                self.handle_peer(from, bytes);
-            }
-            while let Ok(ev) = events.try_recv() {
-                self.handle_event(ev);
             }
             self.process_ready();
             if self.shared.failed.load(Ordering::SeqCst) {
@@ -316,13 +302,6 @@ impl Driver {
             }
         }
         self.transport.shutdown().await;
-    }
-
-    fn handle_event(&mut self, ev: Event) {
-        match ev {
-            Event::Persisted { index, term } => self.node.on_persisted(index, term),
-            Event::SnapshotSent { to, ok } => self.node.report_snapshot(to, ok),
-        }
     }
 
     fn handle_input(&mut self, input: Input) {
