@@ -312,7 +312,7 @@ pub struct Ready {
     /// call [`RawNode::on_snapshot_installed`].
     pub snapshot: Option<SnapshotMeta>,
     /// Messages to send now (a leader's Append may go out before its own
-    /// entries are durable).
+    /// entries are durable; pre-votes and their answers bind no one).
     pub messages: Vec<Message>,
     /// Messages to send only after `entries`, `hard_state` and `snapshot` of
     /// this Ready are durable (votes, acknowledgements).

@@ -1024,16 +1024,24 @@ impl RawNode {
     }
 
     /// A leader's messages go out at once (its term and vote are durable
-    /// since it campaigned); everything else waits for the Ready's
+    /// since it campaigned), and so do pre-votes and their answers (they
+    /// bind no one and change no durable state; holding them for a WAL write
+    /// only widens the window in which two pre-candidates both win and then
+    /// split the real vote). Everything else waits for the Ready's
     /// persistence (votes, acknowledgements of entries).
     fn send_with_term(&mut self, to: u64, term: u64, kind: MessageKind) {
+        let immediate = self.role == Role::Leader
+            || matches!(
+                kind,
+                MessageKind::PreVote { .. } | MessageKind::PreVoteResp { .. }
+            );
         let m = Message {
             from: self.id,
             to,
             term,
             kind,
         };
-        if self.role == Role::Leader {
+        if immediate {
             self.msgs.push(m);
         } else {
             self.persisted_msgs.push(m);

@@ -260,7 +260,14 @@ impl Driver {
         mut incoming: Incoming,
         tick: Duration,
     ) {
-        let mut ticker = tokio::time::interval(tick);
+        // Start ticking at a random point within the first tick: members
+        // started together (tests, `keel up`) would otherwise tick in step,
+        // and two followers that draw the same whole number of ticks for
+        // their election timeout would campaign within a millisecond of
+        // each other after the leader dies, split the vote and lose another
+        // election timeout.
+        let phase = tick.mul_f64(rand::random::<f64>());
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A lone voter needs no election timeout: campaign at once.
         if self.node.conf_state().voters.len() == 1
