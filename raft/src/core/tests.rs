@@ -273,6 +273,76 @@ fn fresh_member_ignores_votes_for_an_election_timeout() {
     );
 }
 
+// Pre-votes and their answers bind no one, so they go out at once; the real
+// vote and the answer to one wait for the WAL (the term and the vote must be
+// durable first). Holding pre-votes for a write lets two followers that time
+// out close together both win the pre-vote and split the real vote.
+#[test]
+fn pre_votes_go_out_before_persistence_votes_after() {
+    let mut n = new_node(2, &[1, 2, 3]);
+    for _ in 0..n.cfg.election_tick {
+        n.tick();
+    }
+    assert_eq!(n.role(), Role::Follower);
+    let pre_vote = Message {
+        from: 3,
+        to: 2,
+        term: 1,
+        kind: MessageKind::PreVote {
+            last_index: 100,
+            last_term: 1,
+        },
+    };
+    n.step(pre_vote).unwrap();
+    let rd = n.ready();
+    assert!(
+        rd.messages
+            .iter()
+            .any(|m| m.to == 3 && m.kind == MessageKind::PreVoteResp { reject: false }),
+        "pre-vote answered at once: {rd:?}"
+    );
+    assert!(rd.persisted_messages.is_empty(), "{rd:?}");
+
+    // Its own campaign: the pre-vote at once, the vote after the WAL write
+    // of its new term.
+    while n.role() == Role::Follower {
+        n.tick();
+    }
+    assert_eq!(n.role(), Role::PreCandidate);
+    let rd = n.ready();
+    let pre: Vec<_> = rd
+        .messages
+        .iter()
+        .filter(|m| matches!(m.kind, MessageKind::PreVote { .. }))
+        .map(|m| m.to)
+        .collect();
+    assert_eq!(pre, vec![1, 3], "{rd:?}");
+    n.step(Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        kind: MessageKind::PreVoteResp { reject: false },
+    })
+    .unwrap();
+    assert_eq!(n.role(), Role::Candidate);
+    let rd = n.ready();
+    assert!(rd.hard_state.is_some());
+    assert!(
+        !rd.messages
+            .iter()
+            .any(|m| matches!(m.kind, MessageKind::Vote { .. })),
+        "a vote sent before the term is durable: {rd:?}"
+    );
+    assert_eq!(
+        rd.persisted_messages
+            .iter()
+            .filter(|m| matches!(m.kind, MessageKind::Vote { .. }))
+            .count(),
+        2,
+        "{rd:?}"
+    );
+}
+
 // Read lease, the core's part: every heartbeat starts a new round, a quorum's
 // acknowledgement confirms it; leases are usable only once an entry of the
 // term is committed and never after a TimeoutNow went out in this term.
