@@ -31,6 +31,10 @@ use super::waiters::{Outcome, Waiters};
 use keel_raft::wal::{SnapshotMark, Wal, WalError};
 use tokio::sync::{mpsc, oneshot};
 
+/// At most this many queued inputs, as many queued peer messages and as many
+/// persistence events are taken into one Ready.
+const DRAIN_MAX: usize = 1024;
+
 /// Transport payload tag: a Raft message.
 const TAG_RAFT: u8 = 0;
 /// Transport payload tag: a proposal forwarded to the leader.
@@ -288,20 +292,31 @@ impl Driver {
                     None | Some(Input::Stop) => break,
                     Some(i) => self.handle_input(i),
                 },
-                Some(ev) = events.recv() => match ev {
-                    Event::Persisted { index, term } => self.node.on_persisted(index, term),
-                    Event::SnapshotSent { to, ok } => self.node.report_snapshot(to, ok),
-                },
+                Some(ev) = events.recv() => self.handle_event(ev),
                 Some((from, bytes)) = incoming.messages.recv() => self.handle_peer(from, bytes),
                 Some(snap) = incoming.snapshots.recv() => self.handle_snapshot(snap),
             }
             // Take whatever else is queued before building a Ready, so one
-            // Ready (one WAL write) carries many proposals.
-            while let Ok(i) = inputs.try_recv() {
+            // Ready (one WAL write, one append per follower) carries many
+            // proposals, forwarded ones included, and a follower answers a
+            // run of appends with one acknowledgement. Bounded, so a flood
+            // on one queue cannot hold back the others or the ticks.
+            for _ in 0..DRAIN_MAX {
+                let Ok(i) = inputs.try_recv() else { break };
                 if matches!(i, Input::Stop) {
                     return;
                 }
                 self.handle_input(i);
+            }
+            for _ in 0..DRAIN_MAX {
+                let Ok((from, bytes)) = incoming.messages.try_recv() else {
+                    break;
+                };
+                self.handle_peer(from, bytes);
+            }
+            for _ in 0..DRAIN_MAX {
+                let Ok(ev) = events.try_recv() else { break };
+                self.handle_event(ev);
             }
             self.process_ready();
             if self.shared.failed.load(Ordering::SeqCst) {
@@ -309,6 +324,13 @@ impl Driver {
             }
         }
         self.transport.shutdown().await;
+    }
+
+    fn handle_event(&mut self, ev: Event) {
+        match ev {
+            Event::Persisted { index, term } => self.node.on_persisted(index, term),
+            Event::SnapshotSent { to, ok } => self.node.report_snapshot(to, ok),
+        }
     }
 
     fn handle_input(&mut self, input: Input) {
@@ -410,6 +432,14 @@ impl Driver {
         match tag {
             TAG_RAFT => match Message::decode(body) {
                 Ok(m) if m.from == from => {
+                    // A newer term may make the node drop entries that the
+                    // pending Ready appends and acknowledges: hand that Ready
+                    // over first, so no acknowledgement ever goes out for
+                    // entries the WAL never got (as when each message made
+                    // its own Ready).
+                    if m.term > self.node.term() && self.node.has_ready() {
+                        self.process_ready();
+                    }
                     tracing::trace!(target: "keel::lat", from, kind = ?std::mem::discriminant(&m.kind), "peer msg");
                     // A follower's read: answered at once while the lease
                     // holds (the clock is read after it arrived).
