@@ -127,6 +127,14 @@ pub struct RawNode {
     read_heartbeat_due: bool,
     /// Leader: new entries to broadcast.
     bcast_due: bool,
+    /// The term and vote of this node's own campaign may not be durable yet.
+    /// A leader elected by others' votes is past this (its vote requests
+    /// went out only after the write); a lone voter wins in the same step
+    /// it campaigns, so until an entry of its term is reported durable its
+    /// messages (appends to learners) wait for the WAL like a follower's.
+    /// Otherwise a crash before the write could let it win the same term
+    /// again and send different entries under it.
+    term_unsynced: bool,
     msgs: Vec<Message>,
     persisted_msgs: Vec<Message>,
     read_states: Vec<ReadState>,
@@ -219,6 +227,7 @@ impl RawNode {
             reads_before_commit: Vec::new(),
             read_heartbeat_due: false,
             bcast_due: false,
+            term_unsynced: false,
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
             read_states: Vec::new(),
@@ -680,6 +689,9 @@ impl RawNode {
             && self.log.match_term(index, term)
         {
             self.log.persisted = index;
+            if term == self.term {
+                self.term_unsynced = false;
+            }
             if self.role == Role::Leader && self.maybe_commit() {
                 self.bcast_append(true);
             }
@@ -930,6 +942,7 @@ impl RawNode {
         self.reset(term);
         self.vote = self.id;
         self.role = Role::Candidate;
+        self.term_unsynced = true;
         if self.poll(self.id, true) == Some(true) {
             self.become_leader();
             return;
@@ -1024,13 +1037,13 @@ impl RawNode {
     }
 
     /// A leader's messages go out at once (its term and vote are durable
-    /// since it campaigned), and so do pre-votes and their answers (they
+    /// since it campaigned, see `term_unsynced`), and so do pre-votes and their answers (they
     /// bind no one and change no durable state; holding them for a WAL write
     /// only widens the window in which two pre-candidates both win and then
     /// split the real vote). Everything else waits for the Ready's
     /// persistence (votes, acknowledgements of entries).
     fn send_with_term(&mut self, to: u64, term: u64, kind: MessageKind) {
-        let immediate = self.role == Role::Leader
+        let immediate = (self.role == Role::Leader && !self.term_unsynced)
             || matches!(
                 kind,
                 MessageKind::PreVote { .. } | MessageKind::PreVoteResp { .. }
@@ -1075,6 +1088,9 @@ impl RawNode {
                 self.step_follower(m);
             }
             MessageKind::VoteResp { reject } if self.role == Role::Candidate => {
+                // An answer proves our vote request left, and it left only
+                // once our term and vote were durable.
+                self.term_unsynced = false;
                 match self.poll(m.from, !reject) {
                     Some(true) => self.become_leader(),
                     Some(false) => self.become_follower(self.term, 0),

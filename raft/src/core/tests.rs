@@ -279,11 +279,15 @@ fn fresh_member_ignores_votes_for_an_election_timeout() {
 // out close together both win the pre-vote and split the real vote.
 #[test]
 fn pre_votes_go_out_before_persistence_votes_after() {
-    let mut n = new_node(2, &[1, 2, 3]);
-    for _ in 0..n.cfg.election_tick {
-        n.tick();
-    }
-    assert_eq!(n.role(), Role::Follower);
+    // Without check-quorum a fresh node heeds pre-votes at once (no startup
+    // lease), so no ticks (which might make it campaign first) are needed.
+    let mut c = cfg(2);
+    c.check_quorum = false;
+    let restored = Restored {
+        conf_state: RawNode::bootstrap(&[1, 2, 3]),
+        ..Default::default()
+    };
+    let mut n = RawNode::new(c, restored).unwrap();
     let pre_vote = Message {
         from: 3,
         to: 2,
@@ -341,6 +345,46 @@ fn pre_votes_go_out_before_persistence_votes_after() {
         2,
         "{rd:?}"
     );
+}
+
+// A lone voter wins its election in the step it campaigns, before its new
+// term and vote are durable. Its appends (to a learner) must wait for that
+// write: a crash before it could let it win the same term again and send
+// different entries under it. Once an entry of its term is durable, they go
+// out at once again.
+#[test]
+fn lone_voter_sends_nothing_before_its_term_is_durable() {
+    let mut conf = RawNode::bootstrap(&[1]);
+    conf.learners.insert(2);
+    let mut n = RawNode::new(
+        cfg(1),
+        Restored {
+            conf_state: conf,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    n.campaign(false);
+    assert_eq!(n.role(), Role::Leader);
+    let rd = n.ready();
+    assert_eq!(rd.hard_state.as_ref().map(|h| h.term), Some(1), "{rd:?}");
+    let appends = |ms: &[Message]| {
+        ms.iter()
+            .filter(|m| m.to == 2 && matches!(m.kind, MessageKind::Append { .. }))
+            .count()
+    };
+    assert_eq!(appends(&rd.messages), 0, "sent before the term is durable");
+    assert_eq!(appends(&rd.persisted_messages), 1, "{rd:?}");
+    let last = rd.entries.last().expect("the term's first entry");
+    n.on_persisted(last.index, last.term);
+    // The learner's probe is still in flight: a heartbeat is what goes out.
+    for _ in 0..n.cfg.heartbeat_tick {
+        n.tick();
+    }
+    let rd = n.ready();
+    let to_learner = |ms: &[Message]| ms.iter().filter(|m| m.to == 2).count();
+    assert_eq!(to_learner(&rd.messages), 1, "{rd:?}");
+    assert_eq!(to_learner(&rd.persisted_messages), 0, "{rd:?}");
 }
 
 // Read lease, the core's part: every heartbeat starts a new round, a quorum's
