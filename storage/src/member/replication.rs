@@ -211,6 +211,7 @@ pub fn spawn(parts: DriverParts) -> mpsc::UnboundedSender<Input> {
         held_commit: None,
         hint_failed: false,
         lease,
+        ready_term: 0,
     };
     tokio::spawn(driver.run(rx, ev_rx, incoming, parts.tick));
     tx
@@ -240,6 +241,9 @@ struct Driver {
     waiters: Arc<Waiters>,
     /// The leader's read lease (linearizable reads without a round trip).
     lease: ReadLease,
+    /// The node's term when the last Ready was taken: a Ready being filled
+    /// is handed over before a message is stepped in another term.
+    ready_term: u64,
 }
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -273,11 +277,12 @@ impl Driver {
         let phase = tick.mul_f64(rand::random::<f64>());
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A lone voter needs no election timeout: campaign at once.
+        // A lone voter needs no election timeout: campaign at once (its
+        // randomized timeout is below two election timeouts' ticks).
         if self.node.conf_state().voters.len() == 1
             && self.node.conf_state().voters.contains(&self.node.id())
         {
-            for _ in 0..64 {
+            for _ in 0..2 * self.node.config().election_tick + 1 {
                 if self.node.role() == Role::Leader {
                     break;
                 }
@@ -285,7 +290,7 @@ impl Driver {
                 self.process_ready();
             }
         }
-        loop {
+        'run: loop {
             tokio::select! {
                 _ = ticker.tick() => self.node.tick(),
                 input = inputs.recv() => match input {
@@ -298,13 +303,13 @@ impl Driver {
             }
             // Take whatever else is queued before building a Ready, so one
             // Ready (one WAL write, one append per follower) carries many
-            // proposals, forwarded ones included, and a follower answers a
-            // run of appends with one acknowledgement. Bounded, so a flood
-            // on one queue cannot hold back the others or the ticks.
+            // proposals, forwarded ones included, and a follower makes a run
+            // of appends durable with one write. Bounded, so a flood on one
+            // queue cannot hold back the others or the ticks.
             for _ in 0..DRAIN_MAX {
                 let Ok(i) = inputs.try_recv() else { break };
                 if matches!(i, Input::Stop) {
-                    return;
+                    break 'run;
                 }
                 self.handle_input(i);
             }
@@ -436,8 +441,10 @@ impl Driver {
                     // pending Ready appends and acknowledges: hand that Ready
                     // over first, so no acknowledgement ever goes out for
                     // entries the WAL never got (as when each message made
-                    // its own Ready).
-                    if m.term > self.node.term() && self.node.has_ready() {
+                    // its own Ready). The same if the term already moved
+                    // since the last Ready (a TimeoutNow in this round).
+                    let term = self.node.term();
+                    if (m.term > term || term != self.ready_term) && self.node.has_ready() {
                         self.process_ready();
                     }
                     tracing::trace!(target: "keel::lat", from, kind = ?std::mem::discriminant(&m.kind), "peer msg");
@@ -506,6 +513,7 @@ impl Driver {
 
     fn process_ready(&mut self) {
         let term = self.node.term();
+        self.ready_term = term;
         self.lease
             .on_confirmed(term, self.node.confirmed_read_round());
         while self.node.has_ready() {
