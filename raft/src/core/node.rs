@@ -1037,11 +1037,12 @@ impl RawNode {
     }
 
     /// A leader's messages go out at once (its term and vote are durable
-    /// since it campaigned, see `term_unsynced`), and so do pre-votes and their answers (they
-    /// bind no one and change no durable state; holding them for a WAL write
-    /// only widens the window in which two pre-candidates both win and then
-    /// split the real vote). Everything else waits for the Ready's
-    /// persistence (votes, acknowledgements of entries).
+    /// since it campaigned; see `term_unsynced`), and so do pre-votes and
+    /// their answers (they bind no one and change no durable state; holding
+    /// them for a WAL write only widens the window in which two
+    /// pre-candidates both win and then split the real vote). Everything
+    /// else waits for the Ready's persistence (votes, acknowledgements of
+    /// entries).
     fn send_with_term(&mut self, to: u64, term: u64, kind: MessageKind) {
         let immediate = (self.role == Role::Leader && !self.term_unsynced)
             || matches!(
