@@ -542,6 +542,14 @@ impl Driver {
             snapshot_requests,
         } = rd;
         if let Some(ss) = soft_state {
+            // As etcd logs elections: rare, and what an operator looks for
+            // first when writes stalled.
+            tracing::info!(
+                term = self.node.term(),
+                role = ?ss.role,
+                leader = format_args!("{:x}", ss.leader),
+                "raft state changed"
+            );
             self.shared.leader.store(ss.leader, Ordering::SeqCst);
             self.shared
                 .is_leader
