@@ -381,6 +381,10 @@ impl RawNode {
                 }
                 MessageKind::PreVote { .. } => {
                     if self.in_lease() {
+                        // Refused (etcd ignores it): a pre-candidate that
+                        // knows we refused it grants our own pre-vote later
+                        // regardless of rank (see `handle_vote`).
+                        self.send(m.from, MessageKind::PreVoteResp { reject: true });
                         return Ok(());
                     }
                 }
@@ -1065,7 +1069,21 @@ impl RawNode {
     fn handle_vote(&mut self, from: u64, mterm: u64, last_index: u64, last_term: u64, pre: bool) {
         let can_vote =
             self.vote == from || (self.vote == 0 && self.leader == 0) || (pre && mterm > self.term);
-        if can_vote && self.log.is_up_to_date(last_index, last_term) {
+        // Two pre-candidates that each grant the other's pre-vote both go on
+        // to campaign in the same term and split the vote, which costs
+        // another election timeout. So a pre-candidate grants only a
+        // pre-vote that outranks its own (a longer log, or as long a log
+        // and a higher id), unless the asker already refused ours (then
+        // ours cannot win with it anyway). Of two concurrent pre-candidates
+        // at most one wins the other's grant. Pre-votes bind no one, so
+        // this touches liveness only, never safety.
+        let outranks = || {
+            self.role != Role::PreCandidate
+                || self.votes.get(&from) == Some(&false)
+                || (last_term, last_index, from)
+                    > (self.log.last_term(), self.log.last_index(), self.id)
+        };
+        if can_vote && self.log.is_up_to_date(last_index, last_term) && (!pre || outranks()) {
             if pre {
                 self.send_with_term(from, mterm, MessageKind::PreVoteResp { reject: false });
             } else {

@@ -347,6 +347,76 @@ fn pre_votes_go_out_before_persistence_votes_after() {
     );
 }
 
+// Two followers that time out together after their leader died: each asks
+// the other for a pre-vote while campaigning itself. If both granted, both
+// would campaign in the same term and split the vote (another election
+// timeout lost). A pre-candidate grants only a pre-vote that outranks its own
+// (a longer log, or as long a log and a higher id): one wins at once.
+#[test]
+fn concurrent_pre_candidates_do_not_split_the_vote() {
+    for first in [2, 3] {
+        let mut net = Net::new(&[1, 2, 3]);
+        net.elect(1);
+        let term = net.node(1).term();
+        net.isolated.insert(1);
+        net.hold = true;
+        let second = 5 - first;
+        // An election timeout passes (fresh nodes heed no votes before).
+        for id in [first, second] {
+            for _ in 0..net.node(id).cfg.election_tick {
+                if net.node(id).role() == Role::Follower {
+                    net.node(id).tick();
+                }
+            }
+        }
+        for id in [first, second] {
+            if net.node(id).role() == Role::Follower {
+                net.node(id).campaign(false);
+            }
+        }
+        net.settle();
+        assert_eq!(net.node(2).role(), Role::PreCandidate);
+        assert_eq!(net.node(3).role(), Role::PreCandidate);
+        net.hold = false;
+        for m in std::mem::take(&mut net.held) {
+            net.deliver(m);
+        }
+        net.settle();
+        assert_eq!(net.leaders(), vec![1, 3], "campaigned first: {first}");
+        assert_eq!(net.node(3).term(), term + 1);
+        assert_eq!(net.node(2).term(), term + 1);
+    }
+}
+
+// The rank rule must not hold up an election when the higher-ranked
+// pre-candidate's own pre-vote was refused: 3 times out first while 2 still
+// holds the dead leader's lease (2 refuses). When 2 times out in turn, 3
+// grants 2's pre-vote although 2 ranks lower, since 2 refused 3's: 2 wins at
+// once instead of both waiting for another election timeout.
+#[test]
+fn a_pre_candidate_refused_by_the_asker_grants_it() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let term = net.node(1).term();
+    net.isolated.insert(1);
+    let tick_until_campaign = |net: &mut Net, id: u64| {
+        for _ in 0..2 * net.node(id).cfg.election_tick {
+            if net.node(id).role() != Role::Follower {
+                break;
+            }
+            net.node(id).tick();
+        }
+        assert_eq!(net.node(id).role(), Role::PreCandidate, "node {id}");
+        net.settle();
+    };
+    tick_until_campaign(&mut net, 3);
+    assert_eq!(net.node(3).role(), Role::PreCandidate, "2 refused 3");
+    assert_eq!(net.node(2).role(), Role::Follower);
+    tick_until_campaign(&mut net, 2);
+    assert_eq!(net.leaders(), vec![1, 2]);
+    assert_eq!(net.node(3).term(), term + 1);
+}
+
 // A lone voter wins its election in the step it campaigns, before its new
 // term and vote are durable. Its appends (to a learner) must wait for that
 // write: a crash before it could let it win the same term again and send
