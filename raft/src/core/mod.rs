@@ -75,7 +75,8 @@ pub struct Config {
     pub pre_vote: bool,
     /// The leader steps down when it has not heard from a quorum within an
     /// election timeout, and followers that hear from a leader ignore vote
-    /// requests for an election timeout (the leader lease).
+    /// requests (and refuse pre-votes) for an election timeout (the leader
+    /// lease).
     pub check_quorum: bool,
     /// Maximum number of Append messages in flight to one follower in
     /// replicate state (the pipelining window).

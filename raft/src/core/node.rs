@@ -117,7 +117,7 @@ pub struct RawNode {
     /// [`RawNode::set_read_lease`]).
     read_lease_holds: bool,
     /// Since start, until an election timeout passed: vote requests are
-    /// ignored as if a leader had just been heard. A member that restarts
+    /// ignored (pre-votes refused) as if a leader had just been heard. A member that restarts
     /// quickly forgets the leader it heard before; without this it could
     /// elect a new leader while the old one still serves lease reads.
     startup_guard: bool,
@@ -127,6 +127,12 @@ pub struct RawNode {
     read_heartbeat_due: bool,
     /// Leader: new entries to broadcast.
     bcast_due: bool,
+    /// PreCandidate: this is the first pre-vote round since it followed a
+    /// leader, the one where two followers that lost the leader together
+    /// race; only here are pre-votes ranked (see `handle_vote`). Ranking in
+    /// later rounds could let a pre-candidate that can never win (cut off
+    /// from a quorum) refuse, round after round, one that could.
+    rank_pre_votes: bool,
     /// The term and vote of this node's own campaign may not be durable yet.
     /// A leader elected by others' votes is past this (its vote requests
     /// went out only after the write); a lone voter wins in the same step
@@ -227,6 +233,7 @@ impl RawNode {
             reads_before_commit: Vec::new(),
             read_heartbeat_due: false,
             bcast_due: false,
+            rank_pre_votes: false,
             term_unsynced: false,
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
@@ -840,7 +847,7 @@ impl RawNode {
     }
 
     /// Followers that heard from a leader within an election timeout ignore
-    /// votes (unless for a transfer).
+    /// votes (unless for a transfer) and refuse pre-votes.
     /// So does a member within an election timeout of its start.
     fn in_lease(&self) -> bool {
         self.cfg.check_quorum
@@ -913,6 +920,7 @@ impl RawNode {
             return;
         }
         if self.cfg.pre_vote && !transfer {
+            self.rank_pre_votes = self.role == Role::Follower && self.leader != 0;
             self.role = Role::PreCandidate;
             self.leader = 0;
             self.votes.clear();
@@ -1071,14 +1079,16 @@ impl RawNode {
             self.vote == from || (self.vote == 0 && self.leader == 0) || (pre && mterm > self.term);
         // Two pre-candidates that each grant the other's pre-vote both go on
         // to campaign in the same term and split the vote, which costs
-        // another election timeout. So a pre-candidate grants only a
-        // pre-vote that outranks its own (a longer log, or as long a log
-        // and a higher id), unless the asker already refused ours (then
-        // ours cannot win with it anyway). Of two concurrent pre-candidates
-        // at most one wins the other's grant. Pre-votes bind no one, so
-        // this touches liveness only, never safety.
+        // another election timeout. So in its first round after losing its
+        // leader a pre-candidate grants only a pre-vote that outranks its
+        // own (a longer log, or as long a log and a higher id), unless the
+        // asker already refused ours (then ours cannot win with it anyway).
+        // Of two followers that lost the leader together at most one wins
+        // the other's grant. Pre-votes bind no one, so this touches
+        // liveness only, never safety.
         let outranks = || {
             self.role != Role::PreCandidate
+                || !self.rank_pre_votes
                 || self.votes.get(&from) == Some(&false)
                 || (last_term, last_index, from)
                     > (self.log.last_term(), self.log.last_index(), self.id)
