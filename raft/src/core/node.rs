@@ -117,9 +117,10 @@ pub struct RawNode {
     /// [`RawNode::set_read_lease`]).
     read_lease_holds: bool,
     /// Since start, until an election timeout passed: vote requests are
-    /// ignored (pre-votes refused) as if a leader had just been heard. A member that restarts
-    /// quickly forgets the leader it heard before; without this it could
-    /// elect a new leader while the old one still serves lease reads.
+    /// ignored (pre-votes refused) as if a leader had just been heard. A
+    /// member that restarts quickly forgets the leader it heard before;
+    /// without this it could elect a new leader while the old one still
+    /// serves lease reads.
     startup_guard: bool,
     /// Leader: reads waiting for the first commit of the term.
     reads_before_commit: Vec<(u64, Vec<u8>)>,
@@ -913,6 +914,14 @@ impl RawNode {
                 .entry(i)
                 .is_some_and(|e| e.kind == EntryKind::ConfChange)
         })
+    }
+
+    /// Starts an election now, as an election timeout would (pre-vote
+    /// first). For a lone voter, which needs no timeout: it wins at once.
+    /// Does nothing on a learner or while a committed membership change is
+    /// not yet applied.
+    pub fn campaign_now(&mut self) {
+        self.campaign(false);
     }
 
     pub(crate) fn campaign(&mut self, transfer: bool) {

@@ -277,18 +277,12 @@ impl Driver {
         let phase = tick.mul_f64(rand::random::<f64>());
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A lone voter needs no election timeout: campaign at once (its
-        // randomized timeout is below two election timeouts' ticks).
+        // A lone voter needs no election timeout: campaign at once.
         if self.node.conf_state().voters.len() == 1
             && self.node.conf_state().voters.contains(&self.node.id())
         {
-            for _ in 0..2 * self.node.config().election_tick + 1 {
-                if self.node.role() == Role::Leader {
-                    break;
-                }
-                self.node.tick();
-                self.process_ready();
-            }
+            self.node.campaign_now();
+            self.process_ready();
         }
         'run: loop {
             tokio::select! {
