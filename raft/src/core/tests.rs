@@ -144,6 +144,19 @@ impl Net {
         assert_eq!(self.node(id).role(), Role::Leader, "node {id} not elected");
     }
 
+    /// Ticks follower `id` alone until its election timeout makes it a
+    /// pre-candidate (within two election timeouts), then settles.
+    fn tick_until_campaign(&mut self, id: u64) {
+        for _ in 0..2 * self.node(id).cfg.election_tick {
+            if self.node(id).role() != Role::Follower {
+                break;
+            }
+            self.node(id).tick();
+        }
+        assert_eq!(self.node(id).role(), Role::PreCandidate, "node {id}");
+        self.settle();
+    }
+
     fn leaders(&self) -> Vec<u64> {
         self.nodes
             .iter()
@@ -408,13 +421,7 @@ fn ranking_pre_votes_stops_after_the_first_round() {
     assert_eq!(net.node(3).role(), Role::PreCandidate);
     assert_eq!(net.node(2).role(), Role::Follower);
     // 2 (lower id, as long a log) times out: 3 grants, 2 wins.
-    for _ in 0..2 * net.node(2).cfg.election_tick {
-        if net.node(2).role() != Role::Follower {
-            break;
-        }
-        net.node(2).tick();
-    }
-    net.settle();
+    net.tick_until_campaign(2);
     assert_eq!(net.leaders(), vec![1, 2]);
     assert_eq!(net.node(3).term(), term + 1);
 }
@@ -430,17 +437,7 @@ fn a_pre_candidate_refused_by_the_asker_grants_it() {
     net.elect(1);
     let term = net.node(1).term();
     net.isolated.insert(1);
-    let tick_until_campaign = |net: &mut Net, id: u64| {
-        for _ in 0..2 * net.node(id).cfg.election_tick {
-            if net.node(id).role() != Role::Follower {
-                break;
-            }
-            net.node(id).tick();
-        }
-        assert_eq!(net.node(id).role(), Role::PreCandidate, "node {id}");
-        net.settle();
-    };
-    tick_until_campaign(&mut net, 3);
+    net.tick_until_campaign(3);
     assert_eq!(net.node(3).role(), Role::PreCandidate);
     assert!(
         net.seen.iter().any(|m| m.from == 2
@@ -449,7 +446,7 @@ fn a_pre_candidate_refused_by_the_asker_grants_it() {
         "2 refused 3"
     );
     assert_eq!(net.node(2).role(), Role::Follower);
-    tick_until_campaign(&mut net, 2);
+    net.tick_until_campaign(2);
     assert_eq!(net.leaders(), vec![1, 2]);
     assert_eq!(net.node(3).term(), term + 1);
 }
