@@ -27,12 +27,6 @@ NAME=ab
 source "$(dirname "$0")/common.sh"
 PUTS=${AB_PUTS:-50000}
 TREE_KEEL=$KEEL
-# CPU ticks (user+system) of the comma-separated PIDS, summed.
-cpu_ticks() {
-  local p t=0
-  for p in ${1//,/ }; do t=$((t + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat"))); done
-  echo "$t"
-}
 hz=$(getconf CLK_TCK)
 echo "| round | system | put p50, 1 client (ms) | puts/s, 100 clients | p99, 100 clients (ms) | CPU µs per put, all members |"
 echo "|---|---|---|---|---|---|"

@@ -31,7 +31,13 @@ wait_up() {
   echo "no /health at $1" >&2; tail -n 20 "$WORK"/*.log >&2; return 1
 }
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
-cpu_s() { awk '{sub(/.*\) /, ""); printf "%.1f", ($12+$13)/100}' "/proc/$1/stat"; }
+# cpu_ticks PIDS: CPU time (user+system, clock ticks) of the comma-separated
+# PIDS, summed.
+cpu_ticks() {
+  local p t=0
+  for p in ${1//,/ }; do t=$((t + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat"))); done
+  echo "$t"
+}
 # field NAME: the value of NAME=... on the SUMMARY line.
 field() { grep '^SUMMARY' | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 
